@@ -1,0 +1,146 @@
+"""Condition, Semaphore, BoundedSemaphore, Event and Barrier.
+
+Condition keeps ``threading.Condition``'s algorithm (one private waiter lock
+per waiting thread) but its waiter records know whether they were notified,
+so the detector can tell a waiting thread from a woken one. The others are
+``threading``'s own classes running over lockwise's Lock and Condition.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any, Callable, Optional
+
+from ._primitives import Lock, RLock
+from ._sites import INTERNAL_FILES, site_of
+from ._state import current_state
+from ._waitfor import CondWaiter, block_on
+
+_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_ThreadingCondition: Any = threading.Condition
+_ThreadingSemaphore: Any = threading.Semaphore
+_ThreadingBoundedSemaphore: Any = threading.BoundedSemaphore
+_ThreadingEvent: Any = threading.Event
+_ThreadingBarrier: Any = threading.Barrier
+
+
+class _Waiter(CondWaiter):
+    __slots__ = ()
+
+    def wake(self) -> bool:
+        """Release the waiting thread; False if it was released already."""
+        self.notified = True
+        try:
+            self.lock.release()
+        except RuntimeError:
+            self.notified = False
+            return False
+        return True
+
+
+def _creator_kind(frame: Any) -> str:
+    """'Event', 'Semaphore'... when created inside such a class's __init__."""
+    while frame is not None and frame.f_code.co_filename in INTERNAL_FILES:
+        if frame.f_code.co_name == "__init__":
+            try:
+                obj = frame.f_locals.get("self")
+            except Exception:
+                obj = None
+            if obj is not None and not isinstance(obj, _ThreadingCondition):
+                return type(obj).__name__
+        frame = frame.f_back
+    return "Condition"
+
+
+class Condition(_ThreadingCondition):  # type: ignore[misc]
+    """A condition variable, drop-in for ``threading.Condition``.
+
+    With no lock given it makes a lockwise RLock. ``wait()`` releases the lock
+    for the wait (the thread no longer holds it in reports) and reacquires it;
+    a wait that can never be notified raises :class:`lockwise.DeadlockError`.
+    """
+
+    def __init__(self, lock: Any = None) -> None:
+        frame = sys._getframe(1)
+        super().__init__(RLock() if lock is None else lock)
+        self._site = site_of(frame)
+        self._kind = _creator_kind(frame)
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _Waiter(self, _allocate_lock())
+        waiter.lock.acquire()
+        self._waiters.append(waiter)
+        saved_state = self._release_save()
+        gotit = False
+        try:  # restore state no matter what (e.g., KeyboardInterrupt)
+            ts = current_state()
+            if timeout is None:
+                gotit = block_on(ts, waiter, waiter.lock, None)
+            else:
+                gotit = block_on(ts, waiter, waiter.lock, max(timeout, 0))
+            return gotit
+        finally:
+            self._acquire_restore(saved_state)
+            if not gotit:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+
+    def notify(self, n: int = 1) -> None:
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        waiters = self._waiters
+        while waiters and n > 0:
+            waiter = waiters[0]
+            if waiter.wake():
+                n -= 1
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                pass
+
+
+class Semaphore(_ThreadingSemaphore):  # type: ignore[misc]
+    """A semaphore, drop-in for ``threading.Semaphore`` (waits are visible)."""
+
+    def __init__(self, value: int = 1) -> None:
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        self._cond = Condition(Lock())
+        self._value = value
+
+
+class BoundedSemaphore(_ThreadingBoundedSemaphore):  # type: ignore[misc]
+    """A bounded semaphore, drop-in for ``threading.BoundedSemaphore``."""
+
+    def __init__(self, value: int = 1) -> None:
+        if value < 0:
+            raise ValueError("semaphore initial value must be >= 0")
+        self._cond = Condition(Lock())
+        self._value = value
+        self._initial_value = value
+
+
+class Event(_ThreadingEvent):  # type: ignore[misc]
+    """An event, drop-in for ``threading.Event`` (waits are visible)."""
+
+    def __init__(self) -> None:
+        self._cond = Condition(Lock())
+        self._flag = False
+
+
+class Barrier(_ThreadingBarrier):  # type: ignore[misc]
+    """A barrier, drop-in for ``threading.Barrier`` (waits are visible)."""
+
+    def __init__(self, parties: int, action: Optional[Callable[[], Any]] = None,
+                 timeout: Optional[float] = None) -> None:
+        super().__init__(parties, action, timeout)
+        self._cond = Condition(Lock())
+
+
+for _cls in (Condition, Semaphore, BoundedSemaphore, Event, Barrier):
+    _cls.__module__ = "lockwise"

@@ -1,0 +1,96 @@
+"""Run-time settings, changed through :func:`lockwise.configure`.
+
+The hot path reads plain module attributes of ``settings`` (one attribute
+load each); everything else validates and converts before storing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Union
+
+Policy = Union[str, Callable[..., Any]]
+
+_POLICIES = ("raise", "warn", "log", "ignore")
+
+
+class Settings:
+    """The live settings. Attributes are read on hot paths; set them via configure()."""
+
+    def __init__(self) -> None:
+        self.on_deadlock: Policy = "raise"
+        self.on_lock_order: Policy = "warn"
+        self.on_hang: Policy = "log"
+        #: Master switch for the lock-order graph.
+        self.lock_order = True
+        #: Longest time a blocked thread sleeps between two deadlock checks.
+        self.check_interval = 0.02
+        #: How long "every thread is blocked" must hold before it is a deadlock.
+        self.confirm_delay = 0.01
+        #: Whether a Python-level signal handler may wake the main thread.
+        self.signals_wake_main = True
+
+
+settings = Settings()
+
+
+def _check_policy(option: str, value: Any) -> Policy:
+    if callable(value) or value in _POLICIES:
+        return value  # type: ignore[no-any-return]
+    raise ValueError(
+        f"lockwise.configure: {option}={value!r} is not valid; "
+        f"expected one of {', '.join(map(repr, _POLICIES))} or a callable"
+    )
+
+
+def _check_seconds(option: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(
+            f"lockwise.configure: {option}={value!r} is not valid; "
+            "expected a positive number of seconds"
+        )
+    return seconds
+
+
+def configure(**options: Any) -> dict[str, Any]:
+    """Change settings; return the previous values of the options given.
+
+    Options:
+
+    * ``on_deadlock``: what to do when a deadlock forms: ``"raise"`` (default;
+      :class:`DeadlockError` in one thread), ``"warn"``, ``"log"``, ``"ignore"``
+      or a callable receiving the :class:`Finding`.
+    * ``on_lock_order``: the same for a lock-order inversion (default ``"warn"``;
+      ``"raise"`` raises :class:`PotentialDeadlockError` in the acquiring thread).
+    * ``on_hang``: the same for a hang found by the watchdog (default ``"log"``).
+    * ``lock_order``: record the lock-order graph (default True).
+    * ``check_interval``: longest sleep, in seconds, between two checks of a
+      blocked thread (default 0.02).
+    * ``confirm_delay``: how long every thread must stay blocked before that
+      is called a deadlock (default 0.01).
+    * ``signals_wake_main``: count the main thread as able to run while a
+      Python signal handler is installed (default True).
+
+    Findings are always recorded in :func:`lockwise.findings` and logged to the
+    ``lockwise`` logger, whatever the policy.
+    """
+    previous: dict[str, Any] = {}
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in ("on_deadlock", "on_lock_order", "on_hang"):
+            checked[name] = _check_policy(name, value)
+        elif name in ("check_interval", "confirm_delay"):
+            checked[name] = _check_seconds(name, value)
+        elif name in ("lock_order", "signals_wake_main"):
+            checked[name] = bool(value)
+        else:
+            known = ", ".join(sorted(vars(settings)))
+            raise TypeError(f"lockwise.configure: unknown option {name!r}; known options: {known}")
+    for name, value in checked.items():
+        previous[name] = getattr(settings, name)
+        setattr(settings, name, value)
+    return previous

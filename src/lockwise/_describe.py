@@ -1,0 +1,56 @@
+"""Turn live objects (locks, waits, threads) into the plain data of findings."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ._findings import LockRef
+from ._sites import Site, frame_info, thread_name
+from ._state import ThreadState
+
+
+def kind_of(obj: Any) -> str:
+    return str(getattr(obj, "_kind", type(obj).__name__))
+
+
+def lock_ref(obj: Any, numbered: bool = False) -> LockRef:
+    """A LockRef for a lock, condition or semaphore; ``numbered`` adds '#n'."""
+    site: Site = obj._site
+    name = site.label
+    if numbered:
+        serial = getattr(obj, "_serial", 0)
+        if not serial:
+            serial = site.next_instance()
+            try:
+                obj._serial = serial
+            except AttributeError:
+                pass
+        name = f"{name}#{serial}"
+    return LockRef(name, str(site), kind_of(obj))
+
+
+def lock_refs(objs: list[Any]) -> dict[int, LockRef]:
+    """LockRefs by id for distinct objects, numbered where labels repeat."""
+    distinct: dict[int, Any] = {}
+    for obj in objs:
+        distinct.setdefault(id(obj), obj)
+    labels: dict[str, int] = {}
+    for obj in distinct.values():
+        labels[obj._site.label] = labels.get(obj._site.label, 0) + 1
+    return {key: lock_ref(obj, labels[obj._site.label] > 1) for key, obj in distinct.items()}
+
+
+def acquired_at(lock: Any) -> str:
+    acq = getattr(lock, "_acq", None)
+    if acq is None:
+        return "?"
+    info = frame_info(acq[0], acq[1])
+    return f"{info.filename}:{info.lineno} in {info.function}"
+
+
+def holder_of(obj: Any) -> Optional[ThreadState]:
+    return getattr(obj, "_owner", None)
+
+
+def name_of(ts: Optional[ThreadState]) -> str:
+    return "nobody" if ts is None else thread_name(ts.ident)

@@ -1,0 +1,241 @@
+"""Findings: the structured result of every check, and what happens to them.
+
+A finding is recorded once per distinct ``key`` (one report per cycle, not
+per occurrence). Recording keeps it for :func:`findings`, logs it to the
+``lockwise`` logger, tells the listeners (the JSON writer, the pytest plugin)
+and then applies the user's policy. Nothing here runs on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Optional
+
+from ._config import Policy
+from ._errors import DeadlockWarning, HangWarning, PotentialDeadlockWarning
+
+logger = logging.getLogger("lockwise")
+logger.addHandler(logging.NullHandler())
+
+KINDS = ("deadlock", "lock-order", "hang", "contention")
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One frame of a user stack."""
+
+    filename: str
+    lineno: int
+    function: str
+    line: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.filename, "line": self.lineno, "function": self.function,
+                "code": self.line}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FrameInfo:
+        return cls(str(data.get("file", "?")), int(data.get("line", 0)),
+                   str(data.get("function", "?")), str(data.get("code", "")))
+
+
+@dataclass(frozen=True)
+class LockRef:
+    """A lock as reports name it: display name, creation site and type."""
+
+    name: str
+    site: str
+    type: str = "Lock"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "site": self.site, "type": self.type}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LockRef:
+        return cls(str(data.get("name", "?")), str(data.get("site", "?")),
+                   str(data.get("type", "Lock")))
+
+
+@dataclass
+class StackInfo:
+    """A labelled stack: whose it is and what it shows (e.g. 'acquired A')."""
+
+    thread: str
+    title: str
+    frames: list[FrameInfo]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thread": self.thread, "title": self.title,
+                "frames": [f.to_dict() for f in self.frames]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StackInfo:
+        return cls(str(data.get("thread", "?")), str(data.get("title", "")),
+                   [FrameInfo.from_dict(f) for f in data.get("frames", [])])
+
+
+@dataclass
+class Finding:
+    """What a check found. ``kind`` is one of ``KINDS``.
+
+    ``details`` holds kind-specific JSON-ready data (the cycle, the table of
+    holders and waiters); ``text`` is the human report.
+    """
+
+    kind: str
+    summary: str
+    threads: list[str]
+    locks: list[LockRef]
+    stacks: list[StackInfo] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+    key: Hashable = None
+    time: float = field(default_factory=time.time)
+    pid: int = field(default_factory=os.getpid)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "summary": self.summary,
+            "threads": list(self.threads),
+            "locks": [lock.to_dict() for lock in self.locks],
+            "stacks": [stack.to_dict() for stack in self.stacks],
+            "details": self.details,
+            "text": self.text,
+            "time": self.time,
+            "pid": self.pid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        if not isinstance(data, dict) or "kind" not in data:
+            raise ValueError("a finding must be an object with a 'kind'")
+        return cls(
+            kind=str(data["kind"]),
+            summary=str(data.get("summary", "")),
+            threads=[str(t) for t in data.get("threads", [])],
+            locks=[LockRef.from_dict(lock) for lock in data.get("locks", [])],
+            stacks=[StackInfo.from_dict(s) for s in data.get("stacks", [])],
+            details=dict(data.get("details", {})),
+            text=str(data.get("text", "")),
+            time=float(data.get("time", 0.0)),
+            pid=int(data.get("pid", 0)),
+        )
+
+    def __str__(self) -> str:
+        return self.text or self.summary
+
+
+Listener = Callable[[Finding], None]
+
+_findings: list[Finding] = []
+_seen: dict[Hashable, Finding] = {}
+_listeners: list[Listener] = []
+# A raw lock: never instrumented, held only for list and dict updates that
+# run no user code, so a finalizer or signal handler cannot wait on it.
+_lock = threading._allocate_lock()  # type: ignore[attr-defined]
+
+
+def record(finding: Finding) -> bool:
+    """Keep ``finding`` unless one with the same key is known; True if new.
+
+    New findings are logged and passed to the listeners; the caller applies
+    the policy (see :func:`apply_policy`).
+    """
+    with _lock:
+        if finding.key is not None:
+            if finding.key in _seen:
+                return False
+            _seen[finding.key] = finding
+        _findings.append(finding)
+        listeners = list(_listeners)
+    level = logging.WARNING if finding.kind in ("lock-order", "contention") else logging.ERROR
+    try:
+        logger.log(level, "%s", finding.text or finding.summary)
+    except Exception as exc:  # a broken user handler must not break the caller
+        internal_error("logging a finding", exc)
+    for listener in listeners:
+        try:
+            listener(finding)
+        except Exception as exc:
+            internal_error(f"finding listener {listener!r}", exc)
+    return True
+
+
+def findings(kind: Optional[str] = None) -> list[Finding]:
+    """The findings recorded so far, oldest first; only ``kind`` if given."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown finding kind {kind!r}; expected one of {', '.join(KINDS)}")
+    with _lock:
+        return [f for f in _findings if kind is None or f.kind == kind]
+
+
+def clear() -> None:
+    """Forget every finding (see :func:`lockwise.reset`)."""
+    with _lock:
+        _findings.clear()
+        _seen.clear()
+
+
+def add_listener(listener: Listener) -> None:
+    """Call ``listener(finding)`` for every new finding (in the recording thread)."""
+    with _lock:
+        _listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    with _lock:
+        try:
+            _listeners.remove(listener)
+        except ValueError:
+            pass
+
+
+_WARNING_FOR = {"deadlock": DeadlockWarning, "lock-order": PotentialDeadlockWarning,
+                "hang": HangWarning}
+
+
+def apply_policy(finding: Finding, policy: Policy) -> bool:
+    """Apply ``policy`` to a new finding; True when the caller must raise.
+
+    A warning points at the innermost user frame of the finding's first stack.
+    It may itself raise (``-W error::...``): that is the user's choice.
+    """
+    if policy == "raise":
+        return True
+    if policy == "warn":
+        category = _WARNING_FOR.get(finding.kind, RuntimeWarning)
+        frames = finding.stacks[0].frames if finding.stacks else []
+        filename, lineno = (frames[-1].filename, frames[-1].lineno) if frames else ("lockwise", 0)
+        warnings.warn_explicit(finding.text or finding.summary, category, filename, lineno,
+                               module="lockwise")
+    elif callable(policy):
+        try:
+            policy(finding)
+        except Exception as exc:
+            internal_error(f"the on_{finding.kind.replace('-', '_')} callable", exc)
+    return False
+
+
+_internal_errors: list[str] = []
+
+
+def internal_error(where: str, exc: BaseException) -> None:
+    """Report a failure inside lockwise on stderr; never raise it."""
+    message = f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}"
+    _internal_errors.append(message)
+    try:
+        sys.stderr.write(message + " (the program continues; please report this)\n")
+    except Exception:
+        pass
+
+
+def internal_errors() -> list[str]:
+    """Messages of the internal errors reported so far (for tests)."""
+    return list(_internal_errors)

@@ -1,0 +1,330 @@
+"""Potential deadlocks: recording lock order and reporting inversions.
+
+``note(ts, lock)`` runs for a blocking, untimed acquisition made while the
+thread holds other locks. Its fast path builds the chain key (the sites of the
+held locks plus the new lock's site) and returns when the key was validated
+before: a tuple build and one set lookup. Otherwise the slow path records the
+edges held-lock -> new-lock in the graphs of ``_graph`` and searches for the
+cycle each new edge closes.
+
+Which graph: locks of different creation sites are compared as classes
+(their sites), like lockdep; two locks of one site are compared as instances
+(in that site's own instance graph), so ``transfer(a, b)`` then
+``transfer(b, a)`` is an inversion, and accounts always locked in sorted
+order are not. A cycle that leaves a site and comes back to it is found at
+class level.
+
+Not recorded: try-locks (``blocking=False``) and timed acquires, which cannot
+wait forever; re-acquiring a held RLock; locks of a site that was used as a
+signal (released by another thread); anything while lockwise reports.
+
+A cycle whose edges were all seen in one thread is still reported (the same
+code running in two threads would deadlock) and says so.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from operator import attrgetter
+from types import FrameType
+from typing import Any, Optional
+
+from . import _findings
+from ._config import settings
+from ._describe import kind_of
+from ._errors import PotentialDeadlockError
+from ._findings import Finding, FrameInfo, LockRef, StackInfo
+from ._graph import Edge, OrderGraph
+from ._sites import Site, frame_info, thread_name, user_frame, user_stack
+from ._state import ThreadState
+
+_site_of = attrgetter("_site")
+# Raw lock: held only while updating the graphs; never while waiting on user
+# locks or calling user code. Taken with a timeout so that re-entry from a
+# signal handler can only skip an edge, never hang.
+_lock = threading._allocate_lock()  # type: ignore[attr-defined]
+
+#: Chain keys (held sites, new site) whose edges are recorded and checked.
+_known: set[tuple[tuple[Site, ...], Site]] = set()
+_classes: OrderGraph[Site] = OrderGraph()
+_instances: dict[Site, OrderGraph[int]] = {}
+_types: dict[Site, str] = {}
+_serial_refs: dict[tuple[Site, int], Any] = {}
+_dead: list[tuple[Site, int]] = []
+
+
+class _EdgeInfo:
+    """First occurrence of an edge: who took it, and the two stacks."""
+
+    __slots__ = ("thread", "first", "second", "first_stack", "second_stack")
+
+    def __init__(self, thread: str, first: LockRef, second: LockRef,
+                 first_stack: list[FrameInfo], second_stack: list[FrameInfo]) -> None:
+        self.thread = thread
+        self.first = first
+        self.second = second
+        self.first_stack = first_stack
+        self.second_stack = second_stack
+
+
+def note(ts: ThreadState, lock: Any) -> Optional[BaseException]:
+    """Record that ``ts`` acquires ``lock`` while holding ``ts.held``.
+
+    Returns an exception for the caller to raise (the lock-order policy
+    ``raise``, or a warning turned into an error) after undoing its acquire.
+    """
+    if ts.quiet:
+        return None
+    site = lock._site
+    chain = tuple(map(_site_of, ts.held))
+    key = (chain, site)
+    if key in _known and site not in chain:
+        return None
+    if site.signal:
+        return None
+    return _slow(ts, lock, chain, key, sys._getframe(2))
+
+
+def _serial(lock: Any) -> int:
+    serial: int = lock._serial
+    site: Site = lock._site
+    if not serial:
+        serial = site.next_instance()
+        lock._serial = serial
+    if (site, serial) not in _serial_refs:
+        key = (site, serial)
+
+        def forget(_ref: Any) -> None:
+            _dead.append(key)
+
+        _serial_refs[key] = weakref.ref(lock, forget)
+    return serial
+
+
+def _drain_dead() -> None:
+    while _dead:
+        site, serial = _dead.pop()
+        _serial_refs.pop((site, serial), None)
+        graph = _instances.get(site)
+        if graph is not None:
+            graph.remove_node(serial)
+            if not len(graph):
+                del _instances[site]
+
+
+def _stack_to(frame: Optional[FrameType], lock: Any) -> list[FrameInfo]:
+    """The stack where ``lock`` was acquired, rebuilt from the current one.
+
+    Only the acquiring line is stored per acquisition (cheap); if that frame is
+    still on the current stack, the frames above it are the rest of the story.
+    """
+    acq = getattr(lock, "_acq", None)
+    if acq is None:
+        return []
+    code, lineno = acq
+    f = frame
+    while f is not None:
+        if f.f_code is code:
+            return user_stack(f.f_back) + [frame_info(code, lineno)]
+        f = f.f_back
+    return [frame_info(code, lineno)]
+
+
+def _ref(site: Site, serial: int = 0) -> LockRef:
+    name = f"{site.label}#{serial}" if serial else site.label
+    return LockRef(name, str(site), _types.get(site, "Lock"))
+
+
+def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
+          key: tuple[tuple[Site, ...], Site],
+          frame: Optional[FrameType]) -> Optional[BaseException]:
+    if not _lock.acquire(True, 1.0):
+        return None
+    ts.quiet += 1
+    found: list[Finding] = []
+    try:
+        _drain_dead()
+        _drop_orphans(ts)
+        chain = tuple(map(_site_of, ts.held))
+        key = (chain, lock._site)
+        site = lock._site
+        _types.setdefault(site, kind_of(lock))
+        user = user_frame(frame)
+        held = [h for h in ts.held if h is not lock and not h._site.signal]
+        for h in held:
+            hsite = h._site
+            gates = frozenset(o._site for o in held if o is not h and o._site is not hsite
+                              and o._site is not site)
+            if hsite is site:
+                graph: OrderGraph[Any] = _instances.setdefault(site, OrderGraph())
+                a: Any = _serial(h)
+                b: Any = _serial(lock)
+                refs = (_ref(site, a), _ref(site, b))
+            else:
+                graph = _classes
+                a, b = hsite, site
+                _types.setdefault(hsite, kind_of(h))
+                refs = (_ref(hsite), _ref(site))
+            edge = graph.edge(a, b)
+            if edge is None:
+                info = _EdgeInfo(thread_name(ts.ident), refs[0], refs[1],
+                                 _stack_to(user, h), user_stack(user))
+                edge = Edge(gates, info, ts.ident)
+                graph.add(a, b, edge)
+            else:
+                edge.threads.add(ts.ident)
+                if edge.info is None:  # declared before it was seen
+                    edge.info = _EdgeInfo(thread_name(ts.ident), refs[0], refs[1],
+                                          _stack_to(user, h), user_stack(user))
+                narrowed = edge.gates & gates
+                if narrowed == edge.gates:
+                    continue
+                edge.gates = narrowed
+            cycle = graph.find_cycle(a, b, skip=_is_signal if graph is _classes else None)
+            if cycle is not None:
+                found.append(_finding(graph, cycle, site if graph is not _classes else None))
+        if site not in chain:
+            _known.add(key)
+    except Exception as exc:
+        _findings.internal_error("the lock-order check", exc)
+    finally:
+        _lock.release()
+        ts.quiet -= 1
+    return _report(ts, found)
+
+
+def _drop_orphans(ts: ThreadState) -> None:
+    """Forget held locks that nothing but the held list references.
+
+    A lock acquired and then dropped without release can never be released or
+    waited for again; keeping it would add edges from a lock nobody can take.
+    (``getrefcount`` counts the list's reference and its own argument.)
+    """
+    held = ts.held
+    i = 0
+    while i < len(held):
+        if sys.getrefcount(held[i]) <= 2:
+            del held[i]
+        else:
+            i += 1
+
+
+def _is_signal(node: Any) -> bool:
+    return isinstance(node, Site) and node.signal
+
+
+def _report(ts: ThreadState, found: list[Finding]) -> Optional[BaseException]:
+    error: Optional[BaseException] = None
+    ts.quiet += 1
+    try:
+        for finding in found:
+            if not _findings.record(finding):
+                continue
+            try:
+                if _findings.apply_policy(finding, settings.on_lock_order) and error is None:
+                    error = PotentialDeadlockError(str(finding), finding)
+            except Exception as exc:  # e.g. -W error::lockwise.PotentialDeadlockWarning
+                error = error or exc
+    finally:
+        ts.quiet -= 1
+    return error
+
+
+def _finding(graph: OrderGraph[Any], cycle: list[Any], site: Optional[Site]) -> Finding:
+    from ._report import render_lock_order
+
+    edges: list[dict[str, Any]] = []
+    stacks = []
+    threads: list[str] = []
+    idents: set[int] = set()
+    for i, a in enumerate(cycle):
+        b = cycle[(i + 1) % len(cycle)]
+        edge = graph.edge(a, b)
+        assert edge is not None
+        info: _EdgeInfo = edge.info
+        idents |= edge.threads
+        edges.append({
+            "from": info.first.to_dict(), "to": info.second.to_dict(), "thread": info.thread,
+            "first_stack": [f.to_dict() for f in info.first_stack],
+            "second_stack": [f.to_dict() for f in info.second_stack],
+        })
+        if info.thread not in threads:
+            threads.append(info.thread)
+        stacks.append(StackInfo(info.thread, f"acquired {info.first.name}", info.first_stack))
+        stacks.append(StackInfo(info.thread, f"then acquired {info.second.name} while holding "
+                                f"{info.first.name}", info.second_stack))
+    locks = [LockRef.from_dict(e["from"]) for e in edges]
+    single = len(idents) == 1
+    labels = [lock.name for lock in locks]
+    if len(set(labels)) < len({lock.site for lock in locks}):
+        labels = [f"{lock.name} ({lock.site.rsplit('/', 1)[-1]})" for lock in locks]
+    names = " -> ".join(labels + labels[:1])
+    finding = Finding(
+        kind="lock-order",
+        summary=f"lock-order inversion: {names}" + (" (seen in one thread)" if single else ""),
+        threads=threads, locks=locks, stacks=stacks,
+        details={"cycle": edges, "single_thread": single,
+                 "level": "instance" if site is not None else "class"},
+        key=("lock-order", frozenset((repr(e["from"]), repr(e["to"])) for e in edges)),
+    )
+    finding.text = render_lock_order(finding)
+    return finding
+
+
+def declare_order(*locks: Any) -> None:
+    """Declare that ``locks`` are meant to be taken in this order.
+
+    Each consecutive pair (a, b) marks the edge a -> b as reviewed: cycles
+    through it are not reported. Use it to silence a false alarm you checked.
+    Locks of different sites declare the order of their classes.
+    """
+    if len(locks) < 2:
+        raise ValueError("declare_order needs at least two locks, in their intended order")
+    for lock in locks:
+        if not hasattr(lock, "_site"):
+            raise TypeError(f"declare_order takes lockwise locks, not {type(lock).__name__}")
+    with _lock:
+        for first, second in zip(locks, locks[1:]):
+            if first._site is second._site:
+                graph: OrderGraph[Any] = _instances.setdefault(first._site, OrderGraph())
+                a: Any = _serial(first)
+                b: Any = _serial(second)
+            else:
+                graph, a, b = _classes, first._site, second._site
+            edge = graph.edge(a, b)
+            if edge is None:
+                edge = Edge(frozenset(), None, 0)
+                edge.threads.clear()
+                graph.add(a, b, edge)
+            edge.declared = True
+
+
+def reset() -> None:
+    """Forget the order graph (the recorded edges and validated chains)."""
+    with _lock:
+        _known.clear()
+        _classes.out.clear()
+        _classes.into.clear()
+        _instances.clear()
+        _serial_refs.clear()
+        _dead.clear()
+
+
+def graph_data() -> dict[str, Any]:
+    """The class-level order graph as JSON-ready nodes and edges (for reports)."""
+    with _lock:
+        nodes = [_ref(site).to_dict() for site in _classes.out]
+        edges = [{"from": str(a), "to": str(b), "from_name": a.label, "to_name": b.label,
+                  "threads": len(e.threads)} for a, b, e in _classes.edges()]
+        for site, graph in _instances.items():
+            for a, b, _e in graph.edges():
+                for serial in (a, b):
+                    ref = _ref(site, serial).to_dict()
+                    if ref not in nodes:
+                        nodes.append(ref)
+                edges.append({"from": f"{site}#{a}", "to": f"{site}#{b}",
+                              "from_name": f"{site.label}#{a}", "to_name": f"{site.label}#{b}",
+                              "threads": len(_e.threads)})
+    return {"nodes": nodes, "edges": edges}

@@ -1,0 +1,318 @@
+"""Lock and RLock: drop-in for ``threading``'s, knowing owner and waiters.
+
+The hot path is the uncontended ``acquire``: one non-blocking try of the
+inner ``_thread`` lock, then three stores (owner, acquisition site, held
+list). Everything else (blocking, deadlock checks, the lock-order graph for
+nested acquisitions) is a function call away, in ``_waitfor`` and ``_order``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from types import FrameType
+from typing import Any, Optional
+
+from . import _order, _waitfor
+from ._config import settings
+from ._sites import INTERNAL_FILES, Site, named_site, site_of, thread_name, user_frame
+from ._state import ThreadState, _local, current_state, new_state
+
+_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_get_ident = threading.get_ident
+_getframe = sys._getframe
+
+
+def _check_acquire_args(blocking: Any, timeout: Any) -> None:
+    """Raise what ``_thread.lock.acquire`` raises for these arguments.
+
+    A fresh lock is never held, so asking it with the same arguments either
+    raises the interpreter's own error or succeeds at once.
+    """
+    _allocate_lock().acquire(blocking, timeout)
+
+
+def _acquire_site(frame: Optional[FrameType]) -> Optional[tuple[Any, int]]:
+    if frame is not None and frame.f_code.co_filename in INTERNAL_FILES:
+        frame = user_frame(frame)
+    if frame is None:
+        return None
+    return (frame.f_code, frame.f_lineno)
+
+
+def _drop_held(owner: ThreadState, lock: Any) -> None:
+    held = owner.held
+    if held and held[-1] is lock:
+        held.pop()
+        return
+    try:
+        held.remove(lock)
+    except ValueError:
+        pass
+
+
+class _Introspection:
+    """Introspection shared by Lock and RLock (not on the hot path)."""
+
+    __slots__ = ()
+    _site: Site
+    _owner: Optional[ThreadState]
+    _acq: Optional[tuple[Any, int]]
+    _inner: Any
+
+    @property
+    def name(self) -> str:
+        """The lock's name: the one given, or a label guessed from its creation line."""
+        return self._site.label
+
+    @property
+    def site(self) -> str:
+        """Where the lock was created, as ``path:line``."""
+        return str(self._site)
+
+    @property
+    def owner(self) -> Optional[threading.Thread]:
+        """The thread that holds the lock (None if unlocked or the thread is gone)."""
+        ts = self._owner
+        if ts is None:
+            return None
+        return threading._active.get(ts.ident)  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def owner_ident(self) -> Optional[int]:
+        ts = self._owner
+        return None if ts is None else ts.ident
+
+    @property
+    def acquired_at(self) -> Optional[str]:
+        """Where the current owner acquired the lock, as ``path:line``."""
+        acq = self._acq
+        if acq is None or self._owner is None:
+            return None
+        return f"{acq[0].co_filename}:{acq[1]}"
+
+    @property
+    def waiters(self) -> list[int]:
+        """Idents of the threads blocked on this lock now."""
+        return _waitfor.waiters_of(self)
+
+    def locked(self) -> bool:
+        return bool(self._inner.locked())
+
+    def _describe(self, count: Optional[int] = None) -> str:
+        state = "locked" if self._inner.locked() else "unlocked"
+        parts = [f"<{state} lockwise.{type(self).__name__} object at {id(self):#x}",
+                 f"{self.name!r} ({self._site})"]
+        owner = self._owner
+        if owner is not None:
+            parts.append(f"owner={thread_name(owner.ident)} (ident {owner.ident})")
+            if count is not None:
+                parts.append(f"count={count}")
+            if self.acquired_at:
+                parts.append(f"acquired at {self.acquired_at}")
+        waiting = len(self.waiters)
+        if waiting:
+            parts.append(f"{waiting} waiting")
+        return " ".join(parts) + ">"
+
+
+class Lock(_Introspection):
+    """A non-reentrant lock, drop-in for ``threading.Lock``.
+
+    As with ``threading.Lock``, any thread may release it. The thread that
+    acquired it is its owner for reports; a lock released by another thread
+    is treated as a signal (no order edges, no ownership-based cycles).
+
+    ``acquire(blocking=True, timeout=-1)`` returns True when acquired, False
+    when a non-blocking or timed attempt fails, and raises
+    :class:`lockwise.DeadlockError` instead of blocking forever.
+    """
+
+    __slots__ = ("_inner", "_owner", "_site", "_acq", "_serial", "__weakref__")
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        self._inner = _allocate_lock()
+        self._owner: Optional[ThreadState] = None
+        self._site = site_of(_getframe(1)) if name is None else named_site(name, _getframe(1))
+        self._acq: Optional[tuple[Any, int]] = None
+        self._serial = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout == -1 and self._inner.acquire(False):
+            try:
+                ts = _local.ts
+            except AttributeError:
+                ts = new_state()
+            if blocking and ts.held and settings.lock_order:
+                error = _order.note(ts, self)
+                if error is not None:
+                    self._inner.release()
+                    raise error
+            self._owner = ts
+            self._acq = _acquire_site(_getframe(1))
+            ts.held.append(self)
+            return True
+        return self._acquire_slow(blocking, timeout, _getframe(1))
+
+    __enter__ = acquire
+
+    def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType]) -> bool:
+        _check_acquire_args(blocking, timeout)
+        ts = current_state()
+        if not blocking:
+            got = bool(self._inner.acquire(False))
+        else:
+            if timeout == -1 and ts.held and settings.lock_order:
+                error = _order.note(ts, self)
+                if error is not None:
+                    raise error
+            got = _waitfor.wait_lock(ts, self, timeout)
+        if got:
+            self._owner = ts
+            self._acq = _acquire_site(frame)
+            ts.held.append(self)
+        return got
+
+    def release(self) -> None:
+        owner = self._owner
+        if owner is None:
+            # Unlocked (this raises RuntimeError as threading does), or an
+            # acquirer is between taking the inner lock and recording itself.
+            self._inner.release()
+            return
+        self._owner = None
+        _drop_held(owner, self)
+        if owner.ident != _get_ident():
+            self._site.signal = True
+        self._inner.release()
+
+    def __exit__(self, *args: object) -> None:
+        self.release()
+
+    def _at_fork_reinit(self) -> None:
+        self._inner._at_fork_reinit()
+        self._owner = None
+        self._acq = None
+
+    def __repr__(self) -> str:
+        return self._describe()
+
+
+class RLock(_Introspection):
+    """A reentrant lock, drop-in for ``threading.RLock``.
+
+    Only its owner may release it; each ``acquire`` by the owner must be
+    matched by one ``release``.
+    """
+
+    __slots__ = ("_inner", "_owner", "_count", "_site", "_acq", "_serial", "__weakref__")
+
+    def __init__(self, name: Optional[str] = None) -> None:
+        self._inner = _allocate_lock()
+        self._owner: Optional[ThreadState] = None
+        self._count = 0
+        self._site = site_of(_getframe(1)) if name is None else named_site(name, _getframe(1))
+        self._acq: Optional[tuple[Any, int]] = None
+        self._serial = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if timeout == -1:
+            try:
+                ts = _local.ts
+            except AttributeError:
+                ts = new_state()
+            if self._owner is ts:
+                self._count += 1
+                return True
+            if self._inner.acquire(False):
+                if blocking and ts.held and settings.lock_order:
+                    error = _order.note(ts, self)
+                    if error is not None:
+                        self._inner.release()
+                        raise error
+                self._owner = ts
+                self._count = 1
+                self._acq = _acquire_site(_getframe(1))
+                ts.held.append(self)
+                return True
+        return self._acquire_slow(blocking, timeout, _getframe(1))
+
+    __enter__ = acquire
+
+    def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType]) -> bool:
+        _check_acquire_args(blocking, timeout)
+        ts = current_state()
+        if self._owner is ts:
+            self._count += 1
+            return True
+        if not blocking:
+            got = bool(self._inner.acquire(False))
+        else:
+            if timeout == -1 and ts.held and settings.lock_order:
+                error = _order.note(ts, self)
+                if error is not None:
+                    raise error
+            got = _waitfor.wait_lock(ts, self, timeout)
+        if got:
+            self._owner = ts
+            self._count = 1
+            self._acq = _acquire_site(frame)
+            ts.held.append(self)
+        return got
+
+    def release(self) -> None:
+        ts: ThreadState
+        try:
+            ts = _local.ts
+        except AttributeError:
+            ts = new_state()
+        if self._owner is not ts:
+            raise RuntimeError("cannot release un-acquired lock")
+        count = self._count - 1
+        if count:
+            self._count = count
+            return
+        self._count = 0
+        self._owner = None
+        _drop_held(ts, self)
+        self._inner.release()
+
+    def __exit__(self, *args: object) -> None:
+        self.release()
+
+    # The protocol threading.Condition uses to release an RLock fully for a wait.
+
+    def _is_owned(self) -> bool:
+        return self._owner is current_state()
+
+    def _release_save(self) -> tuple[int, Optional[int]]:
+        ts = current_state()
+        if self._owner is not ts or not self._count:
+            raise RuntimeError("cannot release un-acquired lock")
+        state = (self._count, ts.ident)
+        self._count = 0
+        self._owner = None
+        _drop_held(ts, self)
+        self._inner.release()
+        return state
+
+    def _acquire_restore(self, state: tuple[int, Optional[int]]) -> None:
+        self._acquire_slow(True, -1, _getframe(1))
+        self._count = state[0]
+
+    def _recursion_count(self) -> int:
+        return self._count if self._owner is current_state() else 0
+
+    @property
+    def count(self) -> int:
+        """The owner's recursion count (0 when unlocked)."""
+        return self._count
+
+    def _at_fork_reinit(self) -> None:
+        self._inner._at_fork_reinit()
+        self._owner = None
+        self._count = 0
+        self._acq = None
+
+    def __repr__(self) -> str:
+        return self._describe(self._count)

@@ -1,0 +1,166 @@
+"""Text reports, built only from the plain data of findings.
+
+Used for exception messages, warnings, the runner's stderr report and
+``lockwise report``; nothing here runs on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ._findings import Finding, FrameInfo, StackInfo
+
+_RULE = {
+    "cycle": "each thread waits for a lock held by the next one",
+    "stall": "every live thread is blocked on a lockwise primitive without a timeout, "
+             "so none is left to release or notify",
+}
+
+
+def _lock(data: Any) -> str:
+    if not data:
+        return "?"
+    return f"{data.get('name', '?')} ({data.get('site', '?')})"
+
+
+def format_stack(frames: Iterable[FrameInfo], indent: str = "    ") -> list[str]:
+    lines = []
+    for f in frames:
+        lines.append(f'{indent}File "{f.filename}", line {f.lineno}, in {f.function}')
+        if f.line:
+            lines.append(f"{indent}  {f.line}")
+    return lines
+
+
+def _stack_block(stack: StackInfo) -> list[str]:
+    return [f"  {stack.thread}: {stack.title}"] + (
+        format_stack(stack.frames) or ["    (no Python frames)"])
+
+
+def _wait_text(wait: dict[str, Any]) -> str:
+    kind = wait.get("kind")
+    if kind == "lock":
+        holder = "itself" if wait.get("held_by_self") else wait.get("held_by", "?")
+        return f"waits for {_lock(wait.get('lock'))}, held by {holder}"
+    if kind == "condition":
+        return f"waits on {_lock(wait.get('lock'))} for a notify"
+    if kind == "join":
+        return f"joins thread {wait.get('thread')}"
+    return "is running"
+
+
+def render_deadlock(finding: Finding) -> str:
+    details = finding.details
+    lines = [f"lockwise: deadlock: {finding.summary}", ""]
+    for entry in details.get("threads", []):
+        state = "" if entry.get("alive", True) else " (exited)"
+        lines.append(f"  {entry['thread']}{state}")
+        for held in entry.get("holds", []):
+            lines.append(f"      holds {_lock(held['lock'])}, acquired at {held['acquired_at']}")
+        if entry.get("alive", True):
+            lines.append(f"      {_wait_text(entry.get('waits_for', {}))}")
+    rule = _RULE.get(details.get("rule", ""), "")
+    if rule:
+        lines += ["", f"  Why this never ends: {rule}."]
+    victim = details.get("victim")
+    if victim:
+        lines.append(f"  DeadlockError is raised in {victim}; the other threads are untouched.")
+    for stack in finding.stacks:
+        lines.append("")
+        lines += _stack_block(stack)
+    return "\n".join(lines)
+
+
+def _scenario(cycle: list[dict[str, Any]]) -> list[str]:
+    """Two (or n) columns showing one interleaving that deadlocks."""
+    columns = []
+    seen: dict[str, int] = {}
+    for edge in cycle:
+        name = edge["thread"]
+        seen[name] = seen.get(name, 0) + 1
+        columns.append(name if seen[name] == 1 else f"{name} (again)")
+    n = len(cycle)
+    width = max(30, max(len(f"acquire({e['from']['name']})") + 18 for e in cycle))
+    rows: list[list[str]] = []
+    for i, edge in enumerate(cycle):
+        row = [""] * n
+        row[i] = f"acquire({edge['from']['name']})"
+        rows.append(row)
+    for i in reversed(range(n)):
+        row = [""] * n
+        holder = columns[(i + 1) % n]
+        row[i] = f"acquire({cycle[i]['to']['name']})   <- waits for {holder}"
+        rows.append(row)
+    out = ["  " + "".join(c.ljust(width) for c in columns),
+           "  " + "".join(("-" * len(c)).ljust(width) for c in columns)]
+    out += ["  " + "".join(cell.ljust(width) for cell in row).rstrip() for row in rows]
+    out.append("  *** DEADLOCK ***")
+    return out
+
+
+def render_lock_order(finding: Finding) -> str:
+    cycle = finding.details.get("cycle", [])
+    lines = [f"lockwise: potential deadlock: {finding.summary}", ""]
+    if finding.details.get("single_thread"):
+        lines.append("  All these orders were seen in one thread; two threads running this code at")
+        lines.append("  the same time can deadlock as follows:")
+    else:
+        lines.append("  The threads below took these locks in opposite orders; this run did not")
+        lines.append("  freeze, but this interleaving would:")
+    lines.append("")
+    lines += _scenario(cycle)
+    for edge in cycle:
+        lines.append("")
+        lines.append(f"  {edge['thread']} acquired {_lock(edge['from'])}:")
+        lines += format_stack([FrameInfo.from_dict(f) for f in edge["first_stack"]])
+        lines.append(f"  then acquired {_lock(edge['to'])} while holding it:")
+        lines += format_stack([FrameInfo.from_dict(f) for f in edge["second_stack"]])
+    lines += ["", "  Fix: take these locks in one global order everywhere, or silence a reviewed",
+              "  false alarm with lockwise.declare_order(first, second)."]
+    return "\n".join(lines)
+
+
+def render_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The table of locks with holders and waiters (watchdog and snapshot)."""
+    if not rows:
+        return ["  (no lock is held or waited for)"]
+    lines = []
+    for row in rows:
+        holder = row.get("owner") or "-"
+        waiters = ", ".join(row.get("waiters", [])) or "-"
+        lines.append(f"  {_lock(row.get('lock'))}: held by {holder}; waiting: {waiters}")
+    return lines
+
+
+def render_hang(finding: Finding) -> str:
+    details = finding.details
+    lines = [f"lockwise: hang: {finding.summary}", "", "  Locks:"]
+    lines += render_table(details.get("table", []))
+    for stack in finding.stacks:
+        lines.append("")
+        lines += _stack_block(stack)
+    return "\n".join(lines)
+
+
+def render(finding: Finding) -> str:
+    if finding.text:
+        return finding.text
+    if finding.kind == "deadlock":
+        return render_deadlock(finding)
+    if finding.kind == "lock-order":
+        return render_lock_order(finding)
+    if finding.kind == "hang":
+        return render_hang(finding)
+    return finding.summary
+
+
+def render_summary(findings: list[Finding]) -> str:
+    if not findings:
+        return "lockwise: no findings."
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f.kind] = counts.get(f.kind, 0) + 1
+    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    lines = [f"lockwise: {len(findings)} finding(s): {parts}"]
+    lines += [f"  - [{f.kind}] {f.summary}" for f in findings]
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""Where things happen: creation sites, acquisition sites and user stacks.
+
+A ``Site`` is interned per (code object, line), so every lock created on one
+line shares one object: that object is the lock's class in the order graph,
+and costs no memory per lock. Frames inside lockwise and ``threading`` are
+skipped everywhere, so sites and stacks point at the user's code.
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import re
+import sys
+import threading
+from types import CodeType, FrameType
+from typing import Any, Optional
+
+from ._findings import FrameInfo
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _internal_files() -> set[str]:
+    files = {threading.__file__}
+    for root, _dirs, names in os.walk(_PACKAGE_DIR):
+        files.update(os.path.join(root, n) for n in names if n.endswith(".py"))
+    # co_filename may be relative or differently spelled than __file__.
+    files.update({os.path.normcase(f) for f in files})
+    return files
+
+
+#: Files whose frames never appear in sites or stacks.
+INTERNAL_FILES: set[str] = _internal_files()
+
+
+def is_internal(code: CodeType) -> bool:
+    filename = code.co_filename
+    return filename in INTERNAL_FILES or os.path.abspath(filename).startswith(_PACKAGE_DIR)
+
+
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(?::[^=]*)?=(?!=)")
+
+
+class Site:
+    """A source location: ``str(site)`` is ``path:line`` as tracebacks spell it.
+
+    ``label`` is a short human name guessed from the source line, e.g.
+    ``Account.lock`` for ``self.lock = Lock()`` in a method of ``Account``.
+    """
+
+    __slots__ = ("filename", "lineno", "function", "label", "signal", "_instances", "__weakref__")
+
+    def __init__(self, filename: str, lineno: int, function: str, label: str) -> None:
+        self.filename = filename
+        self.lineno = lineno
+        self.function = function
+        self.label = label
+        #: Set once a lock of this site was released by a thread that did not
+        #: acquire it: such locks are signals, not mutexes (no order edges,
+        #: and a wait on them is released by anybody).
+        self.signal = False
+        self._instances = 0
+
+    def next_instance(self) -> int:
+        """A serial number for one more lock of this site (for '#n' in names)."""
+        self._instances += 1
+        return self._instances
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.lineno}"
+
+    def __repr__(self) -> str:
+        return f"<Site {self.label} at {self}>"
+
+
+UNKNOWN_SITE = Site("<unknown>", 0, "?", "lock")
+_sites: dict[tuple[CodeType, int], Site] = {}
+
+
+def _guess_label(frame: FrameType) -> str:
+    code = frame.f_code
+    text = linecache.getline(code.co_filename, frame.f_lineno)
+    match = _ASSIGNMENT.match(text)
+    target = match.group(1) if match else ""
+    owner = ""
+    if target.startswith(("self.", "cls.")):
+        target = target.split(".", 1)[1]
+        try:
+            me = frame.f_locals.get("self", frame.f_locals.get("cls"))
+        except Exception:  # f_locals can fail on exotic frames
+            me = None
+        if me is not None:
+            owner = (me if isinstance(me, type) else type(me)).__name__
+    if target:
+        return f"{owner}.{target}" if owner else target
+    base = os.path.basename(code.co_filename)
+    return f"{base}:{frame.f_lineno}"
+
+
+def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
+    """The first frame at or above ``frame`` that is not lockwise's or threading's."""
+    while frame is not None and frame.f_code.co_filename in INTERNAL_FILES:
+        frame = frame.f_back
+    return frame
+
+
+def site_of(frame: Optional[FrameType]) -> Site:
+    """The interned site of the first user frame at or above ``frame``."""
+    frame = user_frame(frame)
+    if frame is None:
+        return UNKNOWN_SITE
+    key = (frame.f_code, frame.f_lineno)
+    site = _sites.get(key)
+    if site is None:
+        code = frame.f_code
+        site = _sites.setdefault(
+            key, Site(code.co_filename, frame.f_lineno, code.co_name, _guess_label(frame))
+        )
+    return site
+
+
+def named_site(name: str, frame: Optional[FrameType]) -> Site:
+    """The site of a lock given an explicit name: the name is its class."""
+    key: Any = (name, 0)
+    site = _sites.get(key)
+    if site is None:
+        where = user_frame(frame)
+        if where is None:
+            site = Site("<unknown>", 0, "?", name)
+        else:
+            site = Site(where.f_code.co_filename, where.f_lineno, where.f_code.co_name, name)
+        site = _sites.setdefault(key, site)
+    return site
+
+
+def frame_info(code: CodeType, lineno: int) -> FrameInfo:
+    line = linecache.getline(code.co_filename, lineno).strip()
+    return FrameInfo(code.co_filename, lineno, code.co_name, line)
+
+
+def user_stack(frame: Optional[FrameType], limit: int = 40) -> list[FrameInfo]:
+    """The user frames from the outermost to ``frame`` (at most ``limit``)."""
+    frames: list[FrameInfo] = []
+    while frame is not None and len(frames) < limit:
+        code = frame.f_code
+        if code.co_filename not in INTERNAL_FILES:
+            frames.append(frame_info(code, frame.f_lineno))
+        frame = frame.f_back
+    frames.reverse()
+    return frames
+
+
+def thread_name(ident: int) -> str:
+    """The current name of the thread ``ident`` (or a stand-in if it is gone)."""
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    if thread is not None:
+        return str(thread.name)
+    if ident == threading.main_thread().ident:
+        return "MainThread"
+    return f"Thread-{ident}"
+
+
+def current_frames() -> dict[int, FrameType]:
+    return sys._current_frames()

@@ -1,0 +1,131 @@
+"""Per-thread bookkeeping: what each thread holds and what it waits for.
+
+This is the hot path's data. Each thread owns one ``ThreadState`` and is the
+only writer of its fields (except ``held`` when another thread releases a
+Lock it did not acquire, and ``doom`` when a detector picks it as a victim),
+so no lock guards them: single attribute stores are atomic under the GIL.
+
+Blocking protocol (the detector in ``_waitfor`` relies on its order):
+
+* to block: ``changes += 1``, then set ``wait_timed`` and ``wait_since``,
+  then ``waiting = resource``;
+* to stop blocking: ``waiting = None``, then ``changes += 1``; only then does
+  an acquirer record itself as the lock's owner.
+
+So a thread that is registered as waiting on a lock whose owner is recorded
+really is blocked, and a detector that reads the same ``changes`` twice knows
+the thread stayed registered in between.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any, Optional
+
+_get_ident = threading.get_ident
+
+
+class ThreadState:
+    """Bookkeeping of one thread. Fields are written only as described above."""
+
+    __slots__ = (
+        "ident", "held", "waiting", "wait_timed", "wait_since", "changes",
+        "alive", "doom", "quiet", "_sentinel_ref", "__weakref__",
+    )
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+        #: Locks held, in acquisition order (an RLock appears once).
+        self.held: list[Any] = []
+        #: What the thread is blocked on: a lock, a condition waiter or a join.
+        self.waiting: Any = None
+        self.wait_timed = False
+        self.wait_since = 0.0
+        #: Bumped on every change of ``waiting`` (see the module docstring).
+        self.changes = 0
+        self.alive = True
+        #: A finding set by another thread's detector: raise it when you wake.
+        self.doom: Any = None
+        #: While > 0, lockwise itself is running (reporting): no order edges.
+        self.quiet = 0
+        self._sentinel_ref: Any = None
+
+    def __repr__(self) -> str:
+        return f"<ThreadState {self.ident} held={len(self.held)} waiting={self.waiting!r}>"
+
+
+#: Every known thread state by ident. Entries of dead threads are removed.
+states: dict[int, ThreadState] = {}
+#: Idents of lockwise's own threads (the watchdog): never counted as runnable.
+internal_threads: set[int] = set()
+
+_local = threading.local()
+
+
+class _Sentinel:
+    """Lives in a thread's ``threading.local``; dies when the thread dies."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _thread_ended(ts: ThreadState) -> None:
+    ts.alive = False
+    ts.waiting = None
+    ts.changes += 1
+    if states.get(ts.ident) is ts:
+        states.pop(ts.ident, None)
+
+
+def new_state() -> ThreadState:
+    """Create (and register) the state of the calling thread."""
+    ts = ThreadState(_get_ident())
+    sentinel = _Sentinel()
+
+    def ended(_ref: Any) -> None:
+        _thread_ended(ts)
+
+    ts._sentinel_ref = weakref.ref(sentinel, ended)
+    _local.sentinel = sentinel
+    _local.ts = ts
+    states[ts.ident] = ts
+    return ts
+
+
+def current_state() -> ThreadState:
+    """The calling thread's state (created on first use)."""
+    try:
+        return _local.ts  # type: ignore[no-any-return]
+    except AttributeError:
+        return new_state()
+
+
+def state_of(ident: int) -> Optional[ThreadState]:
+    ts = states.get(ident)
+    if ts is not None and ts.alive:
+        return ts
+    return None
+
+
+def _after_fork_in_child() -> None:
+    """Only the forking thread exists in the child: the others are dead."""
+    me = _get_ident()
+    try:
+        mine = _local.ts
+    except AttributeError:
+        mine = None
+    for ts in list(states.values()):
+        if ts is not mine:
+            ts.alive = False
+            ts.waiting = None
+    states.clear()
+    internal_threads.clear()
+    if mine is not None:
+        mine.ident = me
+        mine.waiting = None
+        states[me] = mine
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,387 @@
+"""Actual deadlocks: the wait-for relation, checked whenever a thread blocks.
+
+Two rules decide that a wait can never end:
+
+1. **Ownership cycle.** Follow "waits for the owner of" from the blocking
+   thread: through Locks and RLocks to their owners, through joins to the
+   joined thread. Returning to the start is a deadlock. Edges through a
+   Lock that has been used as a signal (released by another thread) are not
+   followed, and a thread waiting on a Lock it holds itself is left to rule 2
+   (another thread may release it: hand-off). A wait on a lock whose owner
+   has exited is a deadlock too. Cost: one step per thread on the path.
+2. **Nobody left to run.** Every live thread is blocked, without a timeout,
+   on something lockwise sees (a lock, a Condition, hence Event, Semaphore,
+   Barrier and queue, or a join). Then nothing can release anything: the
+   per-process form of Go's "all goroutines are asleep". It must hold on two
+   scans ``confirm_delay`` apart, with no thread having changed its wait in
+   between (``ThreadState.changes``), so transient states and threads that
+   are still starting are never mistaken for a freeze. Cost: O(threads),
+   paid only when the number of blocked threads reaches the thread count.
+
+Both rules validate every wait they rely on against the resource itself (the
+lock is locked and has a recorded owner; the condition waiter was not
+notified; the joined thread is alive), following the protocol described in
+``_state``. Blocked threads re-check every ``check_interval`` at most, so a
+cycle cannot be missed because of a race at the moment of blocking.
+
+Limits: a thread blocked outside lockwise (sockets, sleep, C-level queues,
+locks created before ``install()``) counts as able to run, and so does the
+main thread while a Python signal handler is installed (it may set an
+Event); then rule 2 stays silent and the watchdog reports the hang instead.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from . import _findings
+from ._config import settings
+from ._describe import acquired_at, lock_refs, name_of
+from ._errors import DeadlockError
+from ._findings import Finding, StackInfo
+from ._sites import thread_name, user_stack
+from ._state import ThreadState, internal_threads, state_of, states
+
+_monotonic = time.monotonic
+_FIRST_INTERVAL = 0.001
+
+
+class CondWaiter:
+    """A thread waiting in ``Condition.wait``: notified or not, and on what."""
+
+    __slots__ = ("cond", "lock", "notified")
+
+    def __init__(self, cond: Any, lock: Any) -> None:
+        self.cond = cond
+        self.lock = lock
+        self.notified = False
+
+
+class JoinWait:
+    """A thread waiting in ``Thread.join`` for ``thread``; acts as the raw lock."""
+
+    __slots__ = ("thread", "_join")
+
+    def __init__(self, thread: threading.Thread, join: Callable[..., Any]) -> None:
+        self.thread = thread
+        self._join = join
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self._join(self.thread, timeout if timeout >= 0 else None)
+        return not self.thread.is_alive()
+
+
+# ---------------------------------------------------------------- blocking
+
+
+def wait_lock(ts: ThreadState, lock: Any, timeout: float) -> bool:
+    """Block until ``lock``'s inner lock is acquired (or the timeout passes)."""
+    return block_on(ts, lock, lock._inner, timeout)
+
+
+def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float]) -> bool:
+    """Acquire ``raw`` while registered as waiting on ``resource``.
+
+    ``timeout`` is None or negative for "forever". An untimed wait is checked
+    for deadlock now and after every sleep; it raises DeadlockError (and is
+    then not acquired) when the wait can never end and the policy says so.
+    """
+    timed = timeout is not None and timeout >= 0
+    ts.changes += 1
+    ts.wait_timed = timed
+    ts.wait_since = _monotonic()
+    ts.waiting = resource
+    try:
+        if timed:
+            assert timeout is not None
+            return bool(raw.acquire(True, timeout) if timeout > 0 else raw.acquire(False))
+        pending = check(ts, None)
+        interval = _FIRST_INTERVAL
+        while True:
+            wait = interval if pending is None else min(interval, settings.confirm_delay)
+            if raw.acquire(True, wait):
+                if ts.doom is not None:
+                    if isinstance(resource, CondWaiter) and not resource.notified:
+                        pending = check(ts, None)  # raises the doom
+                    ts.doom = None
+                return True
+            interval = min(interval * 2, settings.check_interval)
+            pending = check(ts, pending)
+    finally:
+        ts.waiting = None
+        ts.changes += 1
+
+
+def waiters_of(resource: Any) -> list[int]:
+    return [ts.ident for ts in list(states.values()) if ts.waiting is resource]
+
+
+# ---------------------------------------------------------------- checking
+
+Pending = Optional[tuple[list[tuple[ThreadState, int, Any]], float]]
+
+
+def check(ts: ThreadState, pending: Pending) -> Pending:
+    """One deadlock check by a blocked thread; raises if it is the victim."""
+    doom = ts.doom
+    if doom is not None:
+        ts.doom = None
+        raise DeadlockError(str(doom), doom)
+    try:
+        cycle = _ownership_cycle(ts)
+        if cycle is not None:
+            _deadlock(ts, cycle, rule="cycle")
+            return None
+        return _quiescence(ts, pending)
+    except DeadlockError:
+        raise
+    except Exception as exc:
+        _findings.internal_error("the deadlock check", exc)
+        return None
+
+
+def _is_lock(res: Any) -> bool:
+    return not isinstance(res, (CondWaiter, JoinWait))
+
+
+def _valid(res: Any) -> bool:
+    """Is a registered wait on ``res`` still a real wait?"""
+    if isinstance(res, CondWaiter):
+        return not res.notified
+    if isinstance(res, JoinWait):
+        return res.thread.is_alive()
+    return res._owner is not None and bool(res._inner.locked())
+
+
+def _next_hop(ts: ThreadState) -> Optional[tuple[ThreadState, bool]]:
+    """Whom ``ts`` waits for, and whether only that thread can end the wait."""
+    res = ts.waiting
+    if res is None or ts.wait_timed or not _valid(res):
+        return None
+    if isinstance(res, CondWaiter):
+        return None
+    if isinstance(res, JoinWait):
+        target = state_of(res.thread.ident or 0)
+        return None if target is None else (target, True)
+    owner: ThreadState = res._owner
+    strict = hasattr(res, "_count") or not res._site.signal
+    return owner, strict
+
+
+def _walk(me: ThreadState) -> Optional[list[tuple[ThreadState, int]]]:
+    path = [(me, me.changes)]
+    seen = {me}
+    cur = me
+    while True:
+        hop = _next_hop(cur)
+        if hop is None:
+            return None
+        nxt, strict = hop
+        if not strict:
+            return None
+        if nxt is me:
+            return None if cur is me else path
+        if not nxt.alive:
+            # The owner exited holding the lock: nobody can release it.
+            return path + [(nxt, nxt.changes)] if cur is me else None
+        if nxt in seen:
+            return None
+        seen.add(nxt)
+        path.append((nxt, nxt.changes))
+        cur = nxt
+
+
+def _ownership_cycle(me: ThreadState) -> Optional[list[ThreadState]]:
+    first = _walk(me)
+    if first is None:
+        return None
+    # Read again: every participant must have stayed in the same wait.
+    second = _walk(me)
+    if second != first:
+        return None
+    return [ts for ts, _changes in first]
+
+
+_WAKE_EXEMPT = {getattr(signal, name) for name in ("SIGALRM", "SIGVTALRM", "SIGPROF")
+                if hasattr(signal, name)}
+
+
+def _signal_may_wake_main() -> bool:
+    if not settings.signals_wake_main:
+        return False
+    for sig in signal.valid_signals():
+        if sig in _WAKE_EXEMPT:
+            continue
+        try:
+            handler = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        if callable(handler) and handler is not signal.default_int_handler:
+            return True
+    return False
+
+
+def _in_shutdown(frame: Any) -> bool:
+    shutdown = getattr(threading, "_shutdown", None)
+    return frame is not None and shutdown is not None and frame.f_code is shutdown.__code__
+
+
+def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
+    """Every live thread with its wait, if all are blocked; else None."""
+    if getattr(threading, "_limbo", None):
+        return None  # a thread is starting: it can run
+    main_ident = threading.main_thread().ident
+    blocked: list[tuple[ThreadState, int, Any]] = []
+    for ident, frame in sys._current_frames().items():
+        if ident in internal_threads:
+            continue
+        ts = states.get(ident)
+        if ts is None or not ts.alive:
+            if ident == main_ident and _in_shutdown(frame) and not _signal_may_wake_main():
+                continue  # waiting in threading._shutdown for the other threads
+            return None
+        changes = ts.changes
+        res = ts.waiting
+        if res is None or ts.wait_timed or not _valid(res):
+            if ident == main_ident and res is None and _in_shutdown(frame):
+                continue
+            return None
+        if ident == main_ident and _signal_may_wake_main():
+            return None
+        blocked.append((ts, changes, res))
+    return blocked
+
+
+def _same(a: list[tuple[ThreadState, int, Any]], b: list[tuple[ThreadState, int, Any]]) -> bool:
+    return {(id(t), c, id(r)) for t, c, r in a} == {(id(t), c, id(r)) for t, c, r in b}
+
+
+def _quiescence(me: ThreadState, pending: Pending) -> Pending:
+    snap = _scan()
+    if snap is None:
+        return None
+    now = _monotonic()
+    if pending is None:
+        return (snap, now)
+    old, since = pending
+    if not _same(old, snap):
+        return (snap, now)
+    if now - since < settings.confirm_delay:
+        return pending
+    victim = min(snap, key=_victim_rank)[0]
+    _deadlock(me, [ts for ts, _c, _r in snap], rule="stall", victim=victim)
+    return None
+
+
+def _victim_rank(entry: tuple[ThreadState, int, Any]) -> tuple[int, int, float]:
+    """Prefer threads whose wait nobody can satisfy; the main thread last."""
+    ts, _changes, res = entry
+    if isinstance(res, CondWaiter):
+        rank = 1
+    elif isinstance(res, JoinWait):
+        rank = 3
+    else:
+        rank = 0 if res._owner is ts else 2
+    is_main = 1 if ts.ident == threading.main_thread().ident else 0
+    return (rank, is_main, -ts.wait_since)
+
+
+# ---------------------------------------------------------------- findings
+
+
+def _deadlock(me: ThreadState, threads: list[ThreadState], rule: str,
+              victim: Optional[ThreadState] = None) -> None:
+    """Record the deadlock once; make the victim (``me`` by default) raise."""
+    victim = victim or me
+    key = ("deadlock", frozenset((ts.ident, id(ts.waiting)) for ts in threads))
+    if key in _findings._seen:
+        return
+    finding = build_finding(threads, rule, victim, key)
+    me.quiet += 1
+    try:
+        new = _findings.record(finding)
+        must_raise = new and _findings.apply_policy(finding, settings.on_deadlock)
+    finally:
+        me.quiet -= 1
+    if not must_raise:
+        return
+    if victim is me:
+        raise DeadlockError(str(finding), finding)
+    victim.doom = finding
+    res = victim.waiting
+    if isinstance(res, CondWaiter):
+        try:  # wake it now; notify() tolerates a waiter released twice
+            res.lock.release()
+        except RuntimeError:
+            pass
+
+
+def describe_wait(ts: ThreadState, refs: dict[int, Any]) -> dict[str, Any]:
+    """JSON-ready description of what ``ts`` waits for."""
+    res = ts.waiting
+    if res is None:
+        return {"kind": "running"}
+    if isinstance(res, JoinWait):
+        return {"kind": "join", "thread": res.thread.name, "timed": ts.wait_timed}
+    if isinstance(res, CondWaiter):
+        cond = res.cond
+        ref = refs.get(id(cond))
+        return {"kind": "condition", "lock": ref.to_dict() if ref else None, "timed": ts.wait_timed}
+    ref = refs.get(id(res))
+    owner = res._owner
+    return {"kind": "lock", "lock": ref.to_dict() if ref else None, "timed": ts.wait_timed,
+            "held_by": name_of(owner), "held_by_self": owner is ts}
+
+
+def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
+                  key: Any) -> Finding:
+    from ._report import render_deadlock  # reporting depends on findings, not the reverse
+
+    frames = sys._current_frames()
+    objs: list[Any] = []
+    for ts in threads:
+        objs.extend(ts.held)
+        res = ts.waiting
+        if isinstance(res, CondWaiter):
+            objs.append(res.cond)
+        elif res is not None and _is_lock(res):
+            objs.append(res)
+    refs = lock_refs(objs)
+    entries: list[dict[str, Any]] = []
+    stacks = []
+    for ts in threads:
+        name = thread_name(ts.ident)
+        holds = [{"lock": refs[id(lock)].to_dict(), "acquired_at": acquired_at(lock)}
+                 for lock in list(ts.held)]
+        entries.append({"thread": name, "ident": ts.ident, "alive": ts.alive, "holds": holds,
+                        "waits_for": describe_wait(ts, refs)})
+        if ts.alive:
+            stacks.append(StackInfo(name, "blocked here" if ts is not victim
+                                    else "raises DeadlockError here",
+                                    user_stack(frames.get(ts.ident))))
+    names = [e["thread"] for e in entries]
+    victim_wait = victim.waiting
+    if rule == "stall" and victim_wait is not None and _is_lock(victim_wait) \
+            and victim_wait._owner is victim:
+        summary = (f"{thread_name(victim.ident)} waits for itself: it already holds "
+                   f"{refs[id(victim_wait)].name} and no other thread can release it")
+    elif rule == "cycle" and len(threads) == 1:
+        summary = f"{names[0]} waits for itself"
+    elif rule == "cycle" and not threads[-1].alive:
+        summary = f"{names[0]} waits for a lock held by {names[-1]}, which has exited"
+    elif rule == "cycle":
+        summary = f"{', '.join(names)} wait for each other in a cycle"
+    else:
+        summary = f"every thread is blocked and none can wake the others ({', '.join(names)})"
+    finding = Finding(
+        kind="deadlock", summary=summary, threads=names, locks=list(refs.values()),
+        stacks=stacks,
+        details={"rule": rule, "victim": thread_name(victim.ident), "threads": entries},
+        key=key,
+    )
+    finding.text = render_deadlock(finding)
+    return finding

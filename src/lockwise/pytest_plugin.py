@@ -1,0 +1,1 @@
+"""pytest plugin (registered by entry point, off unless ``--lockwise``): see issue 4."""
