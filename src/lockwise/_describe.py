@@ -53,4 +53,11 @@ def holder_of(obj: Any) -> Optional[ThreadState]:
 
 
 def name_of(ts: Optional[ThreadState]) -> str:
-    return "nobody" if ts is None else thread_name(ts.ident)
+    """The thread's current name, or its last known name once it has exited."""
+    if ts is None:
+        return "nobody"
+    if not ts.alive:
+        return ts.name
+    name = thread_name(ts.ident)
+    ts.name = name
+    return name

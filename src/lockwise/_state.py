@@ -31,12 +31,16 @@ class ThreadState:
     """Bookkeeping of one thread. Fields are written only as described above."""
 
     __slots__ = (
-        "ident", "held", "waiting", "wait_timed", "wait_since", "changes",
+        "ident", "name", "held", "waiting", "wait_timed", "wait_since", "changes",
         "alive", "doom", "quiet", "_sentinel_ref", "__weakref__",
     )
 
     def __init__(self, ident: int) -> None:
         self.ident = ident
+        #: The thread's name when the state was made; reports use the live
+        #: name while the thread runs and this one after it has exited.
+        thread = threading._active.get(ident)  # type: ignore[attr-defined]
+        self.name = thread.name if thread is not None else f"Thread-{ident}"
         #: Locks held, in acquisition order (an RLock appears once).
         self.held: list[Any] = []
         #: What the thread is blocked on: a lock, a condition waiter or a join.

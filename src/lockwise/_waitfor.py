@@ -26,8 +26,11 @@ cycle cannot be missed because of a race at the moment of blocking.
 
 Limits: a thread blocked outside lockwise (sockets, sleep, C-level queues,
 locks created before ``install()``) counts as able to run, and so does the
-main thread while a Python signal handler is installed (it may set an
-Event); then rule 2 stays silent and the watchdog reports the hang instead.
+main thread waiting on a Condition (Event, Semaphore, queue...) while a
+Python signal handler is installed (the SIGTERM handler that sets the Event
+main waits on); then rule 2 stays silent and the watchdog reports the hang.
+Timer signals (SIGALRM, SIGVTALRM, SIGPROF) are taken as timeouts and
+profilers, not wake-ups.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ._config import settings
 from ._describe import acquired_at, lock_refs, name_of
 from ._errors import DeadlockError
 from ._findings import Finding, StackInfo
-from ._sites import thread_name, user_stack
+from ._sites import user_stack
 from ._state import ThreadState, internal_threads, state_of, states
 
 _monotonic = time.monotonic
@@ -250,8 +253,8 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
             if ident == main_ident and res is None and _in_shutdown(frame):
                 continue
             return None
-        if ident == main_ident and _signal_may_wake_main():
-            return None
+        if ident == main_ident and isinstance(res, CondWaiter) and _signal_may_wake_main():
+            return None  # e.g. a SIGTERM handler that sets the Event main waits on
         blocked.append((ts, changes, res))
     return blocked
 
@@ -354,7 +357,7 @@ def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
     entries: list[dict[str, Any]] = []
     stacks = []
     for ts in threads:
-        name = thread_name(ts.ident)
+        name = name_of(ts)
         holds = [{"lock": refs[id(lock)].to_dict(), "acquired_at": acquired_at(lock)}
                  for lock in list(ts.held)]
         entries.append({"thread": name, "ident": ts.ident, "alive": ts.alive, "holds": holds,
@@ -367,7 +370,7 @@ def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
     victim_wait = victim.waiting
     if rule == "stall" and victim_wait is not None and _is_lock(victim_wait) \
             and victim_wait._owner is victim:
-        summary = (f"{thread_name(victim.ident)} waits for itself: it already holds "
+        summary = (f"{name_of(victim)} waits for itself: it already holds "
                    f"{refs[id(victim_wait)].name} and no other thread can release it")
     elif rule == "cycle" and len(threads) == 1:
         summary = f"{names[0]} waits for itself"
@@ -380,7 +383,7 @@ def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
     finding = Finding(
         kind="deadlock", summary=summary, threads=names, locks=list(refs.values()),
         stacks=stacks,
-        details={"rule": rule, "victim": thread_name(victim.ident), "threads": entries},
+        details={"rule": rule, "victim": name_of(victim), "threads": entries},
         key=key,
     )
     finding.text = render_deadlock(finding)
