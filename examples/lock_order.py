@@ -37,17 +37,20 @@ def flush():
 
 
 first_done = threading.Event()
+flushed = threading.Event()
 
 
 def reader():
     lookup("a")
     lookup("b")
     first_done.set()
+    flushed.wait()
 
 
 def flusher():
     first_done.wait()
     flush()
+    flushed.set()
 
 
 threads = [threading.Thread(target=reader, name="reader"),

@@ -81,6 +81,10 @@ def _version() -> str:
     return f"lockwise {__version__}"
 
 
+class _BadOption(Exception):
+    pass
+
+
 def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """Split ``run``'s arguments into (lockwise's, the program's).
 
@@ -100,6 +104,11 @@ def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
             i += 2
             continue
         if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if name not in _VALUE_OPTIONS + ("--quiet", "-h", "--help"):
+                raise _BadOption(f"run: unknown option {arg!r}; expected --json FILE, "
+                                 "--hang-timeout SECONDS, --fail-on KINDS, --quiet or "
+                                 "-m MODULE before the script")
             i += 1
             continue
         return argv[:i + 1], argv[i + 1:]
@@ -148,7 +157,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     program_args: list[str] = []
     if args and args[0] == "run":
-        mine, program_args = _split_run_args(args[1:])
+        try:
+            mine, program_args = _split_run_args(args[1:])
+        except _BadOption as exc:
+            sys.stderr.write(f"lockwise: error: {exc}\n")
+            return USAGE_STATUS
         args = ["run"] + mine
     ns = parser.parse_args(args)
     if getattr(ns, "func", None) is None:

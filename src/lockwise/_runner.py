@@ -283,14 +283,15 @@ def prepare_script(path: str) -> Program:
     if not os.path.exists(path):
         raise UsageError(f"no such file: {path!r}; expected a Python script "
                          "(lockwise run [options] script.py [args]) or -m module")
+    # Since 3.9, python makes the script's path absolute (__file__, tracebacks).
     if os.path.isdir(path):
-        main = os.path.join(path, "__main__.py")
+        main = os.path.join(os.path.abspath(path), "__main__.py")
         if not os.path.isfile(main):
             raise UsageError(f"cannot find '__main__' module in {path!r}; expected a "
                              "script or a directory with __main__.py")
         source_path, path0 = main, path
     else:
-        source_path, path0 = path, os.path.dirname(os.path.realpath(path))
+        source_path, path0 = os.path.abspath(path), os.path.dirname(os.path.realpath(path))
     try:
         with open(source_path, "rb") as f:
             source = f.read()
@@ -403,7 +404,9 @@ def run_program(program: Program, args: list[str]) -> int:
     except SystemExit as exc:
         status = _exit_code(exc.code)
     except BaseException as exc:
-        sys.excepthook(type(exc), exc, _user_traceback(exc.__traceback__))
+        tb = _user_traceback(exc.__traceback__)
+        exc.__traceback__ = tb  # the interpreter prints this one, not the hook's argument
+        sys.excepthook(type(exc), exc, tb)
         status = 130 if isinstance(exc, KeyboardInterrupt) else 1
     try:
         _wait_for_threads()
