@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from runner_helpers import EXAMPLES, clean_env, lockwise, python, report
 
 PROBE = textwrap.dedent("""
@@ -145,7 +144,8 @@ def test_full_queue_hang(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "the producer is stuck" in result.stdout
     assert "lockwise: hang:" in result.stderr
-    assert "stats_lock (" in result.stderr and "held by producer; waiting: consumer" in result.stderr
+    assert "stats_lock (" in result.stderr
+    assert "held by producer; waiting: consumer" in result.stderr
     found = report(out)
     hangs = [f for f in found if f["kind"] == "hang"]
     assert len(hangs) == 1, found  # once per stuck wait

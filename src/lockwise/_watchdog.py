@@ -111,10 +111,11 @@ def build_hang(stuck: list[tuple[ThreadState, int]], timeout: float) -> Finding:
     for ident, frame in frames.items():
         if ident in internal_threads:
             continue
-        ts = states.get(ident)
-        if ident in stuck_idents and ts is not None:
-            title = f"blocked for {now - ts.wait_since:.1f}s on {_wait_label(ts.waiting, refs)}"
-        elif ts is not None and ts.waiting is not None:
+        other = states.get(ident)
+        if ident in stuck_idents and other is not None:
+            title = (f"blocked for {now - other.wait_since:.1f}s on "
+                     f"{_wait_label(other.waiting, refs)}")
+        elif other is not None and other.waiting is not None:
             title = "waiting"
         else:
             title = "running (or blocked outside lockwise)"
