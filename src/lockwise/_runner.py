@@ -436,10 +436,23 @@ def run(options: Options, target: str, args: list[str], module: bool) -> int:
     return session.finish(status)
 
 
+def _in_main_interpreter() -> bool:
+    """False in a subinterpreter (where environment activation is skipped)."""
+    check = getattr(threading, "_is_main_interpreter", None)
+    if check is not None:
+        return bool(check())
+    try:
+        import _xxsubinterpreters as subinterpreters  # type: ignore[import-not-found]
+    except ImportError:
+        return True
+    return bool(subinterpreters.get_current() == subinterpreters.get_main())
+
+
 def boot() -> None:
     """Entry point of the ``.pth`` hook (only called when ``LOCKWISE`` is set)."""
     try:
-        activate_from_env()
+        if _in_main_interpreter():
+            activate_from_env()
     except Exception as exc:
         try:
             sys.stderr.write(f"lockwise: LOCKWISE is set but lockwise could not start: "
