@@ -9,6 +9,8 @@ import pytest
 import lockwise
 from lockwise import _config
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(autouse=True)
 def clean_lockwise() -> Iterator[None]:

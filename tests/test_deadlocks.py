@@ -28,7 +28,8 @@ def test_self_reacquire_raises_naming_lock_and_sites() -> None:
     assert time.monotonic() - start < LATENCY
     text = str(info.value)
     assert "waits for itself" in text
-    assert f"test_deadlocks.py:{test_self_reacquire_raises_naming_lock_and_sites.__code__.co_firstlineno + 1}" in text
+    created = test_self_reacquire_raises_naming_lock_and_sites.__code__.co_firstlineno + 1
+    assert f"test_deadlocks.py:{created}" in text
     assert "acquired at" in text and "test_deadlocks.py" in text
     # the failed attempt leaves the lock held once, by this thread, and nothing waiting
     assert lock.locked() and lock.owner is threading.current_thread()
@@ -524,7 +525,8 @@ def test_internal_error_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch,
     assert lock.acquire()  # untimed, so the (broken) check runs
     lock.release()
     runner.join()
-    assert "internal error in the deadlock check: ZeroDivisionError: boom" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "internal error in the deadlock check: ZeroDivisionError: boom" in err
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -24,6 +24,7 @@ from ._install import install, installed, is_installed, uninstall
 from ._order import declare_order
 from ._primitives import Lock, RLock
 from ._snapshot import Snapshot, held_locks, snapshot
+from ._watchdog import Watchdog, watchdog
 
 __version__ = "0.1.0"
 
@@ -37,7 +38,7 @@ def reset() -> None:
 
 
 for _obj in (Lock, RLock, DeadlockError, DeadlockWarning, HangWarning, PotentialDeadlockError,
-             PotentialDeadlockWarning, Finding, Snapshot):
+             PotentialDeadlockWarning, Finding, Snapshot, Watchdog):
     _obj.__module__ = "lockwise"
 
 __all__ = [
@@ -45,5 +46,5 @@ __all__ = [
     "Finding", "FrameInfo", "HangWarning", "Lock", "LockRef", "PotentialDeadlockError",
     "PotentialDeadlockWarning", "RLock", "Semaphore", "Snapshot", "StackInfo", "configure",
     "declare_order", "findings", "held_locks", "install", "installed", "is_installed", "reset",
-    "snapshot", "uninstall",
+    "snapshot", "uninstall", "watchdog", "Watchdog",
 ]

@@ -304,6 +304,12 @@ def _deadlock(me: ThreadState, threads: list[ThreadState], rule: str,
     if key in _findings._seen:
         return
     finding = build_finding(threads, rule, victim, key)
+    if victim is me and settings.on_deadlock == "raise":
+        # This thread is about to raise, not to wait: stop counting as blocked
+        # now, or other threads' stall rule reports the same freeze again while
+        # the listeners run (block_on's finally repeats this harmlessly).
+        me.waiting = None
+        me.changes += 1
     me.quiet += 1
     try:
         new = _findings.record(finding)

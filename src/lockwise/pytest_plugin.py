@@ -1,1 +1,143 @@
-"""pytest plugin (registered by entry point, off unless ``--lockwise``): see issue 4."""
+"""pytest plugin: ``pytest --lockwise`` runs the test session under lockwise.
+
+Registered by the ``pytest11`` entry point and inert unless enabled with
+``--lockwise`` or the ini option ``lockwise = true``; until then it does not
+even import lockwise. When enabled:
+
+* lockwise is installed for the whole session (``threading.Lock`` and
+  friends, hence ``queue``, ``logging`` handlers, ``concurrent.futures``...
+  created from then on are lockwise primitives);
+* a test during which a finding of a ``--lockwise-fail-on`` kind
+  (comma list, default ``deadlock``; ini ``lockwise_fail_on``) is recorded
+  fails, with the report in its failure text. A finding is attributed to the
+  test running when it is recorded (setup, call or teardown); one recorded
+  by a background thread between tests goes to the next test.
+* the ``lockwise_findings`` fixture gives a test the list of findings
+  recorded during it so far (live: it grows as findings are recorded).
+  Without ``--lockwise`` the fixture still collects the findings of
+  lockwise's own primitives during that test.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generator, Optional
+
+import pytest
+
+if TYPE_CHECKING:
+    from ._findings import Finding
+
+_KEY = "lockwise_plugin"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lockwise", "deadlock detection with lockwise")
+    group.addoption("--lockwise", action="store_true", default=None,
+                    help="run the tests with lockwise installed (deadlocks raise "
+                         "DeadlockError and fail the test)")
+    group.addoption("--lockwise-fail-on", metavar="KINDS", default=None,
+                    help="fail a test when a finding of these kinds (comma list of "
+                         "deadlock, lock-order, hang, contention; default: deadlock) "
+                         "is recorded during it")
+    parser.addini("lockwise", "run the tests with lockwise installed", type="bool",
+                  default=False)
+    parser.addini("lockwise_fail_on", "finding kinds that fail a test (comma list)",
+                  default="deadlock")
+
+
+class LockwisePlugin:
+    """The enabled plugin: owns the install and the per-test findings."""
+
+    def __init__(self, fail_on: frozenset[str]) -> None:
+        from . import _findings, _install
+
+        self.fail_on = fail_on
+        self.current: list[Finding] = []
+        self._findings = _findings
+        self._install = _install
+        _install.install()
+        _findings.add_listener(self._on_finding)
+
+    def _on_finding(self, finding: Finding) -> None:
+        self.current.append(finding)
+
+    def close(self) -> None:
+        self._findings.remove_listener(self._on_finding)
+        self._install.uninstall()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.current = []
+        self._checked = 0
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
+        outcome = yield
+        report: pytest.TestReport = outcome.get_result()
+        new = self.current[getattr(self, "_checked", 0):]
+        self._checked = len(self.current)
+        failing = [f for f in new if f.kind in self.fail_on]
+        if not failing:
+            return
+        from ._report import render
+
+        text = "\n\n".join(render(f) for f in failing)
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = (f"lockwise: {len(failing)} finding(s) of a failing kind "
+                               f"({', '.join(sorted(self.fail_on))}) during this test:\n\n"
+                               + text)
+        else:
+            report.sections.append(("lockwise findings", text))
+
+
+def _enabled(config: pytest.Config) -> bool:
+    option = config.getoption("lockwise")
+    if option is not None:
+        return bool(option)
+    return bool(config.getini("lockwise"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _enabled(config):
+        return
+    from ._runner import UsageError, parse_kinds
+
+    text = config.getoption("lockwise_fail_on") or config.getini("lockwise_fail_on")
+    try:
+        fail_on = parse_kinds(str(text), "--lockwise-fail-on")
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(LockwisePlugin(fail_on), _KEY)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    plugin: Optional[LockwisePlugin] = config.pluginmanager.get_plugin(_KEY)
+    if plugin is not None:
+        plugin.close()
+        config.pluginmanager.unregister(plugin, _KEY)
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    plugin: Optional[LockwisePlugin] = config.pluginmanager.get_plugin(_KEY)
+    if plugin is None:
+        return None
+    return f"lockwise: installed; failing tests on {', '.join(sorted(plugin.fail_on)) or 'none'}"
+
+
+@pytest.fixture
+def lockwise_findings(request: pytest.FixtureRequest) -> Generator[list[Finding], None, None]:
+    """The findings recorded during this test (a live list, oldest first)."""
+    plugin: Optional[LockwisePlugin] = request.config.pluginmanager.get_plugin(_KEY)
+    if plugin is not None:
+        yield plugin.current
+        return
+    from . import _findings
+
+    collected: list[Finding] = []
+    _findings.add_listener(collected.append)
+    try:
+        yield collected
+    finally:
+        _findings.remove_listener(collected.append)

@@ -1,0 +1,182 @@
+"""The ``lockwise`` command (also ``python -m lockwise``).
+
+``lockwise run [options] script.py [args...]`` / ``lockwise run [options] -m module [args...]``
+runs a program with lockwise installed; ``lockwise report FILE.json`` prints
+the human report of a saved JSON report.
+
+Each subcommand is built by its own ``add_*_parser(subparsers)`` function
+and sets ``func`` (taking the parsed namespace, returning the exit status),
+so new subcommands or options (``report --html``) plug in there.
+Bad input gets one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn, Optional
+
+USAGE_STATUS = 2
+_VALUE_OPTIONS = ("--json", "--hang-timeout", "--fail-on")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``lockwise: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_STATUS, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "run", help="run a Python program with lockwise installed",
+        usage="lockwise run [options] (script.py | -m module) [args...]",
+        description="Run a program with lockwise installed before its first line. "
+                    "Options must come before the script or -m module; everything "
+                    "after it is passed to the program.")
+    parser.add_argument("--json", metavar="FILE",
+                        help="keep a JSON report in FILE, rewritten at every finding "
+                             "(findings of subprocesses and forked children included)")
+    parser.add_argument("--hang-timeout", metavar="SECONDS",
+                        help="report a 'hang' when a thread stays blocked on a lock, "
+                             "condition, queue or join for longer than SECONDS")
+    parser.add_argument("--fail-on", metavar="KINDS", default="deadlock",
+                        help="exit with status 3 when a finding of these kinds (comma "
+                             "list of deadlock, lock-order, hang, contention; 'all', "
+                             "'none') is recorded (default: deadlock)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print no report on stderr (the JSON report is still written)")
+    parser.add_argument("-m", dest="module", metavar="MODULE",
+                        help="run a library module as a script, as python -m does")
+    parser.add_argument("script", nargs="?", help="the Python script to run")
+    parser.set_defaults(func=cmd_run, program_args=[])
+    return parser
+
+
+def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "report", help="print the human report of a saved JSON report",
+        description="Print the human report of a JSON report written by "
+                    "'lockwise run --json FILE'.")
+    parser.add_argument("file", metavar="FILE.json", help="the JSON report")
+    parser.set_defaults(func=cmd_report)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lockwise",
+                     description="lockwise: deadlock detection, lock-order checking and "
+                                 "hang reports for Python threads.")
+    parser.add_argument("--version", action="version", version=_version())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                       parser_class=_Parser)
+    add_run_parser(subparsers)
+    add_report_parser(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"lockwise {__version__}"
+
+
+class _BadOption(Exception):
+    pass
+
+
+def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``run``'s arguments into (lockwise's, the program's).
+
+    lockwise's options end at the script (first non-option argument), at
+    ``-m MODULE`` or after ``--``; the rest belongs to the program.
+    """
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return argv[:i + 2], argv[i + 2:]
+        if arg == "-m":
+            return argv[:i + 2], argv[i + 2:]
+        if arg.startswith("-m") and not arg.startswith("--"):
+            return argv[:i + 1], argv[i + 1:]
+        if arg in _VALUE_OPTIONS:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if name not in _VALUE_OPTIONS + ("--quiet", "-h", "--help"):
+                raise _BadOption(f"run: unknown option {arg!r}; expected --json FILE, "
+                                 "--hang-timeout SECONDS, --fail-on KINDS, --quiet or "
+                                 "-m MODULE before the script")
+            i += 1
+            continue
+        return argv[:i + 1], argv[i + 1:]
+    return argv, []
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from . import _runner
+
+    if ns.module is not None and ns.script is not None:
+        ns.program_args.insert(0, ns.script)
+        ns.script = None
+    if ns.module is None and ns.script is None:
+        raise _runner.UsageError("run: expected a script or -m module to run "
+                                 "(lockwise run [options] script.py [args])")
+    options = _runner.Options(
+        json=ns.json,
+        hang_timeout=(None if ns.hang_timeout is None
+                      else _runner.parse_seconds(ns.hang_timeout)),
+        fail_on=_runner.parse_kinds(ns.fail_on),
+        quiet=ns.quiet,
+    )
+    if ns.module is not None:
+        return _runner.run(options, ns.module, ns.program_args, module=True)
+    return _runner.run(options, ns.script, ns.program_args, module=False)
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    from . import _jsonreport, _report
+
+    try:
+        found = _jsonreport.load(ns.file)
+    except _jsonreport.ReportError as exc:
+        sys.stderr.write(f"lockwise: error: {exc}\n")
+        return USAGE_STATUS
+    out = sys.stdout
+    for finding in found:
+        out.write(_report.render(finding) + "\n\n")
+    out.write(_report.render_summary(found) + "\n")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the ``lockwise`` command with ``argv`` (default: ``sys.argv[1:]``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    program_args: list[str] = []
+    if args and args[0] == "run":
+        try:
+            mine, program_args = _split_run_args(args[1:])
+        except _BadOption as exc:
+            sys.stderr.write(f"lockwise: error: {exc}\n")
+            return USAGE_STATUS
+        args = ["run"] + mine
+    ns = parser.parse_args(args)
+    if getattr(ns, "func", None) is None:
+        parser.error("expected a command: run or report")
+    if ns.command == "run":
+        ns.program_args = program_args
+    from ._runner import UsageError
+
+    try:
+        return int(ns.func(ns))
+    except UsageError as exc:
+        sys.stderr.write(f"lockwise: error: {exc}\n")
+        sys.stderr.flush()
+        return USAGE_STATUS
+
+
+if __name__ == "__main__":
+    sys.exit(main())

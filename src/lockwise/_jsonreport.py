@@ -1,0 +1,167 @@
+"""JSON reports: ``{"format": 1, "findings": [...]}``, kept complete at all times.
+
+A :class:`JsonWriter` is a findings listener: every new finding rewrites the
+file atomically (write a temporary file in the same directory, then
+``os.replace``), so a program that later hangs or is killed still leaves a
+complete, valid report.
+
+Several processes may share one report (a forked child, or a subprocess that
+inherited ``LOCKWISE_JSON``). Each write therefore *merges*: under an
+exclusive ``flock`` on the report's directory (where ``fcntl`` exists), it
+reads the findings already in the file, appends this process's findings that
+are not there yet (identity: pid, time, kind, summary) and replaces the file.
+No process ever removes another's findings. Only the process that starts a
+run creates the file afresh (``fresh=True``).
+"""
+
+from __future__ import annotations
+
+import _thread
+import json
+import os
+import tempfile
+import threading
+from typing import Any, Callable, Optional
+
+from . import _findings
+from ._findings import Finding
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: writes are atomic but not merged safely
+    fcntl = None  # type: ignore[assignment]
+
+FORMAT = 1
+
+
+class ReportError(Exception):
+    """A report file that cannot be read; ``str()`` is one line for the user."""
+
+
+def _identity(data: dict[str, Any]) -> tuple[Any, ...]:
+    return (data.get("pid"), data.get("time"), data.get("kind"), data.get("summary"))
+
+
+def _read_dicts(path: str) -> list[dict[str, Any]]:
+    """The finding dicts of the report at ``path``; raises OSError or ValueError."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
+        raise ValueError("expected an object with a 'findings' list")
+    return [d for d in data["findings"] if isinstance(d, dict)]
+
+
+def load(path: str) -> list[Finding]:
+    """The findings of the JSON report at ``path``, oldest first.
+
+    Raises :class:`ReportError` with a one-line message when the file is
+    missing, unreadable, not JSON or not a lockwise report.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ReportError(f"no such report file: {path!r}; expected a JSON file written "
+                          "by 'lockwise run --json FILE'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ReportError(f"cannot read report file {path!r}: {reason}") from None
+    except ValueError as exc:
+        raise ReportError(f"{path!r} is not a lockwise JSON report: invalid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
+        raise ReportError(f"{path!r} is not a lockwise JSON report: expected an object "
+                          "with a 'findings' list")
+    result = []
+    for i, item in enumerate(data["findings"]):
+        try:
+            result.append(Finding.from_dict(item))
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise ReportError(f"{path!r} is not a lockwise JSON report: finding {i} is "
+                              f"invalid ({exc})") from None
+    return result
+
+
+def document(findings: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"format": FORMAT, "findings": findings}
+
+
+class JsonWriter:
+    """Keeps the JSON report at ``path`` up to date; use as a findings listener.
+
+    ``fresh`` starts the file empty (the process that starts a run);
+    otherwise this process's findings are merged into what is there.
+    ``source`` gives the findings to write (default: all of this process's).
+    Never raises into the caller: failures go to ``internal_error``.
+    """
+
+    def __init__(self, path: str, fresh: bool,
+                 source: Optional[Callable[[], list[Finding]]] = None) -> None:
+        self.path = os.path.abspath(path)
+        self._source = source or _findings.findings
+        self._lock = _thread.RLock()  # the interpreter's own: never instrumented
+        self._local = threading.local()
+        self._pending = False
+        if fresh:
+            self._write(document([]))
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = _thread.RLock()
+        self._local = threading.local()
+        self._pending = False
+
+    def __call__(self, finding: Finding) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Merge this process's findings into the file now."""
+        if getattr(self._local, "busy", False):
+            # Re-entered (a signal handler or finalizer recorded a finding while
+            # this thread was writing): the outer write loop picks it up.
+            self._pending = True
+            return
+        self._local.busy = True
+        try:
+            with self._lock:
+                self._pending = True
+                while self._pending:
+                    self._pending = False
+                    self._merge([f.to_dict() for f in self._source()])
+        except Exception as exc:
+            _findings.internal_error(f"writing the JSON report {self.path}", exc)
+        finally:
+            self._local.busy = False
+
+    def _merge(self, mine: list[dict[str, Any]]) -> None:
+        directory = os.path.dirname(self.path)
+        dir_fd = -1
+        if fcntl is not None:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        try:
+            try:
+                merged = _read_dicts(self.path)
+            except (OSError, ValueError):
+                merged = []
+            known = {_identity(d) for d in merged}
+            merged += [d for d in mine if _identity(d) not in known]
+            self._write(document(merged))
+        finally:
+            if dir_fd >= 0:
+                os.close(dir_fd)  # releases the flock
+
+    def _write(self, data: dict[str, Any]) -> None:
+        directory, base = os.path.split(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, default=str)
+                f.write("\n")
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise

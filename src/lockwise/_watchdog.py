@@ -1,0 +1,232 @@
+"""The watchdog: reports threads blocked on lockwise primitives for too long.
+
+Deadlock rules catch freezes that are certain; the watchdog catches the rest
+(a thread blocked on a full queue whose consumer waits on a socket, a wait
+that something outside lockwise could still end...). A daemon thread polls
+every thread's ``ThreadState`` and, when a thread has been blocked without a
+timeout on a lockwise lock, Condition (so Event, Semaphore, Barrier, queue)
+or join for longer than ``timeout`` seconds, records one ``hang`` finding
+with every thread's user stack and the table of who holds and who waits for
+what. Each stuck wait is reported once (it is identified by the thread and
+its ``changes`` counter, which moves whenever the thread stops waiting);
+waits that become stuck at the same poll share one finding.
+
+Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not
+reported: they end by themselves. The watchdog's own thread is registered in
+``_state.internal_threads`` so the deadlock rules never count it.
+Policy: ``settings.on_hang`` (``"raise"`` cannot raise into another thread
+and acts like ``"log"``). The watchdog watches the process that started it;
+a forked child has none unless it starts one.
+"""
+
+from __future__ import annotations
+
+import _thread
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from . import _findings, _snapshot
+from ._config import settings
+from ._describe import lock_refs
+from ._findings import Finding, LockRef, StackInfo
+from ._report import render_hang
+from ._sites import thread_name, user_stack
+from ._state import ThreadState, internal_threads, states
+from ._waitfor import CondWaiter, JoinWait, _valid
+
+
+def _wait_label(res: Any, refs: dict[int, LockRef]) -> str:
+    if isinstance(res, JoinWait):
+        return f"join of thread {res.thread.name}"
+    if isinstance(res, CondWaiter):
+        ref = refs.get(id(res.cond))
+        return f"a notify of {ref.name} ({ref.site})" if ref else "a notify"
+    ref = refs.get(id(res))
+    return f"{ref.name} ({ref.site})" if ref else repr(res)
+
+
+def stuck_waits(timeout: float, now: Optional[float] = None) -> list[tuple[ThreadState, int]]:
+    """Threads blocked without a timeout for at least ``timeout`` seconds, with their
+    ``changes`` counter (the identity of the wait)."""
+    now = time.monotonic() if now is None else now
+    stuck = []
+    for ts in list(states.values()):
+        if not ts.alive or ts.ident in internal_threads:
+            continue
+        changes = ts.changes
+        res = ts.waiting
+        if res is None or ts.wait_timed or now - ts.wait_since < timeout:
+            continue
+        try:
+            if not _valid(res):
+                continue
+        except Exception:
+            continue
+        if ts.changes == changes and ts.waiting is res:
+            stuck.append((ts, changes))
+    return stuck
+
+
+def build_hang(stuck: list[tuple[ThreadState, int]], timeout: float) -> Finding:
+    """The ``hang`` finding for these stuck waits (every thread's stack included)."""
+    now = time.monotonic()
+    objs: list[Any] = []
+    for ts, _changes in stuck:
+        res = ts.waiting
+        if isinstance(res, CondWaiter):
+            objs.append(res.cond)
+        elif res is not None and not isinstance(res, JoinWait):
+            objs.append(res)
+        objs.extend(ts.held)
+    refs = lock_refs(objs)
+    names = [thread_name(ts.ident) for ts, _c in stuck]
+    parts = []
+    entries = []
+    for (ts, _c), name in zip(stuck, names):
+        label = _wait_label(ts.waiting, refs)
+        seconds = now - ts.wait_since
+        parts.append(f"{name} waits for {label}")
+        entries.append({"thread": name, "waits_for": label, "seconds": round(seconds, 3),
+                        "holds": [refs[id(lock)].to_dict() for lock in list(ts.held)
+                                  if id(lock) in refs]})
+    snap = _snapshot.snapshot(all_locks=False)
+    table = [{"lock": {"name": lock.name, "site": lock.site, "type": lock.type},
+              "owner": lock.owner, "waiters": lock.waiters}
+             for lock in snap.locks if lock.locked or lock.waiters]
+    conds: dict[int, tuple[Any, list[str]]] = {}
+    for ts in list(states.values()):
+        res = ts.waiting
+        if ts.alive and isinstance(res, CondWaiter):
+            conds.setdefault(id(res.cond), (res.cond, []))[1].append(thread_name(ts.ident))
+    cond_refs = lock_refs([cond for cond, _w in conds.values()])
+    for key, (_cond, waiters) in conds.items():
+        ref = cond_refs[key].to_dict()
+        ref["name"] = f"{ref['name']} (notify)"
+        table.append({"lock": ref, "owner": None, "waiters": waiters})
+    stuck_idents = {ts.ident for ts, _c in stuck}
+    frames = sys._current_frames()
+    stacks = []
+    for ident, frame in frames.items():
+        if ident in internal_threads:
+            continue
+        other = states.get(ident)
+        if ident in stuck_idents and other is not None:
+            title = (f"blocked for {now - other.wait_since:.1f}s on "
+                     f"{_wait_label(other.waiting, refs)}")
+        elif other is not None and other.waiting is not None:
+            title = "waiting"
+        else:
+            title = "running (or blocked outside lockwise)"
+        stacks.append(StackInfo(thread_name(ident), title, user_stack(frame)))
+    stacks.sort(key=lambda s: s.thread not in names)
+    finding = Finding(
+        kind="hang",
+        summary=f"blocked for more than {timeout:g}s: " + "; ".join(parts),
+        threads=names, locks=list(refs.values()), stacks=stacks,
+        details={"timeout": timeout, "stuck": entries, "table": table},
+        key=("hang", frozenset((ts.ident, c) for ts, c in stuck)),
+    )
+    finding.text = render_hang(finding)
+    return finding
+
+
+class Watchdog:
+    """A daemon thread reporting ``hang`` findings; see the module docstring.
+
+    ``interval`` is the polling period (default: ``timeout / 4``, between
+    0.05 and 1 second). ``start()`` and ``stop()`` are idempotent; ``stop()``
+    joins the thread. Usable as a context manager.
+    """
+
+    def __init__(self, timeout: float, interval: Optional[float] = None) -> None:
+        self.timeout = settings_seconds("timeout", timeout)
+        self.interval = (settings_seconds("interval", interval) if interval is not None
+                         else min(1.0, max(0.05, self.timeout / 4)))
+        self._stop = _thread.allocate_lock()
+        self._thread: Optional[threading.Thread] = None
+        self._reported: set[tuple[int, int]] = set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Watchdog:
+        if self._thread is None:
+            self._stop.acquire()
+            self._thread = threading.Thread(target=self._run, name="lockwise-watchdog",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        self._stop.release()
+        if thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def __enter__(self) -> Watchdog:
+        return self.start()
+
+    def __exit__(self, *args: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        internal_threads.add(me)
+        try:
+            while not self._stop.acquire(True, self.interval):
+                try:
+                    self.poll()
+                except Exception as exc:
+                    _findings.internal_error("the watchdog", exc)
+            self._stop.release()
+        finally:
+            internal_threads.discard(me)
+
+    def poll(self) -> Optional[Finding]:
+        """One check now; returns the new ``hang`` finding, if any."""
+        stuck = [(ts, c) for ts, c in stuck_waits(self.timeout)
+                 if (ts.ident, c) not in self._reported]
+        if not stuck:
+            return None
+        self._reported.update((ts.ident, c) for ts, c in stuck)
+        finding = build_hang(stuck, self.timeout)
+        if _findings.record(finding):
+            _findings.apply_policy(finding, settings.on_hang)
+            return finding
+        return None
+
+
+def settings_seconds(name: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"lockwise.watchdog: {name}={value!r} is not valid; "
+                         "expected a positive number of seconds")
+    return seconds
+
+
+_current: Optional[Watchdog] = None
+
+
+def watchdog(timeout: Optional[float], interval: Optional[float] = None) -> Optional[Watchdog]:
+    """Start the process-wide watchdog with ``timeout`` seconds, or stop it (None).
+
+    Calling it again replaces the running watchdog (waits already reported
+    may be reported again). Returns the running :class:`Watchdog`, or None.
+    """
+    global _current
+    new = Watchdog(timeout, interval) if timeout is not None else None
+    old, _current = _current, None
+    if old is not None:
+        old.stop()
+    if new is not None:
+        _current = new.start()
+    return _current

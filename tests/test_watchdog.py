@@ -1,0 +1,128 @@
+"""The watchdog reports threads blocked too long, once per stuck wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Optional
+
+import pytest
+
+import lockwise
+from lockwise import _state, _watchdog
+
+
+def _poll_until(wd: _watchdog.Watchdog, deadline: float = 10.0) -> Optional[lockwise.Finding]:
+    end = time.monotonic() + deadline
+    tick = threading.Event()
+    while time.monotonic() < end:
+        found = wd.poll()
+        if found is not None:
+            return found
+        tick.wait(0.02)
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    lockwise.reset()
+
+
+def test_hang_reported_once_with_table_and_user_stacks() -> None:
+    guard = lockwise.Lock()
+    never = lockwise.Event()
+    holding = threading.Event()
+
+    def stuck() -> None:
+        with guard:
+            holding.set()
+            never.wait()
+
+    t = threading.Thread(target=stuck, name="stuck-worker")
+    t.start()
+    try:
+        assert holding.wait(10)
+        wd = _watchdog.Watchdog(0.05)
+        found = _poll_until(wd)
+        assert found is not None
+        assert found.kind == "hang"
+        assert found.threads == ["stuck-worker"]
+        rows = {row["lock"]["name"]: row for row in found.details["table"]}
+        assert rows["guard"]["owner"] == "stuck-worker"
+        assert any(name.endswith("(notify)") and row["waiters"] == ["stuck-worker"]
+                   for name, row in rows.items())
+        stack = next(s for s in found.stacks if s.thread == "stuck-worker")
+        assert stack.frames and stack.frames[-1].function == "stuck"
+        assert all("lockwise" not in f.filename.split("tests")[0] or "tests" in f.filename
+                   for f in stack.frames)
+        assert "Locks:" in found.text and "stuck-worker" in found.text
+        assert wd.poll() is None  # once per stuck wait
+        assert lockwise.findings("hang") == [found]
+    finally:
+        never.set()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def test_timed_waits_are_not_hangs() -> None:
+    ev = lockwise.Event()
+    started = threading.Event()
+
+    def timed() -> None:
+        started.set()
+        ev.wait(30)
+
+    t = threading.Thread(target=timed)
+    t.start()
+    try:
+        assert started.wait(10)
+        wd = _watchdog.Watchdog(0.01)
+        deadline = threading.Event()
+        deadline.wait(0.1)
+        assert wd.poll() is None
+    finally:
+        ev.set()
+        t.join(10)
+
+
+def test_watchdog_thread_is_internal_and_stops() -> None:
+    wd = lockwise.watchdog(5.0)
+    try:
+        assert wd is not None and wd.running
+        assert wd._thread is not None
+        ident = wd._thread.ident
+        end = time.monotonic() + 10
+        while ident not in _state.internal_threads and time.monotonic() < end:
+            threading.Event().wait(0.01)
+        assert ident in _state.internal_threads
+    finally:
+        assert lockwise.watchdog(None) is None
+    assert not wd.running
+    assert ident not in _state.internal_threads
+
+
+def test_background_watchdog_records_hang() -> None:
+    never = lockwise.Event()
+    started = threading.Event()
+
+    def waiter() -> None:
+        started.set()
+        never.wait()
+
+    t = threading.Thread(target=waiter, name="bg-waiter")
+    with _watchdog.Watchdog(0.05, interval=0.02):
+        t.start()
+        assert started.wait(10)
+        end = time.monotonic() + 10
+        while not lockwise.findings("hang") and time.monotonic() < end:
+            threading.Event().wait(0.02)
+    never.set()
+    t.join(10)
+    [hang] = lockwise.findings("hang")
+    assert hang.threads == ["bg-waiter"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, "soon", float("inf"), None])
+def test_bad_timeout(bad: object) -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        _watchdog.Watchdog(bad)  # type: ignore[arg-type]
