@@ -205,7 +205,11 @@ def wait_of(task: Any, assumed: Optional[dict[Any, Any]] = None) -> Optional[Wai
 
 
 def _timed_tasks(loop: Any, tasks: set[Any]) -> set[Any]:
-    """Tasks among ``tasks`` that a scheduled timer may wake or cancel.
+    """Tasks among ``tasks`` that a scheduled timer or ready callback may wake or cancel.
+
+    A handle counts when its callback is bound to the task (``task.cancel``) or
+    to an object whose ``_task`` is the task, or when its arguments hold the
+    task or the future it awaits.
 
     Recognised: ``asyncio.timeout``/``wait_for`` (3.11+: the timer's callback is
     bound to an object whose ``_task`` is the task), ``wait_for`` before 3.12
@@ -213,12 +217,13 @@ def _timed_tasks(loop: Any, tasks: set[Any]) -> set[Any]:
     loop whose timers cannot be read (not asyncio's) counts every task as timed.
     """
     scheduled = getattr(loop, "_scheduled", None)
-    if scheduled is None:
+    ready = getattr(loop, "_ready", None)
+    if scheduled is None or ready is None:
         return set(tasks)
     futs = {id(getattr(t, "_fut_waiter", None)): t for t in tasks}
     ids = {id(t): t for t in tasks}
     timed: set[Any] = set()
-    for handle in list(scheduled):
+    for handle in list(scheduled) + list(ready):
         if getattr(handle, "_cancelled", False):
             continue
         callback = getattr(handle, "_callback", None)

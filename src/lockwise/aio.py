@@ -100,6 +100,13 @@ def _site(name: Optional[str], frame: Optional[FrameType]) -> Site:
     return site_of(frame) if name is None else named_site(name, frame)
 
 
+def _check_loop(prim: Any) -> None:
+    """Raise asyncio's own "bound to a different event loop" error before any check."""
+    get_loop = getattr(prim, "_get_loop", None)  # 3.10+; 3.9 binds the loop at creation
+    if get_loop is not None:
+        get_loop()
+
+
 class _Introspection:
     """Introspection shared by the asyncio primitives (not on the hot path)."""
 
@@ -223,6 +230,7 @@ class Lock(_Introspection, _AsyncioLock):  # type: ignore[misc]
             error = _order.note(ts, self)  # type: ignore[arg-type]
             if error is not None:
                 raise error
+        _check_loop(self)
         loop = task.get_loop()
         ts.waiting = self
         try:
@@ -268,8 +276,8 @@ class Condition(_Introspection, _AsyncioCondition):  # type: ignore[misc]
     def __init__(self, lock: Any = None, *args: Any, name: Optional[str] = None,
                  **kwargs: Any) -> None:
         frame = _getframe(1)
-        if lock is None:
-            lock = Lock(**kwargs)
+        if lock is None:  # 3.10+ rejects loop=: let asyncio's Condition say so
+            lock = Lock(**kwargs) if sys.version_info < (3, 10) else Lock()
         super().__init__(lock, *args, **kwargs)
         self._site = _site(name, frame)
         self._acq = None
@@ -339,6 +347,7 @@ class Semaphore(_Introspection, _AsyncioSemaphore):  # type: ignore[misc]
         frame = _getframe(1)
         if self.locked():
             ts = state_for(task)
+            _check_loop(self)
             loop = task.get_loop()
             ts.waiting = self
             try:
