@@ -47,9 +47,8 @@ def kinds() -> list[str]:
 def test_reacquire_held_lock_raises() -> None:
     async def main() -> None:
         lock = aio.Lock()
-        async with lock:
-            async with lock:
-                pass
+        async with lock, lock:
+            pass
 
     with pytest.raises(lockwise.DeadlockError) as info:
         run(main)
@@ -269,10 +268,8 @@ def test_no_findings_for_safe_patterns() -> None:
         await asyncio.gather(transfer(0, 1), transfer(1, 0), transfer(3, 2), transfer(2, 3))
 
         async def gated(x: Any, y: Any) -> None:
-            async with gate:
-                async with x:
-                    async with y:
-                        await asyncio.sleep(0)
+            async with gate, x, y:
+                await asyncio.sleep(0)
 
         g1, g2 = aio.Lock(name="g1"), aio.Lock(name="g2")
         await asyncio.gather(gated(g1, g2), gated(g2, g1))
@@ -371,14 +368,12 @@ def test_opposite_order_run_one_after_the_other_is_reported() -> None:
         a, b = aio.Lock(name="inbox"), aio.Lock(name="outbox")
 
         async def forward() -> None:
-            async with a:
-                async with b:
-                    pass
+            async with a, b:
+                pass
 
         async def backward() -> None:
-            async with b:
-                async with a:
-                    pass
+            async with b, a:
+                pass
 
         await asyncio.ensure_future(forward())
         await asyncio.ensure_future(backward())
@@ -398,9 +393,8 @@ def test_same_site_instances_transfer() -> None:
         accounts = [aio.Lock() for _ in range(2)]
 
         async def transfer(x: Any, y: Any) -> None:
-            async with x:
-                async with y:
-                    pass
+            async with x, y:
+                pass
 
         await transfer(accounts[0], accounts[1])
         await transfer(accounts[1], accounts[0])
@@ -414,9 +408,8 @@ def test_lock_order_raise_policy() -> None:
     try:
         async def main() -> None:
             a, b = aio.Lock(), aio.Lock()
-            async with a:
-                async with b:
-                    pass
+            async with a, b:
+                pass
             async with b:
                 with pytest.raises(lockwise.PotentialDeadlockError):
                     async with a:
@@ -463,9 +456,8 @@ def test_install_patches_asyncio() -> None:
 
         async def main() -> None:
             lock = asyncio.Lock()
-            async with lock:
-                async with lock:
-                    pass
+            async with lock, lock:
+                pass
 
         with pytest.raises(lockwise.DeadlockError):
             run(main)

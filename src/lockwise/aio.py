@@ -67,7 +67,7 @@ import threading
 from types import FrameType
 from typing import Any, Optional
 
-from . import _aio_wait, _findings, _order, _waitfor
+from . import _aio_wait, _findings, _order, _state, _waitfor
 from ._aio_wait import (
     TaskState,
     check_wait,
@@ -85,7 +85,6 @@ from ._findings import Finding, StackInfo
 from ._primitives import _acquire_site, _drop_held
 from ._sites import Site, named_site, site_of
 from ._state import ThreadState
-from . import _state
 
 __all__ = ["BoundedSemaphore", "Condition", "Lock", "Semaphore", "install", "uninstall"]
 
@@ -162,7 +161,7 @@ class _Introspection:
 
     def __repr__(self) -> str:
         # asyncio's repr ends in "[locked, waiters:n]>": keep that, insert ours before.
-        base: str = super().__repr__()  # type: ignore[misc]
+        base: str = super().__repr__()
         cut = base.rfind(" [")
         if cut < 0:
             return base
@@ -181,6 +180,7 @@ class Lock(_Introspection, _AsyncioLock):  # type: ignore[misc]
     """
 
     _kind = "asyncio.Lock"
+    _locked: bool
 
     def __init__(self, *args: Any, name: Optional[str] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
