@@ -9,7 +9,7 @@ Findings and reports: ``_findings``, ``_report``. Reach: ``_install``.
 
 from __future__ import annotations
 
-from . import _joins  # noqa: F401  (records Thread.join as a wait)
+from . import _install, _joins  # noqa: F401  (_joins records Thread.join as a wait)
 from ._condition import Barrier, BoundedSemaphore, Condition, Event, Semaphore
 from ._config import configure
 from ._errors import (
@@ -27,6 +27,16 @@ from ._snapshot import Snapshot, held_locks, snapshot
 from ._watchdog import Watchdog, watchdog
 
 __version__ = "0.1.0"
+
+
+def _asyncio_hook(installing: bool) -> None:
+    """install()/uninstall() also cover asyncio (imported only then: low import cost)."""
+    from . import aio
+
+    aio._patch(installing)
+
+
+_install.add_install_hook(_asyncio_hook)
 
 
 def reset() -> None:

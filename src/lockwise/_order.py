@@ -69,6 +69,12 @@ class _EdgeInfo:
         self.second_stack = second_stack
 
 
+def actor_name(ts: Any) -> str:
+    """The name of the thread, or task (``display_name``), that took an edge."""
+    display = getattr(ts, "display_name", None)
+    return str(display()) if display is not None else thread_name(ts.ident)
+
+
 def note(ts: ThreadState, lock: Any) -> Optional[BaseException]:
     """Record that ``ts`` acquires ``lock`` while holding ``ts.held``.
 
@@ -169,14 +175,14 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
                 refs = (_ref(hsite), _ref(site))
             edge = graph.edge(a, b)
             if edge is None:
-                info = _EdgeInfo(thread_name(ts.ident), refs[0], refs[1],
+                info = _EdgeInfo(actor_name(ts), refs[0], refs[1],
                                  _stack_to(user, h), user_stack(user))
                 edge = Edge(gates, info, ts.ident)
                 graph.add(a, b, edge)
             else:
                 edge.threads.add(ts.ident)
                 if edge.info is None:  # declared before it was seen
-                    edge.info = _EdgeInfo(thread_name(ts.ident), refs[0], refs[1],
+                    edge.info = _EdgeInfo(actor_name(ts), refs[0], refs[1],
                                           _stack_to(user, h), user_stack(user))
                 narrowed = edge.gates & gates
                 if narrowed == edge.gates:

@@ -12,6 +12,9 @@ from ._findings import Finding, FrameInfo, StackInfo
 
 _RULE = {
     "cycle": "each thread waits for a lock held by the next one",
+    "task-cycle": "each task waits for a lock held by the next one, or awaits it, and "
+                  "no timer can wake or cancel any of them",
+    "loop": "the thread runs the event loop that must resume the holder, and it is blocked",
     "stall": "every live thread is blocked on a lockwise primitive without a timeout, "
              "so none is left to release or notify",
 }
@@ -46,6 +49,9 @@ def _wait_text(wait: dict[str, Any]) -> str:
         return f"waits on {_lock(wait.get('lock'))} for a notify"
     if kind == "join":
         return f"joins thread {wait.get('thread')}"
+    if kind == "await":
+        via = " (through asyncio.gather)" if wait.get("via") == "gather" else ""
+        return f"awaits task {wait.get('task')}{via}"
     return "is running"
 
 
@@ -64,7 +70,8 @@ def render_deadlock(finding: Finding) -> str:
         lines += ["", f"  Why this never ends: {rule}."]
     victim = details.get("victim")
     if victim:
-        lines.append(f"  DeadlockError is raised in {victim}; the other threads are untouched.")
+        others = "tasks" if details.get("asyncio") and details.get("rule") != "loop" else "threads"
+        lines.append(f"  DeadlockError is raised in {victim}; the other {others} are untouched.")
     for stack in finding.stacks:
         lines.append("")
         lines += _stack_block(stack)

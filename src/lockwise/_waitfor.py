@@ -127,6 +127,10 @@ def waiters_of(resource: Any) -> list[int]:
 
 Pending = Optional[tuple[list[tuple[ThreadState, int, Any]], float]]
 
+#: Extra checks run by a blocked thread before the rules above; each may raise
+#: DeadlockError (``lockwise.aio`` adds "the loop's thread blocks on a lock it owns").
+wait_checks: list[Callable[[ThreadState], None]] = []
+
 
 def check(ts: ThreadState, pending: Pending) -> Pending:
     """One deadlock check by a blocked thread; raises if it is the victim."""
@@ -135,6 +139,8 @@ def check(ts: ThreadState, pending: Pending) -> Pending:
         ts.doom = None
         raise DeadlockError(str(doom), doom)
     try:
+        for extra in wait_checks:
+            extra(ts)
         cycle = _ownership_cycle(ts)
         if cycle is not None:
             _deadlock(ts, cycle, rule="cycle")
