@@ -388,7 +388,12 @@ class RedisLock(_Introspection):
         frame = sys._getframe(1)
         deadline = None if (not blocking or timeout < 0) else _monotonic() + timeout
         who = participant()
-        got = self._try(who, frame)
+        try:
+            got = self._try(who, frame)
+        except _CONN_ERRORS:
+            if not blocking:
+                raise
+            got = None  # a blocking acquire retries until its timeout
         if got is None and blocking:
             got = self._wait(ts, who, deadline, frame)
         if got is None:
