@@ -19,6 +19,7 @@ from ._errors import (
     PotentialDeadlockError,
     PotentialDeadlockWarning,
 )
+from ._filelock import FileLock
 from ._findings import Finding, FrameInfo, LockRef, StackInfo, findings
 from ._install import install, installed, is_installed, uninstall
 from ._order import declare_order
@@ -47,13 +48,13 @@ def reset() -> None:
     _order.reset()
 
 
-for _obj in (Lock, RLock, DeadlockError, DeadlockWarning, HangWarning, PotentialDeadlockError,
-             PotentialDeadlockWarning, Finding, Snapshot, Watchdog):
+for _obj in (Lock, RLock, FileLock, DeadlockError, DeadlockWarning, HangWarning,
+             PotentialDeadlockError, PotentialDeadlockWarning, Finding, Snapshot, Watchdog):
     _obj.__module__ = "lockwise"
 
 __all__ = [
     "Barrier", "BoundedSemaphore", "Condition", "DeadlockError", "DeadlockWarning", "Event",
-    "Finding", "FrameInfo", "HangWarning", "Lock", "LockRef", "PotentialDeadlockError",
+    "FileLock", "Finding", "FrameInfo", "HangWarning", "Lock", "LockRef", "PotentialDeadlockError",
     "PotentialDeadlockWarning", "RLock", "Semaphore", "Snapshot", "StackInfo", "configure",
     "declare_order", "findings", "held_locks", "install", "installed", "is_installed", "reset",
     "snapshot", "uninstall", "watchdog", "Watchdog",

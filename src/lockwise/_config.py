@@ -7,7 +7,8 @@ load each); everything else validates and converts before storing.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Union
+import os
+from typing import Any, Callable, Optional, Union
 
 Policy = Union[str, Callable[..., Any]]
 
@@ -29,6 +30,9 @@ class Settings:
         self.confirm_delay = 0.01
         #: Whether a Python-level signal handler may wake the main thread.
         self.signals_wake_main = True
+        #: Directory of the inter-process wait-for store (None: $LOCKWISE_SHARED_DIR
+        #: or a per-user folder under the system temp directory).
+        self.shared_dir: Optional[str] = None
 
 
 settings = Settings()
@@ -74,6 +78,9 @@ def configure(**options: Any) -> dict[str, Any]:
       is called a deadlock (default 0.01).
     * ``signals_wake_main``: count the main thread as able to run while a
       Python signal handler is installed (default True).
+    * ``shared_dir``: the directory where processes of one machine share their
+      wait-for graph for :class:`lockwise.FileLock` (default: the environment
+      variable ``LOCKWISE_SHARED_DIR``, else ``<tempdir>/lockwise-<uid>``).
 
     Findings are always recorded in :func:`lockwise.findings` and logged to the
     ``lockwise`` logger, whatever the policy.
@@ -87,6 +94,11 @@ def configure(**options: Any) -> dict[str, Any]:
             checked[name] = _check_seconds(name, value)
         elif name in ("lock_order", "signals_wake_main"):
             checked[name] = bool(value)
+        elif name == "shared_dir":
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ValueError(f"lockwise.configure: shared_dir={value!r} is not valid; "
+                                 "expected a directory path or None")
+            checked[name] = None if value is None else os.fspath(value)
         else:
             known = ", ".join(sorted(vars(settings)))
             raise TypeError(f"lockwise.configure: unknown option {name!r}; known options: {known}")

@@ -1,0 +1,333 @@
+"""FileLock: an inter-process lock on an OS file lock, owned per thread.
+
+Algorithm. Each ``FileLock`` object has a thread-level inner lock and its own
+open file description of ``path``. ``acquire`` first takes the inner lock
+through lockwise's thread machinery (so a second thread of the same process
+waits, and local cycles mixing ``Lock`` and ``FileLock`` are found as for
+any lockwise lock), then ``fcntl.flock(LOCK_EX)`` on the descriptor. The OS
+drops the file lock when the process dies, however it dies. Two ``FileLock``
+objects on one path exclude each other too, even in one process (``flock``
+locks belong to the open file description, not to the process as ``lockf``
+locks do).
+
+The OS lock is polled with ``LOCK_NB`` and an exponential backoff from 0.5 ms
+to 10 ms (a blocking ``flock`` cannot time out or be re-checked); between
+polls, every ``RECHECK`` seconds, the wait is registered in the machine's
+shared wait-for store (:mod:`lockwise._shared_store`), atomically with a
+cycle check. The waiter that closes a cycle raises :class:`DeadlockError`
+naming every participant (host, pid, thread) and lock.
+
+Cost. Uncontended: inner lock, one ``flock`` and one SQLite transaction to
+publish the holder (another at release); ``detect=False`` skips the store.
+Contended: one poll per backoff step, one store check per ``RECHECK``.
+
+Limits. POSIX only (``fcntl``); on other platforms the constructor raises
+``NotImplementedError``. ``flock`` on NFS may be emulated with ``fcntl``
+byte-range locks or not work at all: use Redis for locks across machines.
+Do not ``fork`` while holding a FileLock: the child shares the parent's
+file description (the lock is released when both have released it).
+Reentrancy is per thread and per object.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from . import _order, _waitfor
+from ._config import settings
+from ._errors import DeadlockError
+from ._primitives import _acquire_site, _check_acquire_args, _drop_held, _Introspection
+from ._shared_store import (
+    RECHECK,
+    SQLiteStore,
+    deadlock_finding,
+    raise_deadlock,
+    report_order,
+    store_for,
+)
+from ._sites import named_site, site_of, thread_name
+from ._state import ThreadState, current_state
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_monotonic = time.monotonic
+
+
+class FileLock(_Introspection):
+    """An inter-process lock on ``path``, with the API of :class:`lockwise.Lock`.
+
+    ``reentrant=True`` lets the owning thread acquire it again (one release
+    per acquire). ``name`` is the name in reports (default: the path).
+    ``detect=False`` skips the shared wait-for store (no deadlock detection
+    or lock-order findings across processes). ``shared_dir`` overrides the
+    store directory for this lock.
+
+    Only the owning thread may release it. ``acquire(blocking=True,
+    timeout=-1)`` returns True or False as ``threading.Lock.acquire`` does and
+    raises :class:`lockwise.DeadlockError` instead of waiting forever.
+    """
+
+    _shared = True
+    _kind = "FileLock"
+
+    def __init__(self, path: Any, reentrant: bool = False, name: Optional[str] = None, *,
+                 detect: bool = True, shared_dir: Optional[str] = None) -> None:
+        if fcntl is None:  # pragma: no cover
+            raise NotImplementedError("lockwise.FileLock needs fcntl.flock (POSIX)")
+        self.path = os.path.abspath(os.fspath(path))
+        self.reentrant = bool(reentrant)
+        frame = sys._getframe(1)
+        self._site = site_of(frame) if name is None else named_site(name, frame)
+        self._name = name if name is not None else self.path
+        self._inner = _allocate_lock()
+        self._owner: Optional[ThreadState] = None
+        self._inner_owner: Optional[ThreadState] = None
+        self._count = 0
+        self._acq: Optional[tuple[Any, int]] = None
+        self._serial = 0
+        self._fd = -1
+        self._fd_pid = 0
+        self._key = "file:" + self.path
+        self._store: Optional[SQLiteStore] = store_for(shared_dir) if detect else None
+        self._sent: set[tuple[str, str]] = set()
+        self._broken = False
+
+    # ---------------------------------------------------------------- API
+
+    @property
+    def name(self) -> str:
+        """The name in reports: the one given, else the path."""
+        return self._name
+
+    @property
+    def count(self) -> int:
+        """The owner's recursion count (0 when not held by this process)."""
+        return self._count
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        _check_acquire_args(blocking, timeout)
+        ts = current_state()
+        if self._owner is ts and self.reentrant:
+            self._count += 1
+            return True
+        forever = blocking and timeout == -1
+        if forever and ts.held and settings.lock_order:
+            error = _order.note(ts, self)
+            if error is not None:
+                raise error
+        deadline = None if (not blocking or timeout < 0) else _monotonic() + timeout
+        if not self._inner.acquire(False):
+            if not blocking:
+                return False
+            if not _waitfor.block_on(ts, self, self._inner, None if timeout < 0 else timeout):
+                return False
+        self._inner_owner = ts
+        frame = sys._getframe(1)
+        try:
+            got = self._lock_file(ts, blocking, deadline, frame)
+        except BaseException:
+            self._inner_owner = None
+            self._inner.release()
+            raise
+        if not got:
+            self._inner_owner = None
+            self._inner.release()
+            return False
+        self._owner = ts
+        self._count = 1
+        self._acq = _acquire_site(frame)
+        shared = [h for h in ts.held if getattr(h, "_store", None) is self._store
+                  and h is not self and isinstance(h, FileLock)]
+        ts.held.append(self)
+        if forever and shared and self._store is not None and settings.lock_order:
+            error = self._note_order(shared)
+            if error is not None:
+                self.release()
+                raise error
+        return True
+
+    __enter__ = acquire
+
+    def release(self) -> None:
+        ts = current_state()
+        if self._owner is not ts:
+            raise RuntimeError("cannot release un-acquired lock")
+        if self._count > 1:
+            self._count -= 1
+            return
+        self._count = 0
+        self._owner = None
+        _drop_held(ts, self)
+        try:
+            self._store_call("remove_holder", self._key)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._inner_owner = None
+            self._inner.release()
+
+    def __exit__(self, *args: object) -> None:
+        self.release()
+
+    def locked(self) -> bool:
+        """True if any thread of any process holds the lock now."""
+        if self._inner.locked():
+            return True
+        if not self._inner.acquire(False):
+            return True
+        try:
+            fd = self._file()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            self._inner.release()
+
+    def holder(self) -> Optional[dict[str, Any]]:
+        """Who holds the lock according to the shared store (host, pid, thread, site)."""
+        if self._store is None:
+            return None
+        return self._store.holder(self._key)
+
+    def __repr__(self) -> str:
+        state = "locked" if self._inner.locked() else "unlocked"
+        parts = [f"<{state} lockwise.FileLock object at {id(self):#x}",
+                 f"{self.name!r} ({self._site})"]
+        owner = self._owner
+        if owner is not None:
+            parts.append(f"owner={thread_name(owner.ident)} (ident {owner.ident})")
+            if self.reentrant:
+                parts.append(f"count={self._count}")
+            if self.acquired_at:
+                parts.append(f"acquired at {self.acquired_at}")
+        return " ".join(parts) + ">"
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0 and getattr(self, "_fd_pid", 0) == os.getpid():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    # ---------------------------------------------------------------- internals
+
+    def _file(self) -> int:
+        if self._fd < 0 or self._fd_pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd_pid = os.getpid()
+        return self._fd
+
+    def _try(self, fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _store_call(self, method: str, *args: Any) -> Any:
+        store = self._store
+        if store is None or self._broken:
+            return None
+        try:
+            return getattr(store, method)(*args)
+        except Exception as exc:
+            from ._findings import internal_error
+
+            self._broken = True
+            internal_error(f"the shared store ({store.path}); detection across processes "
+                           f"is off for {self.name}", exc)
+            return None
+
+    def _publish(self, frame: Any) -> None:
+        acq = _acquire_site(frame)
+        where = f"{acq[0].co_filename}:{acq[1]}" if acq else "?"
+        self._store_call("add_holder", self._key, self.name, str(self._site), where)
+
+    def _lock_file(self, ts: ThreadState, blocking: bool, deadline: Optional[float],
+                   frame: Any) -> bool:
+        fd = self._file()
+        if self._try(fd):
+            self._publish(frame)
+            return True
+        if not blocking:
+            return False
+        timed = deadline is not None
+        ts.changes += 1
+        ts.wait_timed = timed
+        ts.wait_since = _monotonic()
+        ts.waiting = self
+        registered = False
+        pending: Any = None
+        next_check = 0.0
+        delay = 0.0005
+        try:
+            while True:
+                now = _monotonic()
+                doom = ts.doom
+                if doom is not None:
+                    ts.doom = None
+                    raise DeadlockError(str(doom), doom)
+                if self._store is not None and now >= next_check:
+                    registered = True
+                    result = self._store_call("wait", self._key, self.name, str(self._site),
+                                              timed, self)
+                    next_check = now + RECHECK
+                    if result is None:
+                        pending = None
+                    else:
+                        path, used_links = result
+                        cycle = frozenset((s["who"], s["key"]) for s in path)
+                        if not used_links or pending == cycle:
+                            self._deadlock(path, frame)
+                        pending = cycle
+                if self._try(fd):
+                    self._publish(frame)  # also drops the wait row
+                    registered = False
+                    return True
+                if deadline is not None and now >= deadline:
+                    return False
+                pause = delay if deadline is None else min(delay, max(deadline - now, 0.0))
+                if self._store is not None:
+                    pause = min(pause, max(next_check - now, 0.0))
+                time.sleep(pause)
+                delay = min(delay * 2, 0.01)
+        finally:
+            ts.waiting = None
+            ts.changes += 1
+            if registered:
+                self._store_call("end_wait")
+
+    def _deadlock(self, path: list[dict[str, Any]], frame: Any) -> None:
+        store = self._store
+        assert store is not None
+        holds = store.holds_of([step["who"] for step in path])
+        finding = deadlock_finding(path, holds, "sqlite:" + store.path, frame)
+        if raise_deadlock(finding):
+            raise DeadlockError(str(finding), finding)
+
+    def _note_order(self, shared: list[FileLock]) -> Optional[BaseException]:
+        new = [h for h in shared if (h._key, self._key) not in self._sent]
+        if not new:
+            return None
+        for h in new:
+            self._sent.add((h._key, self._key))
+        edges = self._store_call("note_order", [(h._key, h.name, str(h._site)) for h in new],
+                                 (self._key, self.name, str(self._site)),
+                                 thread_name(threading.get_ident()))
+        if not edges:
+            return None
+        from ._shared_store import order_finding
+
+        assert self._store is not None
+        return report_order(order_finding(edges, "sqlite:" + self._store.path))
