@@ -21,7 +21,6 @@ from typing import Any, Callable
 from _common import compare, implementations, now, row
 
 import lockwise
-from lockwise import _order
 
 WHY_FLOOR = ("measured floor: a C method wrapping a _thread.lock must itself call the inner "
              "lock's acquire(False) (argument tuple + parsing) and release, and record owner, "
@@ -57,10 +56,8 @@ def _nested(a: Any, b: Any, c: Any) -> Callable[[int], float]:
     def run(n: int) -> float:
         t = now()
         for _ in range(n):
-            with a:
-                with b:
-                    with c:
-                        pass
+            with a, b, c:
+                pass
         return now() - t
     return run
 
@@ -207,49 +204,54 @@ def _condition(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _one_deadlock(Lock: Any) -> Any:
+    """Seconds from the cycle closing (ABBA) to the first DeadlockError, or None."""
+    lockwise.reset()
+    a, b = Lock(), Lock()
+    barrier = threading.Barrier(2)
+    closed: list[float] = []
+    raised: list[float] = []
+
+    def first() -> None:
+        with a:
+            barrier.wait(10)
+            try:
+                with b:
+                    pass
+            except lockwise.DeadlockError:
+                raised.append(now())
+
+    def second() -> None:
+        with b:
+            barrier.wait(10)
+            deadline = now() + 10
+            while not b.waiters and now() < deadline:  # until first() blocks on b
+                time.sleep(0)
+            closed.append(now())  # the next line closes the cycle
+            try:
+                with a:
+                    pass
+            except lockwise.DeadlockError:
+                raised.append(now())
+
+    pool = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(30)
+    if closed and raised:
+        return min(raised) - closed[0]
+    return None
+
+
 def _latency(quick: bool) -> list[dict[str, Any]]:
     rounds = 40 if quick else 200
     rows = []
     previous = lockwise.configure(on_lock_order="ignore", on_deadlock="raise")
     try:
         for label, Lock, _RLock in implementations():
-            samples: list[float] = []
-            for _ in range(rounds):
-                lockwise.reset()
-                a, b = Lock(), Lock()
-                barrier = threading.Barrier(2)
-                closed: list[float] = []
-                raised: list[float] = []
-
-                def first() -> None:
-                    with a:
-                        barrier.wait(10)
-                        try:
-                            with b:
-                                pass
-                        except lockwise.DeadlockError:
-                            raised.append(now())
-
-                def second() -> None:
-                    with b:
-                        barrier.wait(10)
-                        deadline = now() + 10
-                        while not b.waiters and now() < deadline:  # first blocks on b
-                            time.sleep(0)
-                        closed.append(now())  # the next line closes the cycle
-                        try:
-                            with a:
-                                pass
-                        except lockwise.DeadlockError:
-                            raised.append(now())
-
-                pool = [threading.Thread(target=first), threading.Thread(target=second)]
-                for t in pool:
-                    t.start()
-                for t in pool:
-                    t.join(30)
-                if closed and raised:
-                    samples.append(min(raised) - closed[0])
+            samples = [x for x in (_one_deadlock(Lock) for _ in range(rounds))
+                       if x is not None]
             samples.sort()
             p50 = statistics.median(samples)
             p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
@@ -300,9 +302,8 @@ def _order_edges(quick: bool) -> list[dict[str, Any]]:
             lockwise.reset()
             locks = [Lock(name=f"bench.class.{label}.{i}") for i in range(classes)]
             for x, y in zip(locks, locks[1:]):  # a chain: every new edge searches far
-                with x:
-                    with y:
-                        pass
+                with x, y:
+                    pass
             rng = random.Random(5)
             pairs = set()
             while len(pairs) < trials:
@@ -312,15 +313,13 @@ def _order_edges(quick: bool) -> list[dict[str, Any]]:
             tlocks = [threading.Lock(), threading.Lock()]
             t0 = now()
             for i, j in pairs:
-                with locks[i]:
-                    with locks[j]:
-                        pass
+                with locks[i], locks[j]:
+                    pass
             lw = (now() - t0) / trials
             t0 = now()
             for _ in pairs:
-                with tlocks[0]:
-                    with tlocks[1]:
-                        pass
+                with tlocks[0], tlocks[1]:
+                    pass
             base = (now() - t0) / trials
             rows.append(row(f"new order edge, graph of {classes:,} lock classes [{label}]",
                             base, lw, lw / base,

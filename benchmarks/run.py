@@ -70,7 +70,9 @@ def _fmt_value(row: dict[str, Any], key: str) -> str:
 
 
 def _fmt_ratio(ratio: Any) -> str:
-    return f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else ("" if ratio is None else str(ratio))
+    if isinstance(ratio, (int, float)):
+        return f"{ratio:.2f}x"
+    return "" if ratio is None else str(ratio)
 
 
 def _met(row: dict[str, Any]) -> str:

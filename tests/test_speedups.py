@@ -71,7 +71,7 @@ def test_active_implementation_matches_environment() -> None:
         assert _primitives.IMPLEMENTATION == "pure"
         assert lockwise.Lock is _primitives.PureLock
     else:
-        assert _primitives.IMPLEMENTATION == ("c" if HAVE_C else "pure")
+        assert ("c" if HAVE_C else "pure") == _primitives.IMPLEMENTATION
     assert lockwise.Lock.__name__ == "Lock" and lockwise.RLock.__name__ == "RLock"
     assert lockwise.Lock.__module__ == "lockwise"
 
@@ -173,7 +173,7 @@ def test_non_blocking_and_timed_contention(impl: Any) -> None:
         lock.acquire()
         results: list[bool] = []
 
-        def other(lock: Any = lock) -> None:
+        def other(lock: Any = lock, results: list[bool] = results) -> None:
             results.append(lock.acquire(False))
             results.append(lock.acquire(timeout=0.01))
 

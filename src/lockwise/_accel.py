@@ -14,15 +14,14 @@ Importing this module fails with ImportError when ``_speedups`` is missing;
 
 from __future__ import annotations
 
+import threading
 from types import MemberDescriptorType
 from typing import Any, Optional
-
-import threading
 
 from . import _order
 from ._config import settings
 from ._sites import INTERNAL_FILES
-from ._speedups import LockBase, RLockBase, setup
+from ._speedups import setup
 from ._state import ThreadState, _local, new_state
 
 #: Names the C base types implement.
