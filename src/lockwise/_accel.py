@@ -5,8 +5,8 @@ The classes here are the pure ones of ``_primitives`` with their hot methods
 types; every other method (the slow path, introspection, the Condition
 protocol, repr) is the pure class's own function, so a fix there applies to
 both implementations. The C code hands every case it does not handle
-(contention, timeouts, validation, the lock-order check, a thread's first
-use) back to those Python functions.
+(contention, timeouts, validation, the lock-order check of a chain of sites
+not validated yet, a thread's first use) back to those Python functions.
 
 Importing this module fails with ImportError when ``_speedups`` is missing;
 ``_primitives`` then keeps the pure classes.
@@ -21,6 +21,8 @@ from typing import Any, Optional
 from . import _order
 from ._config import settings
 from ._sites import INTERNAL_FILES
+from ._speedups import LockBase as LockBase
+from ._speedups import RLockBase as RLockBase
 from ._speedups import setup
 from ._state import ThreadState, _local, new_state
 
@@ -48,4 +50,7 @@ def accelerate(pure: type, base: type) -> type:
     return type(pure.__name__, (base, *pure.__bases__), ns)
 
 
-setup(_local, new_state, settings, _note, INTERNAL_FILES, ThreadState, _allocate_lock())
+# The C side also runs the first lines of _order.note itself (ts.quiet, then the
+# chain key (held sites, new site) found in _order._known): a nested acquire of
+# an already validated order calls no Python code. Keep it in step with note().
+setup(_local, new_state, settings, _note, INTERNAL_FILES, ThreadState, _allocate_lock(), _order)

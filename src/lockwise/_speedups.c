@@ -51,7 +51,8 @@ static PyObject *g_note;           /* trampoline calling _order.note(ts, lock) *
 static PyObject *g_internal_files; /* _sites.INTERNAL_FILES (a set) */
 static PyObject *g_ts_key;         /* key of the cached state in the thread dict */
 static PyTypeObject *g_ts_type;    /* _state.ThreadState */
-static Py_ssize_t g_held_offset = -1, g_ident_offset = -1;  /* its slots */
+static Py_ssize_t g_held_offset = -1, g_ident_offset = -1, g_quiet_offset = -1;
+static PyObject *g_order;          /* the _order module (its _known set) */
 static PyTypeObject *g_inner_type; /* _thread.lock */
 static PyObject *g_inner_acquire, *g_inner_release;  /* its unbound methods */
 /* One-entry cache of the last thread's state: (thread state, its id) -> ts. */
@@ -60,7 +61,7 @@ static uint64_t g_last_tstate_id;
 static PyObject *g_last_ts;
 
 static PyObject *s_acquire, *s_release, *s_held, *s_ident, *s_signal, *s_lock_order,
-    *s_ts, *s_acquire_slow, *s_minus_one;
+    *s_ts, *s_acquire_slow, *s_minus_one, *s_quiet, *s_site, *s_known;
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -318,6 +319,68 @@ drop_held(PyObject *owner, PyObject *lock)
     return rc;
 }
 
+static PyTypeObject LockBase_Type, RLockBase_Type;
+
+static PyObject *
+site_of_lock(PyObject *lock)  /* new ref */
+{
+    if (PyObject_TypeCheck(lock, &LockBase_Type) || PyObject_TypeCheck(lock, &RLockBase_Type)) {
+        PyObject *site = ((LockObject *)lock)->site;
+        if (site != NULL)
+            return Py_NewRef(site);
+    }
+    return PyObject_GetAttr(lock, s_site);
+}
+
+/* The fast path of _order.note(ts, lock), in C: 1 when note would return None
+ * at once (lockwise reporting, or this chain of sites was validated before),
+ * 0 when note must run, -1 on error. Mirrors _order.note's first lines. */
+static int
+order_known(PyObject *ts, LockObject *self, PyObject *held)
+{
+    if (g_order == NULL || self->site == NULL)
+        return 0;
+    PyObject *quiet = state_slot(ts, g_quiet_offset, s_quiet);
+    if (quiet == NULL)
+        return -1;
+    int q = PyObject_IsTrue(quiet);
+    Py_DECREF(quiet);
+    if (q)
+        return q < 0 ? -1 : 1;
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    PyObject *chain = PyTuple_New(n);
+    if (chain == NULL)
+        return -1;
+    int in_chain = 0;
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(held); i++) {
+        PyObject *site = site_of_lock(PyList_GET_ITEM(held, i));
+        if (site == NULL) {
+            Py_DECREF(chain);
+            return -1;
+        }
+        if (site == self->site)
+            in_chain = 1;
+        PyTuple_SET_ITEM(chain, i, site);
+    }
+    if (PyList_GET_SIZE(held) != n || in_chain) {  /* changed under us, or a repeat */
+        Py_DECREF(chain);
+        return 0;
+    }
+    PyObject *key = PyTuple_Pack(2, chain, self->site);
+    Py_DECREF(chain);
+    if (key == NULL)
+        return -1;
+    PyObject *known = PyObject_GetAttr(g_order, s_known);
+    if (known == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int r = PySet_Check(known) ? PySet_Contains(known, key) : 0;
+    Py_DECREF(known);
+    Py_DECREF(key);
+    return r;
+}
+
 /* Is `held` non-empty and lock-order checking on? 1/0/-1. */
 static int
 needs_order_check(PyObject *held)
@@ -426,7 +489,15 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock)
         int check = needs_order_check(held);
         if (check < 0)
             goto fail_held;
-        if (check) {
+        if (check == 0)
+            check = 2;  /* no check wanted: skip note below */
+        else
+            check = 1;
+        if (check == 1)
+            check = order_known(ts, self, held);
+        if (check < 0)
+            goto fail_held;
+        if (check == 0 && PyList_GET_SIZE(held)) {
             PyObject *stack[3] = {NULL, ts, (PyObject *)self};
             PyObject *error = PyObject_Vectorcall(
                 g_note, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -826,9 +897,13 @@ static PyObject *
 speedups_setup(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *local, *new_state, *settings, *note, *internal_files, *ts_type, *inner;
-    if (!PyArg_ParseTuple(args, "OOOOO!O!O:setup", &local, &new_state, &settings, &note,
-                          &PySet_Type, &internal_files, &PyType_Type, &ts_type, &inner))
+    PyObject *order = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO!O!O|O:setup", &local, &new_state, &settings, &note,
+                          &PySet_Type, &internal_files, &PyType_Type, &ts_type, &inner,
+                          &order))
         return NULL;
+    Py_XINCREF(order);
+    Py_XSETREF(g_order, order);
     PyObject *acquire = PyObject_GetAttr((PyObject *)Py_TYPE(inner), s_acquire);
     if (acquire == NULL)
         return NULL;
@@ -845,6 +920,7 @@ speedups_setup(PyObject *Py_UNUSED(module), PyObject *args)
     Py_XSETREF(g_ts_type, (PyTypeObject *)ts_type);
     g_held_offset = slot_offset(ts_type, s_held);
     g_ident_offset = slot_offset(ts_type, s_ident);
+    g_quiet_offset = slot_offset(ts_type, s_quiet);
     if (PyErr_Occurred())
         return NULL;
     Py_XSETREF(g_local, Py_NewRef(local));
@@ -857,7 +933,8 @@ speedups_setup(PyObject *Py_UNUSED(module), PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"setup", speedups_setup, METH_VARARGS,
-     "setup(local, new_state, settings, note, internal_files, ThreadState, a_lock): wire the hot path "
+     "setup(local, new_state, settings, note, internal_files, ThreadState, a_lock"
+     "[, order_module]): wire the hot path "
      "to lockwise's Python modules (called once by lockwise._accel)."},
     {NULL, NULL, 0, NULL},
 };
@@ -884,6 +961,9 @@ PyInit__speedups(void)
     INTERN(s_lock_order, "lock_order");
     INTERN(s_ts, "ts");
     INTERN(s_acquire_slow, "_acquire_slow");
+    INTERN(s_quiet, "quiet");
+    INTERN(s_site, "_site");
+    INTERN(s_known, "_known");
     INTERN(g_ts_key, "lockwise._speedups.thread_state");
     if ((s_minus_one = PyLong_FromLong(-1)) == NULL)
         return NULL;
