@@ -8,10 +8,11 @@ nested acquisitions) is a function call away, in ``_waitfor`` and ``_order``.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from types import FrameType
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import _order, _waitfor
 from ._config import settings
@@ -316,3 +317,25 @@ class RLock(_Introspection):
 
     def __repr__(self) -> str:
         return self._describe(self._count)
+
+
+# ---------------------------------------------------------------- selection
+# Lock and RLock above are the pure-Python reference. When the optional C
+# accelerator (_speedups) was built, and LOCKWISE_PURE is not "1", the names
+# Lock and RLock are rebound to the same classes with a C hot path (_accel);
+# every module importing them from here gets the selected implementation.
+
+PureLock = Lock
+PureRLock = RLock
+#: "c" when the accelerated classes are in use, "pure" otherwise.
+IMPLEMENTATION = "pure"
+
+if not TYPE_CHECKING and os.environ.get("LOCKWISE_PURE") != "1":
+    try:
+        from . import _accel
+    except ImportError:
+        pass
+    else:
+        Lock = _accel.accelerate(PureLock, _accel.LockBase)
+        RLock = _accel.accelerate(PureRLock, _accel.RLockBase)
+        IMPLEMENTATION = "c"

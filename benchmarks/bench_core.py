@@ -1,0 +1,413 @@
+"""Core costs: Lock/RLock hot path, nesting, contention, Condition, detection, scale.
+
+Every timing compares lockwise (detection fully on, default settings) with
+``threading`` in the same process, interleaved round by round; rows name the
+lockwise implementation measured: ``[pure]`` (the Python reference) or
+``[c]`` (the C accelerator, when built).
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import random
+import statistics
+import sys
+import threading
+import time
+import tracemalloc
+from typing import Any, Callable
+
+from _common import compare, implementations, now, row
+
+import lockwise
+
+WHY_FLOOR = ("near the floor of wrapping _thread.lock: the user's call reaches lockwise's C "
+             "method (as much as the raw call), which must call the inner lock's acquire(False) "
+             "and release again through their Python-level methods (the 'floor' row: passing "
+             "blocking=False alone costs 1.4x the raw pair), then store owner, site and held "
+             "entry. Closing the gap needs an inner lock driven from C without a method call "
+             "(CPython's lock object layout is private and changed in 3.13)")
+
+
+# ------------------------------------------------------------------ loops
+
+
+def _acq_rel(lock: Any) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        acquire, release = lock.acquire, lock.release
+        del acquire, release  # natural code below: attribute lookups included
+        t = now()
+        for _ in range(n):
+            lock.acquire()
+            lock.release()
+        return now() - t
+    return run
+
+
+def _with(lock: Any) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        t = now()
+        for _ in range(n):
+            with lock:
+                pass
+        return now() - t
+    return run
+
+
+def _nested(a: Any, b: Any, c: Any) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        t = now()
+        for _ in range(n):
+            with a, b, c:
+                pass
+        return now() - t
+    return run
+
+
+def _floor_call(lock: Any) -> Callable[[int], float]:
+    """The raw lock driven the way a wrapper must: acquire(False) + release."""
+    def run(n: int) -> float:
+        t = now()
+        for _ in range(n):
+            lock.acquire(False)
+            lock.release()
+        return now() - t
+    return run
+
+
+def _contend(make: Callable[[], Any], threads: int = 4) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        lock = make()
+        per = max(1, n // threads)
+        counter = [0]
+        start = threading.Barrier(threads + 1)
+
+        def work() -> None:
+            start.wait(30)
+            for _ in range(per):
+                with lock:
+                    counter[0] += 1
+
+        pool = [threading.Thread(target=work) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        start.wait(30)
+        t0 = now()
+        for t in pool:
+            t.join(120)
+        elapsed = now() - t0
+        assert counter[0] == per * threads
+        return elapsed * n / (per * threads)
+    return run
+
+
+def _handoff(make_cond: Callable[[], Any]) -> Callable[[int], float]:
+    """Producer/consumer through a Condition, one slot: every item is a wake-up."""
+    def run(n: int) -> float:
+        cond = make_cond()
+        slot: collections.deque[int] = collections.deque()
+
+        def consumer() -> None:
+            for _ in range(n):
+                with cond:
+                    while not slot:
+                        cond.wait(10)
+                    slot.popleft()
+                    cond.notify()
+
+        t = threading.Thread(target=consumer)
+        t0 = now()
+        t.start()
+        for i in range(n):
+            with cond:
+                while slot:
+                    cond.wait(10)
+                slot.append(i)
+                cond.notify()
+        t.join(120)
+        return now() - t0
+    return run
+
+
+# ------------------------------------------------------------------ benchmarks
+
+
+def _uncontended(quick: bool) -> list[dict[str, Any]]:
+    n, rounds = (20_000, 9) if quick else (200_000, 21)
+    rows = []
+    tlock, trlock = threading.Lock(), threading.RLock()
+    base_pair = _acq_rel(tlock)
+    rows.append(row("floor: threading.Lock acquire(False)+release vs acquire()+release",
+                    *compare(base_pair, _floor_call(tlock), n, rounds),
+                    note="what calling the inner lock from a wrapper costs, before any "
+                         "bookkeeping"))
+    for label, Lock, RLock in implementations():
+        lock = Lock()
+        rlock = RLock()
+        target = 1.5
+        why = WHY_FLOOR if label == "c" else "pure Python: a Python-level method call " \
+            "alone costs about as much as the raw lock"
+        rows.append(row(f"Lock acquire()+release() [{label}]",
+                        *compare(base_pair, _acq_rel(lock), n, rounds), target=target, why=why))
+        rows.append(row(f"Lock `with` [{label}]",
+                        *compare(_with(tlock), _with(lock), n, rounds), target=target, why=why))
+        rows.append(row(f"RLock acquire()+release() [{label}]",
+                        *compare(_acq_rel(trlock), _acq_rel(rlock), n, rounds),
+                        target=target, why=why))
+        rows.append(row(f"RLock `with` [{label}]",
+                        *compare(_with(trlock), _with(rlock), n, rounds), target=target, why=why))
+    try:
+        from fastrlock.rlock import FastRLock  # type: ignore[import-not-found]
+    except ImportError:
+        rows.append(row("fastrlock (reference)", None, None, None, note="fastrlock not installed"))
+    else:
+        rows.append(row("fastrlock.FastRLock `with` (reference, not lockwise)",
+                        *compare(_with(trlock), _with(FastRLock()), n, rounds),
+                        note="third-party C RLock without any detection, for scale"))
+    return rows
+
+
+def _nesting(quick: bool) -> list[dict[str, Any]]:
+    n, rounds = (10_000, 9) if quick else (100_000, 21)
+    rows = []
+    base = _nested(threading.Lock(), threading.Lock(), threading.Lock())
+    for label, Lock, _RLock in implementations():
+        a, b, c = Lock(name=f"bench.a.{label}"), Lock(name=f"bench.b.{label}"), \
+            Lock(name=f"bench.c.{label}")
+        _nested(a, b, c)(1)  # first time: records the order (slow path, once)
+        rows.append(row(f"3 nested locks, known order [{label}]", *compare(base, _nested(a, b, c),
+                        n, rounds), target=2.0,
+                        why=("each nested acquire runs the lock-order check's fast path "
+                             "(_order.note: a tuple of held sites and a set lookup) in Python"
+                             if label == "pure" else
+                             "three acquires at the single-lock floor above, plus the "
+                             "order check's fast path (tuple of held sites, set lookup) in C "
+                             "for the two nested ones")))
+    return rows
+
+
+def _contention(quick: bool) -> list[dict[str, Any]]:
+    n, rounds = (40_000, 5) if quick else (200_000, 9)
+    rows = []
+    for label, Lock, _RLock in implementations():
+        rows.append(row(f"4 threads contending, throughput [{label}]",
+                        *compare(_contend(threading.Lock), _contend(Lock), n, rounds),
+                        target=1.5, note="time per acquire, all threads together",
+                        why="a contended acquire takes the slow path: registered wait, "
+                            "deadlock check, timed waits on the inner lock"))
+    return rows
+
+
+def _condition(quick: bool) -> list[dict[str, Any]]:
+    n, rounds = (1_000, 5) if quick else (5_000, 9)
+    rows = []
+    for label, Lock, _RLock in implementations():
+        rows.append(row(f"Condition producer/consumer hand-off [{label}]",
+                        *compare(_handoff(lambda: threading.Condition(threading.Lock())),
+                                 _handoff(lambda Lock=Lock: lockwise.Condition(Lock())),
+                                 n, rounds),
+                        note="time per item (each item wakes the other thread)"))
+    return rows
+
+
+def _one_deadlock(Lock: Any) -> Any:
+    """Seconds from the cycle closing (ABBA) to the first DeadlockError, or None."""
+    lockwise.reset()
+    a, b = Lock(), Lock()
+    barrier = threading.Barrier(2)
+    closed: list[float] = []
+    raised: list[float] = []
+
+    def first() -> None:
+        with a:
+            barrier.wait(10)
+            try:
+                with b:
+                    pass
+            except lockwise.DeadlockError:
+                raised.append(now())
+
+    def second() -> None:
+        with b:
+            barrier.wait(10)
+            deadline = now() + 10
+            while not b.waiters and now() < deadline:  # until first() blocks on b
+                time.sleep(0)
+            closed.append(now())  # the next line closes the cycle
+            try:
+                with a:
+                    pass
+            except lockwise.DeadlockError:
+                raised.append(now())
+
+    pool = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(30)
+    if closed and raised:
+        return min(raised) - closed[0]
+    return None
+
+
+def _latency(quick: bool) -> list[dict[str, Any]]:
+    rounds = 40 if quick else 200
+    rows = []
+    previous = lockwise.configure(on_lock_order="ignore", on_deadlock="raise")
+    try:
+        for label, Lock, _RLock in implementations():
+            samples = [x for x in (_one_deadlock(Lock) for _ in range(rounds))
+                       if x is not None]
+            samples.sort()
+            p50 = statistics.median(samples)
+            p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+            rows.append({"name": f"detection latency p50, ABBA via Barrier [{label}]",
+                         "baseline": None, "lockwise": p50, "ratio": None,
+                         "note": f"{len(samples)} deadlocks; threading would hang"})
+            rows.append({"name": f"detection latency p99, ABBA via Barrier [{label}]",
+                         "baseline": None, "lockwise": p99, "ratio": None,
+                         "target": "< 10 ms", "met": p99 < 0.010,
+                         "why": "the second waiter detects the cycle when it blocks"})
+    finally:
+        lockwise.configure(**previous)
+        lockwise.reset()
+    return rows
+
+
+def _scale(quick: bool) -> list[dict[str, Any]]:
+    n, rounds = (20_000, 7) if quick else (100_000, 15)
+    sizes = (10, 1_000, 10_000) if quick else (10, 1_000, 100_000)
+    rows = []
+    for label, Lock, _RLock in implementations():
+        first = None
+        for size in sizes:
+            keep = [Lock() for _ in range(size)]
+            tkeep = [threading.Lock() for _ in range(size)]
+            base, lw, ratio = compare(_acq_rel(tkeep[size // 2]), _acq_rel(keep[size // 2]),
+                                      n, rounds)
+            if first is None:
+                first = ratio
+            growth = ratio / first
+            entry = row(f"acquire+release with {size:,} live locks [{label}]", base, lw,
+                        ratio, note=f"ratio vs {sizes[0]} live locks: {growth:.2f}x")
+            if size != sizes[0]:
+                entry.update(target="within 25% of the cost with 10", met=growth <= 1.25,
+                             why="cost grew with the number of live locks")
+            rows.append(entry)
+            del keep, tkeep
+    return rows
+
+
+def _order_edges(quick: bool) -> list[dict[str, Any]]:
+    classes = 2_000 if quick else 10_000
+    trials = 50 if quick else 200
+    rows = []
+    previous = lockwise.configure(on_lock_order="ignore")
+    try:
+        for label, Lock, _RLock in implementations():
+            lockwise.reset()
+            locks = [Lock(name=f"bench.class.{label}.{i}") for i in range(classes)]
+            for x, y in zip(locks, locks[1:]):  # a chain: every new edge searches far
+                with x, y:
+                    pass
+            rng = random.Random(5)
+            pairs = set()
+            while len(pairs) < trials:
+                i = rng.randrange(0, classes // 2)
+                j = rng.randrange(i + 2, classes)
+                pairs.add((i, j))
+            tlocks = [threading.Lock(), threading.Lock()]
+            t0 = now()
+            for i, j in pairs:
+                with locks[i], locks[j]:
+                    pass
+            lw = (now() - t0) / trials
+            t0 = now()
+            for _ in pairs:
+                with tlocks[0], tlocks[1]:
+                    pass
+            base = (now() - t0) / trials
+            rows.append(row(f"new order edge, graph of {classes:,} lock classes [{label}]",
+                            base, lw, lw / base,
+                            note="one-time cost per new (held, new) pair: records the edge "
+                                 "and searches the graph for a cycle"))
+            del locks
+    finally:
+        lockwise.configure(**previous)
+        lockwise.reset()
+    return rows
+
+
+def _memory(quick: bool) -> list[dict[str, Any]]:
+    live = 10_000
+    dropped = 100_000 if quick else 1_000_000
+    rows = []
+
+    def per_lock(make: Callable[[], Any]) -> float:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            keep = [None] * live
+            mid = tracemalloc.get_traced_memory()[0]
+            for i in range(live):
+                keep[i] = make()
+            after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        del keep, before
+        return (after - mid) / live
+
+    base = per_lock(threading.Lock)
+    for label, Lock, _RLock in implementations():
+        for kind, make in (("Lock", Lock), ("RLock", _RLock)):
+            lw = per_lock(make)
+            rows.append({"name": f"memory per live {kind} [{label}]", "baseline": base,
+                         "lockwise": lw, "ratio": lw / base, "unit": "bytes",
+                         "target": "<= 200 bytes", "met": lw <= 200,
+                         "note": "tracemalloc, including the inner _thread.lock; "
+                                 "baseline is threading.Lock",
+                         "why": "object with its fields, GC header and inner lock"})
+
+    for label, Lock, _RLock in implementations():
+        gc.collect()
+        tracemalloc.start()
+        try:
+            warm = [Lock() for _ in range(1000)]
+            for lock in warm:
+                with lock:
+                    pass
+            del warm
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            batch = 10_000
+            for _ in range(dropped // batch):
+                locks = [Lock() for _ in range(batch)]
+                for lock in locks:
+                    with lock:
+                        pass
+                del locks
+            gc.collect()
+            growth = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        rows.append({"name": f"memory growth after {dropped:,} locks created, used, dropped "
+                             f"[{label}]", "baseline": 0, "lockwise": growth, "ratio": None,
+                     "unit": "bytes", "target": "no growth (< 64 KiB)",
+                     "met": growth < 65536, "why": "something keeps dropped locks alive"})
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for part in (_uncontended, _nesting, _contention, _condition, _latency, _scale,
+                 _order_edges, _memory):
+        print(f"   {part.__name__.strip('_')}...", file=sys.stderr, flush=True)
+        try:
+            rows.extend(part(quick))
+        except Exception as exc:  # one part failing must not hide the others
+            rows.append({"name": f"{part.__name__.strip('_')}: error", "baseline": None,
+                         "lockwise": None, "ratio": None, "error": True,
+                         "note": f"benchmark failed: {type(exc).__name__}: {exc}"})
+    return rows

@@ -1,0 +1,56 @@
+"""Lock and RLock over the C hot path of ``_speedups`` (when it was built).
+
+The classes here are the pure ones of ``_primitives`` with their hot methods
+(``acquire``, ``release``, ``__enter__``, ``__exit__``) taken from the C base
+types; every other method (the slow path, introspection, the Condition
+protocol, repr) is the pure class's own function, so a fix there applies to
+both implementations. The C code hands every case it does not handle
+(contention, timeouts, validation, the lock-order check of a chain of sites
+not validated yet, a thread's first use) back to those Python functions.
+
+Importing this module fails with ImportError when ``_speedups`` is missing;
+``_primitives`` then keeps the pure classes.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import MemberDescriptorType
+from typing import Any, Optional
+
+from . import _order
+from ._config import settings
+from ._sites import INTERNAL_FILES
+from ._speedups import LockBase as LockBase
+from ._speedups import RLockBase as RLockBase
+from ._speedups import setup
+from ._state import ThreadState, _local, new_state
+
+#: Names the C base types implement.
+C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__"})
+_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_SKIP = frozenset({"__slots__", "__dict__", "__weakref__", "__module__", "__qualname__",
+                   "__annotations__"})
+
+
+def _note(ts: ThreadState, lock: Any) -> Optional[BaseException]:
+    # A Python frame between the C acquire and _order.note, so that note sees
+    # the caller's frame at the same depth as from the pure Lock.acquire.
+    return _order.note(ts, lock)
+
+
+def accelerate(pure: type, base: type) -> type:
+    """The class ``pure`` with its hot path from the C type ``base``."""
+    ns: dict[str, Any] = {"__slots__": (), "__module__": pure.__module__,
+                          "__qualname__": pure.__qualname__}
+    for name, value in vars(pure).items():
+        if name in C_METHODS or name in _SKIP or isinstance(value, MemberDescriptorType):
+            continue
+        ns[name] = value
+    return type(pure.__name__, (base, *pure.__bases__), ns)
+
+
+# The C side also runs the first lines of _order.note itself (ts.quiet, then the
+# chain key (held sites, new site) found in _order._known): a nested acquire of
+# an already validated order calls no Python code. Keep it in step with note().
+setup(_local, new_state, settings, _note, INTERNAL_FILES, ThreadState, _allocate_lock(), _order)

@@ -1,0 +1,988 @@
+/* lockwise._speedups: the hot path of Lock and RLock in C.
+ *
+ * The pure-Python classes in _primitives.py are the reference. The two base
+ * types here (LockBase, RLockBase) carry the same fields as the pure classes'
+ * __slots__ (_inner, _owner, _site, _acq, _serial, and _count for RLock) and
+ * implement acquire/release/__enter__/__exit__ for the common cases only:
+ *
+ *   - an uncontended, untimed acquire (one non-blocking try of the inner
+ *     _thread.lock), including the re-entry of an RLock by its owner;
+ *   - a release.
+ *
+ * Everything else goes back to the Python functions given to setup():
+ * contention, timeouts and argument validation (self._acquire_slow), nested
+ * acquisitions (the lock-order check, through a Python trampoline so that
+ * _order.note sees the same frames as from the pure class), and the first
+ * use of a thread that has no state yet (_state.new_state). The accelerated
+ * Python subclasses (see _accel.py) provide everything else.
+ *
+ * Invariant: no Python code runs (calls, finalizers via DECREF) while a lock's
+ * fields are half-updated. Fields are set first; old values are released last.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <frameobject.h>
+#include <pythread.h>
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *lw_newref(PyObject *o) { Py_INCREF(o); return o; }
+#define Py_NewRef(o) lw_newref((PyObject *)(o))
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *inner;        /* the _thread.lock */
+    PyObject *owner;        /* ThreadState or None */
+    PyObject *site;         /* Site */
+    PyObject *acq;          /* (code, lineno) of the owner's acquisition, or None */
+    PyObject *serial;       /* int, 0 until numbered */
+    PyObject *weakreflist;
+    Py_ssize_t count;       /* RLock recursion count (unused by Lock) */
+    int acq_lasti;          /* instruction offset that gave acq (-1: unknown) */
+} LockObject;
+
+/* Set once by setup(); strong references, kept for the life of the process. */
+static PyObject *g_local;          /* _state._local (threading.local) */
+static PyObject *g_new_state;      /* _state.new_state */
+static PyObject *g_settings;       /* _config.settings */
+static PyObject *g_note;           /* trampoline calling _order.note(ts, lock) */
+static PyObject *g_internal_files; /* _sites.INTERNAL_FILES (a set) */
+static PyObject *g_ts_key;         /* key of the cached state in the thread dict */
+static PyTypeObject *g_ts_type;    /* _state.ThreadState */
+static Py_ssize_t g_held_offset = -1, g_ident_offset = -1, g_quiet_offset = -1;
+static PyObject *g_order;          /* the _order module (its _known set) */
+static PyTypeObject *g_inner_type; /* _thread.lock */
+static PyObject *g_inner_acquire, *g_inner_release;  /* its unbound methods */
+/* One-entry cache of the last thread's state: (thread state, its id) -> ts. */
+static PyThreadState *g_last_tstate;
+static uint64_t g_last_tstate_id;
+static PyObject *g_last_ts;
+
+static PyObject *s_acquire, *s_release, *s_held, *s_ident, *s_signal, *s_lock_order,
+    *s_ts, *s_acquire_slow, *s_minus_one, *s_quiet, *s_site, *s_known;
+
+/* ------------------------------------------------------------------ helpers */
+
+/* ts.<slot> (new ref), read from the slot directly for a real ThreadState. */
+static PyObject *
+state_slot(PyObject *ts, Py_ssize_t offset, PyObject *name)
+{
+    if (offset >= 0 && Py_TYPE(ts) == g_ts_type) {
+        PyObject *v = *(PyObject **)((char *)ts + offset);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    return PyObject_GetAttr(ts, name);
+}
+
+static int
+frame_lasti(PyFrameObject *frame)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(frame);
+#else
+    return frame->f_lasti;
+#endif
+}
+
+/* The calling thread's ThreadState (borrowed), or NULL if it has none yet
+ * (no exception set), or NULL with an exception set on error.
+ * _state._local.ts is the truth; the thread dict caches it. */
+static PyObject *
+cached_state(void)
+{
+    PyObject *tdict = PyThreadState_GetDict();
+    PyObject *ts;
+    if (tdict != NULL) {
+        ts = PyDict_GetItemWithError(tdict, g_ts_key);
+        if (ts != NULL)
+            return ts;
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    ts = PyObject_GetAttr(g_local, s_ts);
+    if (ts == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
+        }
+        return NULL;
+    }
+    if (tdict != NULL && PyDict_SetItem(tdict, g_ts_key, ts) < 0) {
+        Py_DECREF(ts);
+        return NULL;
+    }
+    if (tdict == NULL) {
+        /* Cannot cache: the local keeps it alive, hand back a borrowed ref. */
+        Py_DECREF(ts);
+        return ts;
+    }
+    Py_DECREF(ts);  /* the thread dict holds it now */
+    return ts;
+}
+
+/* The calling thread's state, created (in Python) on first use. New ref. */
+static PyObject *
+current_state(void)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+    uint64_t id = PyThreadState_GetID(tstate);
+    if (tstate == g_last_tstate && id == g_last_tstate_id && g_last_ts != NULL)
+        return Py_NewRef(g_last_ts);
+    PyObject *ts = cached_state();
+    if (ts != NULL) {
+        Py_INCREF(ts);
+    }
+    else {
+        if (PyErr_Occurred())
+            return NULL;
+        ts = PyObject_CallNoArgs(g_new_state);
+        if (ts == NULL)
+            return NULL;
+        PyObject *tdict = PyThreadState_GetDict();
+        if (tdict != NULL && PyDict_SetItem(tdict, g_ts_key, ts) < 0) {
+            Py_DECREF(ts);
+            return NULL;
+        }
+    }
+    /* Only the thread state's address and id key the cache: ids are never
+     * reused, so a new thread at a recycled address misses. */
+    PyObject *old = g_last_ts;
+    g_last_tstate = tstate;
+    g_last_tstate_id = id;
+    g_last_ts = Py_NewRef(ts);
+    Py_XDECREF(old);
+    return ts;
+}
+
+/* inner.acquire(False): 1 acquired, 0 not, -1 error. */
+static int
+inner_try(PyObject *inner)
+{
+    if (Py_TYPE(inner) == g_inner_type) {
+        PyObject *args[2] = {inner, Py_False};
+        PyObject *res = PyObject_Vectorcall(g_inner_acquire, args, 2, NULL);
+        if (res == NULL)
+            return -1;
+        int got = (res == Py_True) ? 1 : PyObject_IsTrue(res);
+        Py_DECREF(res);
+        return got;
+    }
+    /* stack[0] is scratch space the callee may use (ARGUMENTS_OFFSET). */
+    PyObject *stack[3] = {NULL, inner, Py_False};
+    PyObject *res = PyObject_VectorcallMethod(
+        s_acquire, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL)
+        return -1;
+    int got = (res == Py_True) ? 1 : PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return got;
+}
+
+static int
+inner_release(PyObject *inner)
+{
+    if (Py_TYPE(inner) == g_inner_type) {
+        PyObject *args[1] = {inner};
+        PyObject *res = PyObject_Vectorcall(g_inner_release, args, 1, NULL);
+        if (res == NULL)
+            return -1;
+        Py_DECREF(res);
+        return 0;
+    }
+    PyObject *stack[2] = {NULL, inner};
+    PyObject *res = PyObject_VectorcallMethod(
+        s_release, stack + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* Release the inner lock while an exception is pending, keeping that one. */
+static void
+inner_release_keep_error(PyObject *inner)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (inner_release(inner) < 0)
+        PyErr_Clear();
+    PyErr_Restore(type, value, tb);
+}
+
+static int
+is_internal(PyCodeObject *code)
+{
+    return PySet_Contains(g_internal_files, code->co_filename);
+}
+
+/* Record in self->acq the (code, lineno) of the first user frame at or above
+ * the caller's frame, as _primitives._acquire_site does. Reuses the current
+ * tuple when the site is unchanged (the common case in a loop). */
+static int
+record_site(LockObject *self)
+{
+    PyFrameObject *frame = PyEval_GetFrame();  /* borrowed */
+    if (frame == NULL) {
+        Py_XSETREF(self->acq, Py_NewRef(Py_None));
+        return 0;
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);  /* new ref */
+    PyObject *old = self->acq;
+    int lasti = frame_lasti(frame);
+    if (old != NULL && PyTuple_CheckExact(old) && PyTuple_GET_SIZE(old) == 2
+        && PyTuple_GET_ITEM(old, 0) == (PyObject *)code) {
+        /* Same code as the last acquisition, which was a user frame. acq_lasti
+         * is reset whenever Python code assigns _acq. */
+        if (lasti >= 0 && lasti == self->acq_lasti) {
+            Py_DECREF(code);
+            return 0;
+        }
+        int line = PyFrame_GetLineNumber(frame);
+        long oldline = PyLong_AsLong(PyTuple_GET_ITEM(old, 1));
+        if (oldline == line) {
+            self->acq_lasti = lasti;
+            Py_DECREF(code);
+            return 0;
+        }
+        if (oldline == -1 && PyErr_Occurred())
+            PyErr_Clear();
+        PyObject *acq = Py_BuildValue("(Oi)", code, line);
+        Py_DECREF(code);
+        if (acq == NULL)
+            return -1;
+        self->acq_lasti = lasti;
+        Py_XSETREF(self->acq, acq);
+        return 0;
+    }
+    int first = 1;
+    Py_INCREF(frame);
+    for (;;) {
+        int internal = is_internal(code);
+        if (internal < 0) {
+            Py_DECREF(code);
+            Py_DECREF(frame);
+            return -1;
+        }
+        if (!internal)
+            break;
+        PyFrameObject *back = PyFrame_GetBack(frame);  /* new ref or NULL */
+        Py_DECREF(frame);
+        Py_DECREF(code);
+        if (back == NULL) {
+            Py_XSETREF(self->acq, Py_NewRef(Py_None));
+            return 0;
+        }
+        frame = back;
+        code = PyFrame_GetCode(frame);
+        first = 0;
+    }
+    PyObject *acq = Py_BuildValue("(Oi)", code, PyFrame_GetLineNumber(frame));
+    Py_DECREF(code);
+    Py_DECREF(frame);
+    if (acq == NULL)
+        return -1;
+    /* The lasti shortcut is valid only for a site taken from the caller's own
+     * frame (not one found further up). */
+    self->acq_lasti = first ? lasti : -1;
+    Py_XSETREF(self->acq, acq);
+    return 0;
+}
+
+/* Remove lock from owner.held (last item usually), as _primitives._drop_held. */
+static int
+drop_held(PyObject *owner, PyObject *lock)
+{
+    PyObject *held = state_slot(owner, g_held_offset, s_held);
+    if (held == NULL)
+        return -1;
+    if (!PyList_Check(held)) {
+        Py_DECREF(held);
+        PyErr_SetString(PyExc_TypeError, "ThreadState.held is not a list");
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    int rc = 0;
+    if (n && PyList_GET_ITEM(held, n - 1) == lock) {
+        rc = PyList_SetSlice(held, n - 1, n, NULL);
+    }
+    else {
+        for (Py_ssize_t i = n - 1; i >= 0; i--) {
+            if (PyList_GET_ITEM(held, i) == lock) {
+                rc = PyList_SetSlice(held, i, i + 1, NULL);
+                break;
+            }
+        }
+    }
+    Py_DECREF(held);
+    return rc;
+}
+
+static PyTypeObject LockBase_Type, RLockBase_Type;
+
+static PyObject *
+site_of_lock(PyObject *lock)  /* new ref */
+{
+    if (PyObject_TypeCheck(lock, &LockBase_Type) || PyObject_TypeCheck(lock, &RLockBase_Type)) {
+        PyObject *site = ((LockObject *)lock)->site;
+        if (site != NULL)
+            return Py_NewRef(site);
+    }
+    return PyObject_GetAttr(lock, s_site);
+}
+
+/* The fast path of _order.note(ts, lock), in C: 1 when note would return None
+ * at once (lockwise reporting, or this chain of sites was validated before),
+ * 0 when note must run, -1 on error. Mirrors _order.note's first lines. */
+static int
+order_known(PyObject *ts, LockObject *self, PyObject *held)
+{
+    if (g_order == NULL || self->site == NULL)
+        return 0;
+    PyObject *quiet = state_slot(ts, g_quiet_offset, s_quiet);
+    if (quiet == NULL)
+        return -1;
+    int q = PyObject_IsTrue(quiet);
+    Py_DECREF(quiet);
+    if (q)
+        return q < 0 ? -1 : 1;
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    PyObject *chain = PyTuple_New(n);
+    if (chain == NULL)
+        return -1;
+    int in_chain = 0;
+    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(held); i++) {
+        PyObject *site = site_of_lock(PyList_GET_ITEM(held, i));
+        if (site == NULL) {
+            Py_DECREF(chain);
+            return -1;
+        }
+        if (site == self->site)
+            in_chain = 1;
+        PyTuple_SET_ITEM(chain, i, site);
+    }
+    if (PyList_GET_SIZE(held) != n || in_chain) {  /* changed under us, or a repeat */
+        Py_DECREF(chain);
+        return 0;
+    }
+    PyObject *key = PyTuple_Pack(2, chain, self->site);
+    Py_DECREF(chain);
+    if (key == NULL)
+        return -1;
+    PyObject *known = PyObject_GetAttr(g_order, s_known);
+    if (known == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int r = PySet_Check(known) ? PySet_Contains(known, key) : 0;
+    Py_DECREF(known);
+    Py_DECREF(key);
+    return r;
+}
+
+/* Is `held` non-empty and lock-order checking on? 1/0/-1. */
+static int
+needs_order_check(PyObject *held)
+{
+    if (!PyList_GET_SIZE(held))
+        return 0;
+    PyObject *on = PyObject_GetAttr(g_settings, s_lock_order);
+    if (on == NULL)
+        return -1;
+    int r = PyObject_IsTrue(on);
+    Py_DECREF(on);
+    return r;
+}
+
+/* Parse (blocking=True, timeout=-1). *fast is 1 when timeout == -1. */
+static int
+parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+           PyObject **blocking, PyObject **timeout, int *fast)
+{
+    static const char *const names[] = {"blocking", "timeout"};
+    *blocking = Py_True;
+    *timeout = s_minus_one;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "acquire() takes at most 2 arguments (%zd given)", nargs);
+        return -1;
+    }
+    if (nargs >= 1)
+        *blocking = args[0];
+    if (nargs >= 2)
+        *timeout = args[1];
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *value = args[nargs + i];
+            int which = -1;
+            for (int j = 0; j < 2; j++) {
+                int eq = PyUnicode_CompareWithASCIIString(key, names[j]);
+                if (eq == 0) {
+                    which = j;
+                    break;
+                }
+            }
+            if (which < 0) {
+                PyErr_Format(PyExc_TypeError,
+                             "acquire() got an unexpected keyword argument '%S'", key);
+                return -1;
+            }
+            if (which < nargs) {
+                PyErr_Format(PyExc_TypeError,
+                             "acquire() got multiple values for argument '%s'",
+                             names[which]);
+                return -1;
+            }
+            if (which == 0)
+                *blocking = value;
+            else
+                *timeout = value;
+        }
+    }
+    PyObject *t = *timeout;
+    if (t == s_minus_one) {
+        *fast = 1;
+    }
+    else if (PyLong_CheckExact(t)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(t, &overflow);
+        *fast = (!overflow && v == -1);
+    }
+    else if (PyFloat_CheckExact(t)) {
+        *fast = (PyFloat_AS_DOUBLE(t) == -1.0);
+    }
+    else {
+        int eq = PyObject_RichCompareBool(t, s_minus_one, Py_EQ);
+        if (eq < 0)
+            return -1;
+        *fast = eq;
+    }
+    return 0;
+}
+
+static PyObject *
+call_slow(LockObject *self, PyObject *blocking, PyObject *timeout)
+{
+    PyObject *frame = (PyObject *)PyEval_GetFrame();
+    PyObject *stack[5] = {NULL, (PyObject *)self, blocking, timeout, frame ? frame : Py_None};
+    return PyObject_VectorcallMethod(
+        s_acquire_slow, stack + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* After the inner lock was taken without waiting: the lock-order check (for a
+ * blocking acquire made while holding others), then record the owner.
+ * On error the inner lock is released again. Returns 0 / -1. */
+static int
+take(LockObject *self, PyObject *ts, int blocking, int is_rlock)
+{
+    PyObject *held = state_slot(ts, g_held_offset, s_held);
+    if (held == NULL)
+        goto fail;
+    if (!PyList_Check(held)) {
+        PyErr_SetString(PyExc_TypeError, "ThreadState.held is not a list");
+        goto fail_held;
+    }
+    if (blocking) {
+        int check = needs_order_check(held);
+        if (check < 0)
+            goto fail_held;
+        if (check == 0)
+            check = 2;  /* no check wanted: skip note below */
+        else
+            check = 1;
+        if (check == 1)
+            check = order_known(ts, self, held);
+        if (check < 0)
+            goto fail_held;
+        if (check == 0 && PyList_GET_SIZE(held)) {
+            PyObject *stack[3] = {NULL, ts, (PyObject *)self};
+            PyObject *error = PyObject_Vectorcall(
+                g_note, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (error == NULL)
+                goto fail_held;
+            if (error != Py_None) {
+                if (PyExceptionInstance_Check(error))
+                    PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+                else
+                    PyErr_SetString(PyExc_TypeError, "lock-order check returned a non-exception");
+                Py_DECREF(error);
+                goto fail_held;
+            }
+            Py_DECREF(error);
+        }
+    }
+    if (record_site(self) < 0)
+        goto fail_held;
+    PyObject *old_owner = self->owner;
+    self->owner = Py_NewRef(ts);
+    if (is_rlock)
+        self->count = 1;
+    int rc = PyList_Append(held, (PyObject *)self);
+    Py_DECREF(held);
+    Py_XDECREF(old_owner);
+    if (rc < 0) {
+        /* Out of memory: undo, as if the acquire had failed. */
+        PyObject *o = self->owner;
+        self->owner = Py_NewRef(Py_None);
+        if (is_rlock)
+            self->count = 0;
+        Py_DECREF(o);
+        goto fail;
+    }
+    return 0;
+fail_held:
+    Py_DECREF(held);
+fail:
+    inner_release_keep_error(self->inner);
+    return -1;
+}
+
+static int
+check_init(LockObject *self)
+{
+    if (self->inner == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_inner: lock not initialized");
+        return -1;
+    }
+    if (g_local == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup() was not called");
+        return -1;
+    }
+    return 0;
+}
+
+/* --------------------------------------------------------------------- Lock */
+
+static PyObject *
+lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int fast)
+{
+    if (check_init(self) < 0)
+        return NULL;
+    if (fast) {
+        int blk = PyObject_IsTrue(blocking);
+        if (blk < 0)
+            return NULL;
+        int got = inner_try(self->inner);
+        if (got < 0)
+            return NULL;
+        if (got) {
+            PyObject *ts = current_state();
+            if (ts == NULL) {
+                inner_release_keep_error(self->inner);
+                return NULL;
+            }
+            int rc = take(self, ts, blk, 0);
+            Py_DECREF(ts);
+            if (rc < 0)
+                return NULL;
+            Py_RETURN_TRUE;
+        }
+    }
+    return call_slow(self, blocking, timeout);
+}
+
+static PyObject *
+lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *blocking, *timeout;
+    int fast;
+    if (parse_args(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
+        return NULL;
+    return lock_acquire_impl(self, blocking, timeout, fast);
+}
+
+static PyObject *
+lock_enter(LockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return lock_acquire_impl(self, Py_True, s_minus_one, 1);
+}
+
+static PyObject *
+lock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_init(self) < 0)
+        return NULL;
+    PyObject *owner = self->owner;
+    if (owner == NULL || owner == Py_None) {
+        /* Unlocked (the inner lock raises RuntimeError as threading does), or
+         * an acquirer is between taking the inner lock and recording itself. */
+        if (inner_release(self->inner) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    self->owner = Py_NewRef(Py_None);  /* we now own the old reference */
+    if (drop_held(owner, (PyObject *)self) < 0)
+        goto error;
+    PyObject *ident = state_slot(owner, g_ident_offset, s_ident);
+    if (ident == NULL)
+        goto error;
+    unsigned long id = PyLong_AsUnsignedLong(ident);
+    Py_DECREF(ident);
+    if (id == (unsigned long)-1 && PyErr_Occurred())
+        goto error;
+    if (id != PyThread_get_thread_ident()) {
+        if (self->site == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "_site");
+            goto error;
+        }
+        if (PyObject_SetAttr(self->site, s_signal, Py_True) < 0)
+            goto error;
+    }
+    Py_DECREF(owner);
+    if (inner_release(self->inner) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(owner);
+    return NULL;
+}
+
+static PyObject *
+lock_exit(LockObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    return lock_release(self, NULL);
+}
+
+/* -------------------------------------------------------------------- RLock */
+
+static PyObject *
+rlock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int fast)
+{
+    if (check_init(self) < 0)
+        return NULL;
+    if (fast) {
+        int blk = PyObject_IsTrue(blocking);
+        if (blk < 0)
+            return NULL;
+        PyObject *ts = current_state();
+        if (ts == NULL)
+            return NULL;
+        if (self->owner == ts) {
+            Py_DECREF(ts);
+            self->count += 1;
+            Py_RETURN_TRUE;
+        }
+        int got = inner_try(self->inner);
+        if (got < 0) {
+            Py_DECREF(ts);
+            return NULL;
+        }
+        if (got) {
+            int rc = take(self, ts, blk, 1);
+            Py_DECREF(ts);
+            if (rc < 0)
+                return NULL;
+            Py_RETURN_TRUE;
+        }
+        Py_DECREF(ts);
+    }
+    return call_slow(self, blocking, timeout);
+}
+
+static PyObject *
+rlock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *blocking, *timeout;
+    int fast;
+    if (parse_args(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
+        return NULL;
+    return rlock_acquire_impl(self, blocking, timeout, fast);
+}
+
+static PyObject *
+rlock_enter(LockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return rlock_acquire_impl(self, Py_True, s_minus_one, 1);
+}
+
+static PyObject *
+rlock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_init(self) < 0)
+        return NULL;
+    PyObject *ts = current_state();
+    if (ts == NULL)
+        return NULL;
+    if (self->owner != ts) {
+        Py_DECREF(ts);
+        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
+        return NULL;
+    }
+    Py_ssize_t count = self->count - 1;
+    if (count) {
+        self->count = count;
+        Py_DECREF(ts);
+        Py_RETURN_NONE;
+    }
+    self->count = 0;
+    PyObject *owner = self->owner;  /* == ts; take over the field's reference */
+    self->owner = Py_NewRef(Py_None);
+    int rc = drop_held(ts, (PyObject *)self);
+    Py_DECREF(owner);
+    Py_DECREF(ts);
+    if (rc < 0)
+        return NULL;
+    if (inner_release(self->inner) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rlock_exit(LockObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUSED(nargs))
+{
+    return rlock_release(self, NULL);
+}
+
+/* ------------------------------------------------------------ type plumbing */
+
+static int
+lock_traverse(LockObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->inner);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->site);
+    Py_VISIT(self->acq);
+    Py_VISIT(self->serial);
+    return 0;
+}
+
+static int
+lock_clear(LockObject *self)
+{
+    Py_CLEAR(self->inner);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->site);
+    Py_CLEAR(self->acq);
+    Py_CLEAR(self->serial);
+    return 0;
+}
+
+static void
+lock_dealloc(LockObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    lock_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define COMMON_MEMBERS \
+    {"_inner", T_OBJECT_EX, offsetof(LockObject, inner), 0, NULL}, \
+    {"_owner", T_OBJECT_EX, offsetof(LockObject, owner), 0, NULL}, \
+    {"_site", T_OBJECT_EX, offsetof(LockObject, site), 0, NULL}, \
+    {"_serial", T_OBJECT_EX, offsetof(LockObject, serial), 0, NULL}
+
+static PyMemberDef lock_members[] = {
+    COMMON_MEMBERS,
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMemberDef rlock_members[] = {
+    COMMON_MEMBERS,
+    {"_count", T_PYSSIZET, offsetof(LockObject, count), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+/* _acq is a property so that assignments from Python (the slow path, fork)
+ * invalidate the C shortcut in record_site. */
+static PyObject *
+lock_get_acq(LockObject *self, void *Py_UNUSED(closure))
+{
+    if (self->acq == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_acq");
+        return NULL;
+    }
+    return Py_NewRef(self->acq);
+}
+
+static int
+lock_set_acq(LockObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    self->acq_lasti = -1;
+    Py_XINCREF(value);
+    Py_XSETREF(self->acq, value);
+    return 0;
+}
+
+static PyGetSetDef lock_getset[] = {
+    {"_acq", (getter)lock_get_acq, (setter)lock_set_acq, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *
+lock_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        self->acq_lasti = -1;
+    return (PyObject *)self;
+}
+
+static PyMethodDef lock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))lock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool"},
+    {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, "Acquire the lock."},
+    {"release", (PyCFunction)lock_release, METH_NOARGS, "Release the lock."},
+    {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL, "Release the lock."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef rlock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))rlock_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool"},
+    {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS, "Acquire the lock."},
+    {"release", (PyCFunction)rlock_release, METH_NOARGS, "Release the lock."},
+    {"__exit__", (PyCFunction)(void (*)(void))rlock_exit, METH_FASTCALL, "Release the lock."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LockBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lockwise._speedups.LockBase",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_dealloc = (destructor)lock_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "C hot path of lockwise.Lock (use lockwise.Lock).",
+    .tp_traverse = (traverseproc)lock_traverse,
+    .tp_clear = (inquiry)lock_clear,
+    .tp_weaklistoffset = offsetof(LockObject, weakreflist),
+    .tp_methods = lock_methods,
+    .tp_members = lock_members,
+    .tp_getset = lock_getset,
+    .tp_new = lock_new,
+};
+
+static PyTypeObject RLockBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lockwise._speedups.RLockBase",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_dealloc = (destructor)lock_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "C hot path of lockwise.RLock (use lockwise.RLock).",
+    .tp_traverse = (traverseproc)lock_traverse,
+    .tp_clear = (inquiry)lock_clear,
+    .tp_weaklistoffset = offsetof(LockObject, weakreflist),
+    .tp_methods = rlock_methods,
+    .tp_members = rlock_members,
+    .tp_getset = lock_getset,
+    .tp_new = lock_new,
+};
+
+/* ------------------------------------------------------------------ module */
+
+/* Offset of a __slots__ member of a type, or -1 (then getattr is used). */
+static Py_ssize_t
+slot_offset(PyObject *type, PyObject *name)
+{
+    PyObject *descr = PyObject_GetAttr(type, name);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t offset = -1;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *def = ((PyMemberDescrObject *)descr)->d_member;
+        if (def->type == T_OBJECT_EX && !(def->flags & READONLY))
+            offset = def->offset;
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+static PyObject *
+speedups_setup(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *local, *new_state, *settings, *note, *internal_files, *ts_type, *inner;
+    PyObject *order = NULL;
+    if (!PyArg_ParseTuple(args, "OOOOO!O!O|O:setup", &local, &new_state, &settings, &note,
+                          &PySet_Type, &internal_files, &PyType_Type, &ts_type, &inner,
+                          &order))
+        return NULL;
+    Py_XINCREF(order);
+    Py_XSETREF(g_order, order);
+    PyObject *acquire = PyObject_GetAttr((PyObject *)Py_TYPE(inner), s_acquire);
+    if (acquire == NULL)
+        return NULL;
+    PyObject *release = PyObject_GetAttr((PyObject *)Py_TYPE(inner), s_release);
+    if (release == NULL) {
+        Py_DECREF(acquire);
+        return NULL;
+    }
+    Py_XSETREF(g_inner_acquire, acquire);
+    Py_XSETREF(g_inner_release, release);
+    Py_INCREF(Py_TYPE(inner));
+    Py_XSETREF(g_inner_type, Py_TYPE(inner));
+    Py_INCREF(ts_type);
+    Py_XSETREF(g_ts_type, (PyTypeObject *)ts_type);
+    g_held_offset = slot_offset(ts_type, s_held);
+    g_ident_offset = slot_offset(ts_type, s_ident);
+    g_quiet_offset = slot_offset(ts_type, s_quiet);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_XSETREF(g_local, Py_NewRef(local));
+    Py_XSETREF(g_new_state, Py_NewRef(new_state));
+    Py_XSETREF(g_settings, Py_NewRef(settings));
+    Py_XSETREF(g_note, Py_NewRef(note));
+    Py_XSETREF(g_internal_files, Py_NewRef(internal_files));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"setup", speedups_setup, METH_VARARGS,
+     "setup(local, new_state, settings, note, internal_files, ThreadState, a_lock"
+     "[, order_module]): wire the hot path "
+     "to lockwise's Python modules (called once by lockwise._accel)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "lockwise._speedups",
+    .m_doc = "C hot path of lockwise.Lock and lockwise.RLock (optional accelerator).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+#define INTERN(var, text) \
+    do { if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL; } while (0)
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    INTERN(s_acquire, "acquire");
+    INTERN(s_release, "release");
+    INTERN(s_held, "held");
+    INTERN(s_ident, "ident");
+    INTERN(s_signal, "signal");
+    INTERN(s_lock_order, "lock_order");
+    INTERN(s_ts, "ts");
+    INTERN(s_acquire_slow, "_acquire_slow");
+    INTERN(s_quiet, "quiet");
+    INTERN(s_site, "_site");
+    INTERN(s_known, "_known");
+    INTERN(g_ts_key, "lockwise._speedups.thread_state");
+    if ((s_minus_one = PyLong_FromLong(-1)) == NULL)
+        return NULL;
+    if (PyType_Ready(&LockBase_Type) < 0 || PyType_Ready(&RLockBase_Type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LockBase_Type);
+    if (PyModule_AddObject(m, "LockBase", (PyObject *)&LockBase_Type) < 0) {
+        Py_DECREF(&LockBase_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RLockBase_Type);
+    if (PyModule_AddObject(m, "RLockBase", (PyObject *)&RLockBase_Type) < 0) {
+        Py_DECREF(&RLockBase_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

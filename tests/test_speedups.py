@@ -1,0 +1,288 @@
+"""The C accelerator: which implementation is active, and parity with the pure one.
+
+Every test taking ``impl`` runs against the pure classes and, when the C
+accelerator was built, against the accelerated ones, whatever LOCKWISE_PURE
+says; the rest of the suite runs against the selected implementation (run it
+once normally and once with LOCKWISE_PURE=1 to cover both).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import weakref
+from typing import Any
+
+import pytest
+
+import lockwise
+from lockwise import _primitives
+
+HAVE_C = importlib.util.find_spec("lockwise._speedups") is not None
+
+IMPLS: list[Any] = [pytest.param((_primitives.PureLock, _primitives.PureRLock), id="pure")]
+if HAVE_C:
+    from lockwise import _accel
+
+    IMPLS.append(pytest.param(
+        (_accel.accelerate(_primitives.PureLock, _accel.LockBase),
+         _accel.accelerate(_primitives.PureRLock, _accel.RLockBase)), id="c"))
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: Any) -> Any:
+    lockwise.reset()
+    yield request.param
+    lockwise.reset()
+
+
+def _which(env_pure: str | None) -> str:
+    env = dict(os.environ)
+    env.pop("LOCKWISE_PURE", None)
+    if env_pure is not None:
+        env["LOCKWISE_PURE"] = env_pure
+    code = ("import lockwise, lockwise._primitives as p; "
+            "assert lockwise.Lock is p.Lock and lockwise.RLock is p.RLock; "
+            "assert (type(lockwise.Lock()) is p.PureLock) == (p.IMPLEMENTATION == 'pure'); "
+            "print(p.IMPLEMENTATION)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_lockwise_pure_selects_pure() -> None:
+    assert _which("1") == "pure"
+
+
+def test_default_selects_c_when_built() -> None:
+    expected = "c" if HAVE_C else "pure"
+    assert _which(None) == expected
+    if os.environ.get("LOCKWISE_REQUIRE_SPEEDUPS") == "1":
+        assert HAVE_C, "the C accelerator was not built"
+
+
+def test_active_implementation_matches_environment() -> None:
+    if os.environ.get("LOCKWISE_PURE") == "1":
+        assert _primitives.IMPLEMENTATION == "pure"
+        assert lockwise.Lock is _primitives.PureLock
+    else:
+        assert ("c" if HAVE_C else "pure") == _primitives.IMPLEMENTATION
+    assert lockwise.Lock.__name__ == "Lock" and lockwise.RLock.__name__ == "RLock"
+    assert lockwise.Lock.__module__ == "lockwise"
+
+
+def test_names_repr_and_fields(impl: Any) -> None:
+    Lock, RLock = impl
+    lock = Lock()
+    rlock = RLock()
+    assert type(lock).__name__ == "Lock" and type(rlock).__name__ == "RLock"
+    assert repr(lock).startswith("<unlocked lockwise.Lock object at ")
+    assert "'lock'" in repr(lock)
+    assert not hasattr(lock, "_count") and rlock._count == 0
+    assert lock._owner is None and lock._serial == 0 and lock._acq is None
+    assert weakref.ref(lock)() is lock
+
+
+def test_acquired_at_is_the_callers_line(impl: Any) -> None:
+    Lock, RLock = impl
+    for lock in (Lock(), RLock()):
+        for _ in range(3):  # repeated: the C side reuses the recorded site
+            line = sys._getframe().f_lineno + 1
+            lock.acquire()
+            assert lock.acquired_at == f"{__file__}:{line}"
+            lock.release()
+        with lock:
+            line = sys._getframe().f_lineno - 1
+            assert lock.acquired_at == f"{__file__}:{line}"
+            assert lock.owner is threading.current_thread()
+        lock._acq = None  # Python assignments must not be shadowed by the C cache
+        with lock:
+            assert lock.acquired_at == f"{__file__}:{sys._getframe().f_lineno - 1}"
+
+
+def test_internal_frames_are_skipped(impl: Any) -> None:
+    Lock, _ = impl
+    lock = Lock()
+    cond = threading.Condition(lock)  # threading's frames call acquire
+    with cond:
+        line = sys._getframe().f_lineno - 1
+        assert lock.acquired_at == f"{__file__}:{line}"
+
+
+def test_held_list_and_state(impl: Any) -> None:
+    from lockwise._state import current_state
+
+    Lock, RLock = impl
+    a, b, r = Lock(), Lock(), RLock()
+    ts = current_state()
+    with a, b, r, r:
+        assert ts.held == [a, b, r] and r._count == 2
+        assert a._owner is ts and r._owner is ts
+        assert lockwise.held_locks() == [a, b, r]
+    assert ts.held == [] and r._count == 0 and a._owner is None
+
+
+def test_release_errors(impl: Any) -> None:
+    Lock, RLock = impl
+    with pytest.raises(RuntimeError):
+        Lock().release()
+    with pytest.raises(RuntimeError, match="un-acquired"):
+        RLock().release()
+    r = RLock()
+    r.acquire()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            r.release()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(10)
+    assert len(errors) == 1
+    r.release()
+
+
+def test_argument_validation(impl: Any) -> None:
+    Lock, RLock = impl
+    for lock in (Lock(), RLock()):
+        with pytest.raises(ValueError):
+            lock.acquire(False, 1)
+        with pytest.raises(ValueError):
+            lock.acquire(timeout=-5)
+        with pytest.raises(TypeError):
+            lock.acquire(True, -1, 3)  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            lock.acquire(bogus=1)  # type: ignore[call-arg]
+        assert lock.acquire(blocking=True, timeout=-1.0) is True
+        lock.release()
+        assert lock.acquire(timeout=0.01) is True
+        lock.release()
+
+
+def test_non_blocking_and_timed_contention(impl: Any) -> None:
+    Lock, RLock = impl
+    for lock in (Lock(), RLock()):
+        lock.acquire()
+        results: list[bool] = []
+
+        def other(lock: Any = lock, results: list[bool] = results) -> None:
+            results.append(lock.acquire(False))
+            results.append(lock.acquire(timeout=0.01))
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert results == [False, False]
+        lock.release()
+
+
+def test_release_by_another_thread_marks_a_signal(impl: Any) -> None:
+    Lock, _ = impl
+    lock = Lock()
+    lock.acquire()
+    t = threading.Thread(target=lock.release)
+    t.start()
+    t.join(10)
+    assert not lock.locked() and lock._site.signal and lock._owner is None
+
+
+def test_first_use_in_a_new_thread(impl: Any) -> None:
+    from lockwise._state import current_state
+
+    Lock, RLock = impl
+    out: list[bool] = []
+
+    def body() -> None:
+        r = RLock()
+        with Lock():
+            pass
+        r.acquire()  # the RLock path creates the state
+        out.append(r._owner is current_state())
+        r.release()
+
+    for _ in range(3):
+        t = threading.Thread(target=body)
+        t.start()
+        t.join(10)
+    assert out == [True, True, True]
+
+
+def test_lock_order_inversion_same_report(impl: Any) -> None:
+    Lock, RLock = impl
+    a = Lock()
+    b = RLock()
+    previous = lockwise.configure(on_lock_order="raise")
+    try:
+        with a, b:
+            pass
+        with b:
+            line = sys._getframe().f_lineno + 2
+            with pytest.raises(lockwise.PotentialDeadlockError) as info:
+                a.acquire()
+        assert not a.locked()
+        finding = info.value.finding
+        cycle = finding.details["cycle"]
+        lines = [e["second_stack"][-1]["line"] for e in cycle]
+        assert line in lines
+        assert all(e["second_stack"][-1]["file"] == __file__ for e in cycle)
+    finally:
+        lockwise.configure(**previous)
+
+
+def test_deadlock_detected(impl: Any) -> None:
+    Lock, _ = impl
+    a, b = Lock(), Lock()
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker(first: Any, second: Any) -> None:
+        with first:
+            barrier.wait(10)
+            try:
+                with second:
+                    pass
+            except lockwise.DeadlockError as exc:
+                errors.append(exc)
+
+    previous = lockwise.configure(on_lock_order="ignore")
+    try:
+        threads = [threading.Thread(target=worker, args=(a, b)),
+                   threading.Thread(target=worker, args=(b, a))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        lockwise.configure(**previous)
+    assert len(errors) == 1
+
+
+def test_collected_in_cycles_and_visible_to_gc(impl: Any) -> None:
+    Lock, RLock = impl
+    lock = RLock()
+    assert gc.is_tracked(lock)
+    holder: dict[str, Any] = {"lock": lock}
+    lock._serial = holder  # a reference cycle through the C fields
+    ref = weakref.ref(lock)
+    del lock, holder
+    gc.collect()
+    assert ref() is None
+
+
+def test_at_fork_reinit(impl: Any) -> None:
+    Lock, RLock = impl
+    for lock in (Lock(), RLock()):
+        lock.acquire()
+        lock._at_fork_reinit()
+        assert not lock.locked() and lock._owner is None
+        with lock:
+            assert lock.acquired_at is not None
