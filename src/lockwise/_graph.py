@@ -7,17 +7,18 @@ was taken (the intersection over occasions). A cycle is a potential deadlock
 unless one gate is common to all its edges (then the gate serialises them).
 
 When an edge a -> b is added (or its gates shrink), ``find_cycle`` looks for
-the shortest path b ~> a such that, for every gate g of the new edge, some
-edge on the path was taken without g. It is a breadth-first search over
-states (node, set of gates already escaped): with k gates on the new edge
-there are at most 2**k states per node. k is the nesting depth minus one,
-so in practice 1 to 4 states per node.
+the shortest simple path b ~> a such that the edges of the cycle share no
+gate. A new edge taken with no other lock held (no gates: the common case)
+needs a plain breadth-first search, O(V + E). A gated edge needs the gates
+of the whole path, so simple paths are searched by iterative deepening,
+shortest first, within ``SEARCH_BUDGET`` edge expansions.
 
-Cost: O(2**k * (V + E)) per new edge, nothing per known edge (the caller
-caches validated lock chains). Edges are never searched on the hot path.
+Cost: nothing per known edge (the caller caches validated lock chains);
+O(V + E) per new ungated edge; at most ``SEARCH_BUDGET`` steps per new gated
+edge. Edges are never searched on the hot path.
 
-Limits: ``k`` is capped at ``MAX_GATES`` (the extra gates are ignored, which
-can only add reports, never hide one); a node's removal drops its edges.
+Limits: past the budget a gated cycle is not reported (a possible miss, never
+a false alarm); a node's removal drops its edges.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Generic, Hashable, Optional, TypeVar
 
-MAX_GATES = 6
+SEARCH_BUDGET = 100_000
 
 N = TypeVar("N", bound=Hashable)
 
@@ -73,7 +74,7 @@ class OrderGraph(Generic[N]):
         return [(a, b, e) for a, targets in self.out.items() for b, e in targets.items()]
 
     def find_cycle(self, a: N, b: N, skip: Any = None) -> Optional[list[N]]:
-        """Shortest cycle a -> b ~> a not guarded by one common gate.
+        """Shortest simple cycle a -> b ~> a not guarded by one common gate.
 
         Returns the nodes [a, b, ..., z] (z -> a closes it), or None. Nodes for
         which ``skip(node)`` is true, and declared edges, are not traversed.
@@ -81,36 +82,85 @@ class OrderGraph(Generic[N]):
         first = self.edge(a, b)
         if first is None or first.declared:
             return None
-        gates = list(first.gates)[:MAX_GATES]
-        full = (1 << len(gates)) - 1
 
-        def escaped(edge: Edge) -> int:
-            mask = 0
-            for i, gate in enumerate(gates):
-                if gate not in edge.gates:
-                    mask |= 1 << i
-            return mask
+        def usable(node: N, edge: Edge) -> bool:
+            return not edge.declared and (skip is None or node == a or not skip(node))
 
-        start = (b, 0)
-        parent: dict[tuple[N, int], Optional[tuple[N, int]]] = {start: None}
+        if not first.gates:
+            return self._shortest_path(b, a, usable)
+        return self._shortest_unguarded(a, b, first.gates, usable)
+
+    def _shortest_path(self, start: N, goal: N, usable: Any) -> Optional[list[N]]:
+        """Breadth-first shortest path start ~> goal, as [goal, start, ..., last]."""
+        parent: dict[N, Optional[N]] = {start: None}
         queue = deque([start])
         while queue:
-            node, mask = queue.popleft()
+            node = queue.popleft()
             for nxt, edge in self.out.get(node, {}).items():
-                if edge.declared or (skip is not None and nxt is not a and skip(nxt)):
+                if nxt in parent or not usable(nxt, edge):
                     continue
-                state = (nxt, mask | escaped(edge))
-                if state in parent:
-                    continue
-                parent[state] = (node, mask)
-                if nxt == a and state[1] == full:
+                parent[nxt] = node
+                if nxt == goal:
                     path: list[N] = []
-                    cur: Optional[tuple[N, int]] = (node, mask)
+                    cur: Optional[N] = node
                     while cur is not None:
-                        path.append(cur[0])
+                        path.append(cur)
                         cur = parent[cur]
-                    path.reverse()  # b ... node
-                    return [a] + path
-                if nxt != a:
-                    queue.append(state)
+                    path.reverse()
+                    return [goal] + path
+                queue.append(nxt)
+        return None
+
+    def _shortest_unguarded(self, a: N, b: N, gates: frozenset[Any],
+                            usable: Any) -> Optional[list[N]]:
+        """Iterative deepening over simple paths b ~> a whose edges, with a -> b,
+        share no gate. Bounded by ``SEARCH_BUDGET`` expansions: past it the
+        cycle is not reported (never a false alarm, possibly a miss)."""
+        budget = [SEARCH_BUDGET]
+        reachable = self._reachable(b, usable)
+        if a not in reachable:
+            return None
+        for depth in range(1, len(reachable) + 1):
+            path = [a, b]
+            found = self._deepen(a, path, {a, b}, gates, depth, usable, budget)
+            if found is not None:
+                return found
+            if budget[0] <= 0:
+                return None
+        return None
+
+    def _reachable(self, start: N, usable: Any) -> set[N]:
+        seen = {start}
+        queue = deque([start])
+        while queue:
+            node = queue.popleft()
+            for nxt, edge in self.out.get(node, {}).items():
+                if nxt not in seen and usable(nxt, edge):
+                    seen.add(nxt)
+                    queue.append(nxt)
+        return seen
+
+    def _deepen(self, a: N, path: list[N], on_path: set[N], common: frozenset[Any],
+                depth: int, usable: Any, budget: list[int]) -> Optional[list[N]]:
+        node = path[-1]
+        for nxt, edge in self.out.get(node, {}).items():
+            budget[0] -= 1
+            if budget[0] <= 0:
+                return None
+            if not usable(nxt, edge):
+                continue
+            still = common & edge.gates
+            if nxt == a:
+                if not still:
+                    return list(path)
+                continue
+            if nxt in on_path or depth <= 1:
+                continue
+            path.append(nxt)
+            on_path.add(nxt)
+            found = self._deepen(a, path, on_path, still, depth - 1, usable, budget)
+            path.pop()
+            on_path.discard(nxt)
+            if found is not None:
+                return found
         return None

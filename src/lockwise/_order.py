@@ -177,10 +177,10 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
             if edge is None:
                 info = _EdgeInfo(actor_name(ts), refs[0], refs[1],
                                  _stack_to(user, h), user_stack(user))
-                edge = Edge(gates, info, ts.ident)
+                edge = Edge(gates, info, ts.uid)
                 graph.add(a, b, edge)
             else:
-                edge.threads.add(ts.ident)
+                edge.threads.add(ts.uid)
                 if edge.info is None:  # declared before it was seen
                     edge.info = _EdgeInfo(actor_name(ts), refs[0], refs[1],
                                           _stack_to(user, h), user_stack(user))

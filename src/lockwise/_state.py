@@ -19,6 +19,7 @@ the thread stayed registered in between.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import weakref
@@ -32,7 +33,7 @@ class ThreadState:
 
     __slots__ = (
         "ident", "name", "held", "waiting", "wait_timed", "wait_since", "changes",
-        "alive", "doom", "quiet", "_sentinel_ref", "__weakref__",
+        "alive", "doom", "quiet", "uid", "_sentinel_ref", "__weakref__",
     )
 
     def __init__(self, ident: int) -> None:
@@ -54,14 +55,21 @@ class ThreadState:
         self.doom: Any = None
         #: While > 0, lockwise itself is running (reporting): no order edges.
         self.quiet = 0
+        #: Unique for the process's lifetime (thread idents are reused).
+        self.uid = next(_uids)
         self._sentinel_ref: Any = None
 
     def __repr__(self) -> str:
         return f"<ThreadState {self.ident} held={len(self.held)} waiting={self.waiting!r}>"
 
 
+_uids = itertools.count(1)
+
 #: Every known thread state by ident. Entries of dead threads are removed.
 states: dict[int, ThreadState] = {}
+#: States of the threads now blocked without a timeout (set.add/discard are
+#: atomic): its size is the cheap pre-check of the "nobody left to run" rule.
+blocked: set[ThreadState] = set()
 #: Idents of lockwise's own threads (the watchdog): never counted as runnable.
 internal_threads: set[int] = set()
 
@@ -78,6 +86,7 @@ def _thread_ended(ts: ThreadState) -> None:
     ts.alive = False
     ts.waiting = None
     ts.changes += 1
+    blocked.discard(ts)
     if states.get(ts.ident) is ts:
         states.pop(ts.ident, None)
 
@@ -124,6 +133,7 @@ def _after_fork_in_child() -> None:
             ts.alive = False
             ts.waiting = None
     states.clear()
+    blocked.clear()
     internal_threads.clear()
     if mine is not None:
         mine.ident = me

@@ -47,7 +47,7 @@ from ._describe import acquired_at, lock_refs, name_of
 from ._errors import DeadlockError
 from ._findings import Finding, StackInfo
 from ._sites import user_stack
-from ._state import ThreadState, internal_threads, state_of, states
+from ._state import ThreadState, blocked, internal_threads, state_of, states
 
 _monotonic = time.monotonic
 _FIRST_INTERVAL = 0.001
@@ -102,6 +102,7 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float])
         if timed:
             assert timeout is not None
             return bool(raw.acquire(True, timeout) if timeout > 0 else raw.acquire(False))
+        blocked.add(ts)
         pending = check(ts, None)
         interval = _FIRST_INTERVAL
         while True:
@@ -117,6 +118,7 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float])
     finally:
         ts.waiting = None
         ts.changes += 1
+        blocked.discard(ts)
 
 
 def waiters_of(resource: Any) -> list[int]:
@@ -269,7 +271,19 @@ def _same(a: list[tuple[ThreadState, int, Any]], b: list[tuple[ThreadState, int,
     return {(id(t), c, id(r)) for t, c, r in a} == {(id(t), c, id(r)) for t, c, r in b}
 
 
+def _may_all_be_blocked() -> bool:
+    """Cheap pre-check: could every thread be blocked? (No allocation.)
+
+    One registered thread may be missing: the main thread waiting in
+    ``threading._shutdown`` is blocked without being registered.
+    """
+    running = len(threading._active) + len(threading._limbo)  # type: ignore[attr-defined]
+    return len(blocked) + 1 + len(internal_threads) >= running
+
+
 def _quiescence(me: ThreadState, pending: Pending) -> Pending:
+    if not _may_all_be_blocked():
+        return None
     snap = _scan()
     if snap is None:
         return None
