@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from . import _order, _waitfor
 from ._config import settings
+from ._errors import DeadlockError
 from ._sites import INTERNAL_FILES, Site, named_site, site_of, thread_name, user_frame
 from ._state import ThreadState, _local, current_state, new_state
 
@@ -167,7 +168,11 @@ class Lock(_Introspection):
                 error = _order.note(ts, self)
                 if error is not None:
                     raise error
-            got = _waitfor.wait_lock(ts, self, timeout)
+            try:
+                got = _waitfor.wait_lock(ts, self, timeout)
+            except DeadlockError as exc:
+                # Start the traceback here: the user's frames, not the detector's.
+                raise exc.with_traceback(None) from None
         if got:
             self._owner = ts
             self._acq = _acquire_site(frame)
@@ -253,7 +258,11 @@ class RLock(_Introspection):
                 error = _order.note(ts, self)
                 if error is not None:
                     raise error
-            got = _waitfor.wait_lock(ts, self, timeout)
+            try:
+                got = _waitfor.wait_lock(ts, self, timeout)
+            except DeadlockError as exc:
+                # Start the traceback here: the user's frames, not the detector's.
+                raise exc.with_traceback(None) from None
         if got:
             self._owner = ts
             self._count = 1
