@@ -20,6 +20,7 @@ from ._describe import acquired_at, lock_refs
 from ._errors import DeadlockError
 from ._findings import Finding, FrameInfo, StackInfo
 from ._sites import INTERNAL_FILES, frame_info
+from ._state import new_uid
 
 _get_running_loop = asyncio.events._get_running_loop
 _current_task: Callable[..., Any] = asyncio.current_task
@@ -43,12 +44,14 @@ class TaskState:
     drops the lock from ``held``), always on the loop's thread.
     """
 
-    __slots__ = ("task", "ident", "held", "waiting", "quiet", "__weakref__")
+    __slots__ = ("task", "ident", "uid", "held", "waiting", "quiet", "__weakref__")
 
     def __init__(self, task: Any) -> None:
         self.task = task
         #: A number that identifies the task in the lock-order graph.
         self.ident = id(task)
+        #: Unique for the process's lifetime (ids of dead tasks are reused).
+        self.uid = new_uid()
         #: asyncio locks held, in acquisition order (semaphores excluded).
         self.held: list[Any] = []
         #: The lockwise asyncio lock or semaphore this task waits for, if any.

@@ -65,6 +65,12 @@ class ThreadState:
 
 _uids = itertools.count(1)
 
+
+def new_uid() -> int:
+    """A number never given out before in this process (thread and task ids)."""
+    return next(_uids)
+
+
 #: Every known thread state by ident. Entries of dead threads are removed.
 states: dict[int, ThreadState] = {}
 #: States of the threads now blocked without a timeout (set.add/discard are
