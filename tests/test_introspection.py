@@ -22,7 +22,8 @@ def test_name_site_and_repr_of_an_rlock(runner: Runner) -> None:
     lock = bank.ledger_lock
     assert lock.name == "Bank.ledger_lock"
     assert lock.site == f"{__file__}:{Bank.__init__.__code__.co_firstlineno + 1}"
-    assert re.match(r"<unlocked lockwise\.RLock object at 0x[0-9a-f]+ 'Bank\.ledger_lock' \(", repr(lock))
+    pattern = r"<unlocked lockwise\.RLock object at 0x[0-9a-f]+ 'Bank\.ledger_lock' \("
+    assert re.match(pattern, repr(lock))
     lock.acquire()
     lock.acquire()
     line = lock.acquired_at
