@@ -8,10 +8,10 @@ and then applies the user's policy. Nothing here runs on the hot path.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -137,9 +137,10 @@ Listener = Callable[[Finding], None]
 _findings: list[Finding] = []
 _seen: dict[Hashable, Finding] = {}
 _listeners: list[Listener] = []
-# A raw lock: never instrumented, held only for list and dict updates that
-# run no user code, so a finalizer or signal handler cannot wait on it.
-_lock = threading._allocate_lock()  # type: ignore[attr-defined]
+# A raw, reentrant lock: never instrumented, held only for list and dict
+# updates that run no user code; reentrant, so a signal handler or finalizer
+# that records a finding while this thread is inside cannot wait on itself.
+_lock = _thread.RLock()
 
 
 def record(finding: Finding) -> bool:

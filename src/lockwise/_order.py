@@ -146,9 +146,10 @@ def _ref(site: Site, serial: int = 0) -> LockRef:
 def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
           key: tuple[tuple[Site, ...], Site],
           frame: Optional[FrameType]) -> Optional[BaseException]:
+    ts.quiet += 1  # first: a re-entrant acquire from here on records nothing
     if not _lock.acquire(True, 1.0):
+        ts.quiet -= 1
         return None
-    ts.quiet += 1
     found: list[Finding] = []
     try:
         _drain_dead()
