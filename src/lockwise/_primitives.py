@@ -4,6 +4,8 @@ The hot path is the uncontended ``acquire``: one non-blocking try of the
 inner ``_thread`` lock, then three stores (owner, acquisition site, held
 list). Everything else (blocking, deadlock checks, the lock-order graph for
 nested acquisitions) is a function call away, in ``_waitfor`` and ``_order``.
+Profiling (``lockwise.profile``) plugs in through ``wait_hook`` on the slow
+path and, for hold times, by swapping the classes' methods while it runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import _order, _waitfor
 from ._config import settings
@@ -22,6 +24,13 @@ from ._state import ThreadState, _local, current_state, new_state
 _allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
 _get_ident = threading.get_ident
 _getframe = sys._getframe
+
+
+#: Set by ``lockwise.profile`` while it runs: called instead of
+#: ``_waitfor.wait_lock(ts, lock, timeout)`` (with the acquiring frame) by the
+#: slow path of a blocking acquire, so contended waits can be timed. None when
+#: profiling is off: the cost is one global load, on the slow path only.
+wait_hook: Optional[Callable[[ThreadState, Any, float, Optional[FrameType]], bool]] = None
 
 
 def _check_acquire_args(blocking: Any, timeout: Any) -> None:
@@ -167,7 +176,9 @@ class Lock(_Introspection):
                 error = _order.note(ts, self)
                 if error is not None:
                     raise error
-            got = _waitfor.wait_lock(ts, self, timeout)
+            hook = wait_hook
+            got = (_waitfor.wait_lock(ts, self, timeout) if hook is None
+                   else hook(ts, self, timeout, frame))
         if got:
             self._owner = ts
             self._acq = _acquire_site(frame)
@@ -253,7 +264,9 @@ class RLock(_Introspection):
                 error = _order.note(ts, self)
                 if error is not None:
                     raise error
-            got = _waitfor.wait_lock(ts, self, timeout)
+            hook = wait_hook
+            got = (_waitfor.wait_lock(ts, self, timeout) if hook is None
+                   else hook(ts, self, timeout, frame))
         if got:
             self._owner = ts
             self._count = 1
