@@ -31,6 +31,11 @@ _getframe = sys._getframe
 #: slow path of a blocking acquire, so contended waits can be timed. None when
 #: profiling is off: the cost is one global load, on the slow path only.
 wait_hook: Optional[Callable[[ThreadState, Any, float, Optional[FrameType]], bool]] = None
+#: Set by a full ``lockwise.profile`` (hold times): called as ``hook(rlock, held)``
+#: when an RLock is fully released for a Condition wait (False) and when it is
+#: taken back (True). Condition binds these two methods when it is created, so
+#: a method swap would miss the Conditions made before profiling started.
+hold_hook: Optional[Callable[[Any, bool], None]] = None
 
 
 def _check_acquire_args(blocking: Any, timeout: Any) -> None:
@@ -303,6 +308,9 @@ class RLock(_Introspection):
         ts = current_state()
         if self._owner is not ts or not self._count:
             raise RuntimeError("cannot release un-acquired lock")
+        hook = hold_hook
+        if hook is not None:
+            hook(self, False)
         state = (self._count, ts.ident)
         self._count = 0
         self._owner = None
@@ -313,6 +321,9 @@ class RLock(_Introspection):
     def _acquire_restore(self, state: tuple[int, Optional[int]]) -> None:
         self._acquire_slow(True, -1, _getframe(1))
         self._count = state[0]
+        hook = hold_hook
+        if hook is not None:
+            hook(self, True)
 
     def _recursion_count(self) -> int:
         return self._count if self._owner is current_state() else 0

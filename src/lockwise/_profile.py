@@ -26,8 +26,9 @@ How, and what it costs:
 * Hold times and acquisition counts need a timestamp at every acquire and
   release, so a full profile (``sample=1``) swaps the ``acquire``,
   ``release``, ``__enter__`` and ``__exit__`` methods of ``Lock`` and
-  ``RLock`` (and RLock's Condition protocol) for Python wrappers while it
-  runs, and restores them at ``stop()``. Every acquire then runs a few
+  ``RLock`` for Python wrappers while it runs, and restores them at
+  ``stop()``; an RLock released for a Condition wait reports through
+  ``_primitives.hold_hook``. Every acquire then runs a few
   microseconds of Python (see benchmarks/RESULTS.md).
 * ``sample=N`` (N > 1) leaves the fast path alone: no hold times, no
   acquisition counts, no hand-offs. Every contention is counted, and one in
@@ -36,8 +37,10 @@ How, and what it costs:
   sums multiplied by N, and say so (``"scaled": true``). Max, mean and p99
   are those of the measured waits.
 
-Limits: one profile at a time per process; only lockwise ``Lock``/``RLock``
-are seen (locks created before ``install()`` and C-level locks are not);
+Limits: one profile at a time per process; a Condition created before the
+profile started and used through its own ``acquire()``/``release()`` (bound
+when it was created; ``with cond:`` is fine) is invisible to hold times;
+only lockwise ``Lock``/``RLock`` are seen (locks created before ``install()`` and C-level locks are not);
 p99 comes from a uniform reservoir of at most ``RESERVOIR`` waits per class;
 hand-offs are tracked per lock object by ``id()``, so a lock freed and a new
 one allocated at the same address may count one spurious hand-off. Profile
@@ -215,6 +218,13 @@ class _Collector:
         except Exception as exc:
             self.error("the profiler (wait)", exc)
 
+    def hold_event(self, lock: Any, held: bool) -> None:
+        """``_primitives.hold_hook``: an RLock left for / taken back after a Condition wait."""
+        if held:
+            self.acquired(lock)
+        else:
+            self.releasing(lock)
+
     def contended(self, lock: Any) -> None:
         """A contention that is not sampled: counted only."""
         try:
@@ -266,7 +276,6 @@ def _wait_hook(ts: ThreadState, lock: Any, timeout: float, frame: Optional[Frame
 # ------------------------------------------------------ method swapping
 
 _LOCK_METHODS = ("acquire", "release", "__enter__", "__exit__")
-_RLOCK_METHODS = _LOCK_METHODS + ("_release_save", "_acquire_restore")
 
 
 def _lock_methods(cls: type, coll: _Collector) -> dict[str, Any]:
@@ -302,9 +311,6 @@ def _lock_methods(cls: type, coll: _Collector) -> dict[str, Any]:
 def _rlock_methods(cls: type, coll: _Collector) -> dict[str, Any]:
     orig_acquire: Callable[..., bool] = cls.acquire  # type: ignore[attr-defined]
     orig_release: Callable[[Any], None] = cls.release  # type: ignore[attr-defined]
-    orig_release_save: Callable[[Any], Any] = cls._release_save  # type: ignore[attr-defined]
-    orig_acquire_restore: Callable[[Any, Any], None] = \
-        cls._acquire_restore  # type: ignore[attr-defined]
     acquired = coll.acquired
     releasing = coll.releasing
 
@@ -338,18 +344,8 @@ def _rlock_methods(cls: type, coll: _Collector) -> dict[str, Any]:
             releasing(self)
         orig_release(self)
 
-    def _release_save(self: Any) -> Any:
-        if _mine(self):
-            releasing(self)
-        return orig_release_save(self)
-
-    def _acquire_restore(self: Any, state: Any) -> None:
-        orig_acquire_restore(self, state)
-        acquired(self)
-
     return {"acquire": acquire, "release": release, "__enter__": __enter__,
-            "__exit__": __exit__, "_release_save": _release_save,
-            "_acquire_restore": _acquire_restore}
+            "__exit__": __exit__}
 
 
 def _classes() -> list[tuple[type, bool]]:
@@ -414,6 +410,7 @@ class Profiler:
         self._coll = coll
         if coll.holds:
             _swap_in(coll)
+            _primitives.hold_hook = coll.hold_event
         _current = coll
         _primitives.wait_hook = _wait_hook
         return self
@@ -425,6 +422,7 @@ class Profiler:
         if coll is None or coll is not _current:
             return self
         _primitives.wait_hook = None
+        _primitives.hold_hook = None
         _swap_out()
         _current = None
         coll.end_ns = _monotonic_ns()
