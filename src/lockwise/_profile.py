@@ -40,8 +40,9 @@ How, and what it costs:
 Limits: one profile at a time per process; a Condition created before the
 profile started and used through its own ``acquire()``/``release()`` (bound
 when it was created; ``with cond:`` is fine) is invisible to hold times;
-only lockwise ``Lock``/``RLock`` are seen (locks created before ``install()`` and C-level locks are not);
-p99 comes from a uniform reservoir of at most ``RESERVOIR`` waits per class;
+only lockwise ``Lock``/``RLock`` are seen (locks created before ``install()``
+and C-level locks are not); p99 comes from a uniform reservoir of at most
+``RESERVOIR`` waits per class;
 hand-offs are tracked per lock object by ``id()``, so a lock freed and a new
 one allocated at the same address may count one spurious hand-off. Profile
 data is per process (subprocesses are not merged).
@@ -65,6 +66,7 @@ from ._state import ThreadState, _local
 
 _monotonic_ns = time.monotonic_ns
 _get_ident = threading.get_ident
+_active: dict[int, threading.Thread] = threading._active  # type: ignore[attr-defined]
 
 FORMAT = 1
 #: Waits kept per lock class for the p99 (uniform reservoir sample).
@@ -127,6 +129,18 @@ class _Collector:
         self.start_ns = _monotonic_ns()
         self.end_ns = 0
         self.failed = False
+        #: ids of the thread states whose ``name`` was refreshed from the
+        #: running thread (a state is made before ``threading`` lists its thread).
+        self.named: set[int] = set()
+
+    def name(self, ts: Any) -> None:
+        """Keep ``ts.name`` right for the timeline (once per thread, while it runs)."""
+        if id(ts) in self.named:
+            return
+        thread = _active.get(ts.ident)
+        if thread is not None:
+            ts.name = thread.name
+            self.named.add(id(ts))
 
     def cls(self, lock: Any) -> _Class:
         site: Site = lock._site
@@ -182,6 +196,7 @@ class _Collector:
                 if held > entry.hold_max:
                     entry.hold_max = held
                 entry.events.append(("hold", rec[1], start, now))
+                self.name(rec[1])
         except Exception as exc:
             self.error("the profiler (release)", exc)
 
@@ -215,6 +230,7 @@ class _Collector:
                 skey = (stack, entry.site)
                 self.stacks[skey] = self.stacks.get(skey, 0) + waited
                 entry.events.append(("wait", ts, start, end))
+                self.name(ts)
         except Exception as exc:
             self.error("the profiler (wait)", exc)
 
