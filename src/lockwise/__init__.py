@@ -4,7 +4,8 @@ The public API is re-exported here; modules starting with ``_`` are private.
 
 Hot path: ``_primitives`` (Lock, RLock) and ``_state`` (per-thread records).
 Graphs: ``_waitfor`` (actual deadlocks) and ``_graph``/``_order`` (lock order).
-Findings and reports: ``_findings``, ``_report``. Reach: ``_install``.
+Findings and reports: ``_findings``, ``_report``, ``_html``. Reach: ``_install``.
+Extensions: ``_profile`` (contention profiling, ``lockwise.profile()``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ._findings import Finding, FrameInfo, LockRef, StackInfo, findings
 from ._install import install, installed, is_installed, uninstall
 from ._order import declare_order
 from ._primitives import Lock, RLock
+from ._profile import Profiler, profile
 from ._snapshot import Snapshot, held_locks, snapshot
 from ._watchdog import Watchdog, watchdog
 
@@ -49,13 +51,14 @@ def reset() -> None:
 
 
 for _obj in (Lock, RLock, FileLock, DeadlockError, DeadlockWarning, HangWarning,
-             PotentialDeadlockError, PotentialDeadlockWarning, Finding, Snapshot, Watchdog):
+             PotentialDeadlockError, PotentialDeadlockWarning, Finding, Snapshot, Watchdog,
+             Profiler):
     _obj.__module__ = "lockwise"
 
 __all__ = [
     "Barrier", "BoundedSemaphore", "Condition", "DeadlockError", "DeadlockWarning", "Event",
     "FileLock", "Finding", "FrameInfo", "HangWarning", "Lock", "LockRef", "PotentialDeadlockError",
-    "PotentialDeadlockWarning", "RLock", "Semaphore", "Snapshot", "StackInfo", "configure",
-    "declare_order", "findings", "held_locks", "install", "installed", "is_installed", "reset",
-    "snapshot", "uninstall", "watchdog", "Watchdog",
+    "PotentialDeadlockWarning", "Profiler", "RLock", "Semaphore", "Snapshot", "StackInfo",
+    "configure", "declare_order", "findings", "held_locks", "install", "installed",
+    "is_installed", "profile", "reset", "snapshot", "uninstall", "watchdog", "Watchdog",
 ]

@@ -17,7 +17,9 @@ import sys
 from typing import Any, NoReturn, Optional
 
 USAGE_STATUS = 2
-_VALUE_OPTIONS = ("--json", "--hang-timeout", "--fail-on")
+_VALUE_OPTIONS = ("--json", "--hang-timeout", "--fail-on", "--profile-sample",
+                  "--profile-collapsed")
+_FLAG_OPTIONS = ("--quiet", "--profile", "-h", "--help")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +48,18 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "'none') is recorded (default: deadlock)")
     parser.add_argument("--quiet", action="store_true",
                         help="print no report on stderr (the JSON report is still written)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile lock contention: print a table of the locks threads "
+                             "waited for (wait and hold times, waiter and holder sites) at "
+                             "the end, and keep it under 'profile' in the JSON report")
+    parser.add_argument("--profile-sample", metavar="N",
+                        help="with --profile (implied): time only one in N contentions, "
+                             "leaving uncontended acquires at full speed; wait totals are "
+                             "scaled by N and there are no hold times")
+    parser.add_argument("--profile-collapsed", metavar="FILE",
+                        help="with --profile (implied): write the waiting time as collapsed "
+                             "stacks ('frame;frame;frame ns' lines) to FILE, for flame-graph "
+                             "tools and speedscope")
     parser.add_argument("-m", dest="module", metavar="MODULE",
                         help="run a library module as a script, as python -m does")
     parser.add_argument("script", nargs="?", help="the Python script to run")
@@ -57,8 +71,12 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "report", help="print the human report of a saved JSON report",
         description="Print the human report of a JSON report written by "
-                    "'lockwise run --json FILE'.")
+                    "'lockwise run --json FILE', or write it as one HTML page.")
     parser.add_argument("file", metavar="FILE.json", help="the JSON report")
+    parser.add_argument("--html", metavar="FILE",
+                        help="write a self-contained HTML report to FILE instead (findings "
+                             "and stacks, the lock-order graph, the contention table and a "
+                             "timeline of holds and waits)")
     parser.set_defaults(func=cmd_report)
     return parser
 
@@ -105,9 +123,10 @@ def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
             continue
         if arg.startswith("-"):
             name = arg.split("=", 1)[0]
-            if name not in _VALUE_OPTIONS + ("--quiet", "-h", "--help"):
+            if name not in _VALUE_OPTIONS + _FLAG_OPTIONS:
                 raise _BadOption(f"run: unknown option {arg!r}; expected --json FILE, "
-                                 "--hang-timeout SECONDS, --fail-on KINDS, --quiet or "
+                                 "--hang-timeout SECONDS, --fail-on KINDS, --quiet, --profile, "
+                                 "--profile-sample N, --profile-collapsed FILE or "
                                  "-m MODULE before the script")
             i += 1
             continue
@@ -130,6 +149,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
                       else _runner.parse_seconds(ns.hang_timeout)),
         fail_on=_runner.parse_kinds(ns.fail_on),
         quiet=ns.quiet,
+        profile=bool(ns.profile or ns.profile_sample is not None
+                     or ns.profile_collapsed is not None),
+        profile_sample=(1 if ns.profile_sample is None
+                        else _runner.parse_sample(ns.profile_sample)),
+        profile_collapsed=ns.profile_collapsed,
     )
     if ns.module is not None:
         return _runner.run(options, ns.module, ns.program_args, module=True)
@@ -140,13 +164,28 @@ def cmd_report(ns: argparse.Namespace) -> int:
     from . import _jsonreport, _report
 
     try:
-        found = _jsonreport.load(ns.file)
+        data = _jsonreport.load_document(ns.file)
+        found = _jsonreport.findings_of(data, ns.file)
     except _jsonreport.ReportError as exc:
         sys.stderr.write(f"lockwise: error: {exc}\n")
         return USAGE_STATUS
+    if ns.html is not None:
+        from . import _html
+
+        try:
+            _html.write(ns.html, data, found, source=ns.file)
+        except OSError as exc:
+            sys.stderr.write(f"lockwise: error: --html: cannot write {ns.html!r}: "
+                             f"{exc.strerror or exc}; expected a writable path\n")
+            return USAGE_STATUS
+        sys.stderr.write(f"lockwise: HTML report written to {ns.html}\n")
+        return 0
     out = sys.stdout
     for finding in found:
         out.write(_report.render(finding) + "\n\n")
+    profile = data.get("profile")
+    if isinstance(profile, dict):
+        out.write(_report.render_profile(profile) + "\n\n")
     out.write(_report.render_summary(found) + "\n")
     return 0
 

@@ -1,5 +1,9 @@
 """JSON reports: ``{"format": 1, "findings": [...]}``, kept complete at all times.
 
+Besides ``findings``, a report may hold sections written by the process that
+started the run: ``"order_graph"`` (the lock-order graph, ``_order.graph_data()``)
+and ``"profile"`` (with ``lockwise run --profile``, ``Profiler.to_dict()``).
+
 A :class:`JsonWriter` is a findings listener: every new finding rewrites the
 file atomically (write a temporary file in the same directory, then
 ``os.replace``), so a program that later hangs or is killed still leaves a
@@ -42,17 +46,19 @@ def _identity(data: dict[str, Any]) -> tuple[Any, ...]:
     return (data.get("pid"), data.get("time"), data.get("kind"), data.get("summary"))
 
 
-def _read_dicts(path: str) -> list[dict[str, Any]]:
-    """The finding dicts of the report at ``path``; raises OSError or ValueError."""
+def _read(path: str) -> dict[str, Any]:
+    """The report at ``path`` (finding dicts only); raises OSError or ValueError."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
         raise ValueError("expected an object with a 'findings' list")
-    return [d for d in data["findings"] if isinstance(d, dict)]
+    data["findings"] = [d for d in data["findings"] if isinstance(d, dict)]
+    return data
 
 
-def load(path: str) -> list[Finding]:
-    """The findings of the JSON report at ``path``, oldest first.
+def load_document(path: str) -> dict[str, Any]:
+    """The whole JSON report at ``path`` (findings as dicts, plus any sections
+    such as ``"profile"`` and ``"order_graph"``).
 
     Raises :class:`ReportError` with a one-line message when the file is
     missing, unreadable, not JSON or not a lockwise report.
@@ -71,6 +77,11 @@ def load(path: str) -> list[Finding]:
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
         raise ReportError(f"{path!r} is not a lockwise JSON report: expected an object "
                           "with a 'findings' list")
+    return data
+
+
+def findings_of(data: dict[str, Any], path: str = "report") -> list[Finding]:
+    """The findings of a loaded report document, oldest first (ReportError if invalid)."""
     result = []
     for i, item in enumerate(data["findings"]):
         try:
@@ -79,6 +90,15 @@ def load(path: str) -> list[Finding]:
             raise ReportError(f"{path!r} is not a lockwise JSON report: finding {i} is "
                               f"invalid ({exc})") from None
     return result
+
+
+def load(path: str) -> list[Finding]:
+    """The findings of the JSON report at ``path``, oldest first.
+
+    Raises :class:`ReportError` with a one-line message when the file is
+    missing, unreadable, not JSON or not a lockwise report.
+    """
+    return findings_of(load_document(path), path)
 
 
 def document(findings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,13 +111,18 @@ class JsonWriter:
     ``fresh`` starts the file empty (the process that starts a run);
     otherwise this process's findings are merged into what is there.
     ``source`` gives the findings to write (default: all of this process's).
+    ``sections`` gives extra top-level entries (the run's ``"profile"`` and
+    ``"order_graph"``) written with every merge; entries already in the file
+    that this writer does not give are kept (a child keeps its parent's).
     Never raises into the caller: failures go to ``internal_error``.
     """
 
     def __init__(self, path: str, fresh: bool,
-                 source: Optional[Callable[[], list[Finding]]] = None) -> None:
+                 source: Optional[Callable[[], list[Finding]]] = None,
+                 sections: Optional[Callable[[], dict[str, Any]]] = None) -> None:
         self.path = os.path.abspath(path)
         self._source = source or _findings.findings
+        self.sections = sections
         self._lock = _thread.RLock()  # the interpreter's own: never instrumented
         self._local = threading.local()
         self._pending = False
@@ -127,13 +152,14 @@ class JsonWriter:
                 self._pending = True
                 while self._pending:
                     self._pending = False
-                    self._merge([f.to_dict() for f in self._source()])
+                    extra = self.sections() if self.sections is not None else {}
+                    self._merge([f.to_dict() for f in self._source()], extra)
         except Exception as exc:
             _findings.internal_error(f"writing the JSON report {self.path}", exc)
         finally:
             self._local.busy = False
 
-    def _merge(self, mine: list[dict[str, Any]]) -> None:
+    def _merge(self, mine: list[dict[str, Any]], extra: dict[str, Any]) -> None:
         directory = os.path.dirname(self.path)
         dir_fd = -1
         if fcntl is not None:
@@ -141,12 +167,16 @@ class JsonWriter:
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
         try:
             try:
-                merged = _read_dicts(self.path)
+                data = _read(self.path)
             except (OSError, ValueError):
-                merged = []
+                data = document([])
+            merged: list[dict[str, Any]] = data["findings"]
             known = {_identity(d) for d in merged}
             merged += [d for d in mine if _identity(d) not in known]
-            self._write(document(merged))
+            data.update(extra)
+            data["format"] = FORMAT
+            data["findings"] = merged
+            self._write(data)
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)  # releases the flock

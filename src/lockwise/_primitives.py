@@ -4,6 +4,8 @@ The hot path is the uncontended ``acquire``: one non-blocking try of the
 inner ``_thread`` lock, then three stores (owner, acquisition site, held
 list). Everything else (blocking, deadlock checks, the lock-order graph for
 nested acquisitions) is a function call away, in ``_waitfor`` and ``_order``.
+Profiling (``lockwise.profile``) plugs in through ``wait_hook`` on the slow
+path and, for hold times, by swapping the classes' methods while it runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import _order, _waitfor
 from ._config import settings
@@ -23,6 +25,18 @@ from ._state import ThreadState, _local, current_state, new_state
 _allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
 _get_ident = threading.get_ident
 _getframe = sys._getframe
+
+
+#: Set by ``lockwise.profile`` while it runs: called instead of
+#: ``_waitfor.wait_lock(ts, lock, timeout)`` (with the acquiring frame) by the
+#: slow path of a blocking acquire, so contended waits can be timed. None when
+#: profiling is off: the cost is one global load, on the slow path only.
+wait_hook: Optional[Callable[[ThreadState, Any, float, Optional[FrameType]], bool]] = None
+#: Set by a full ``lockwise.profile`` (hold times): called as ``hook(rlock, held)``
+#: when an RLock is fully released for a Condition wait (False) and when it is
+#: taken back (True). Condition binds these two methods when it is created, so
+#: a method swap would miss the Conditions made before profiling started.
+hold_hook: Optional[Callable[[Any, bool], None]] = None
 
 
 def _check_acquire_args(blocking: Any, timeout: Any) -> None:
@@ -51,6 +65,18 @@ def _drop_held(owner: ThreadState, lock: Any) -> None:
         held.remove(lock)
     except ValueError:
         pass
+
+
+def _wait(ts: ThreadState, lock: Any, timeout: float, frame: Optional[FrameType]) -> bool:
+    """Block for ``lock`` (through the profiler's hook when one is set)."""
+    hook = wait_hook
+    try:
+        if hook is None:
+            return _waitfor.wait_lock(ts, lock, timeout)
+        return bool(hook(ts, lock, timeout, frame))
+    except DeadlockError as exc:
+        # Start the traceback here: the user's frames, not the detector's.
+        raise exc.with_traceback(None) from None
 
 
 class _Introspection:
@@ -168,11 +194,7 @@ class Lock(_Introspection):
                 error = _order.note(ts, self)
                 if error is not None:
                     raise error
-            try:
-                got = _waitfor.wait_lock(ts, self, timeout)
-            except DeadlockError as exc:
-                # Start the traceback here: the user's frames, not the detector's.
-                raise exc.with_traceback(None) from None
+            got = _wait(ts, self, timeout, frame)
         if got:
             self._owner = ts
             self._acq = _acquire_site(frame)
@@ -258,11 +280,7 @@ class RLock(_Introspection):
                 error = _order.note(ts, self)
                 if error is not None:
                     raise error
-            try:
-                got = _waitfor.wait_lock(ts, self, timeout)
-            except DeadlockError as exc:
-                # Start the traceback here: the user's frames, not the detector's.
-                raise exc.with_traceback(None) from None
+            got = _wait(ts, self, timeout, frame)
         if got:
             self._owner = ts
             self._count = 1
@@ -299,6 +317,9 @@ class RLock(_Introspection):
         ts = current_state()
         if self._owner is not ts or not self._count:
             raise RuntimeError("cannot release un-acquired lock")
+        hook = hold_hook
+        if hook is not None:
+            hook(self, False)
         state = (self._count, ts.ident)
         self._count = 0
         self._owner = None
@@ -309,6 +330,9 @@ class RLock(_Introspection):
     def _acquire_restore(self, state: tuple[int, Optional[int]]) -> None:
         self._acquire_slow(True, -1, _getframe(1))
         self._count = state[0]
+        hook = hold_hook
+        if hook is not None:
+            hook(self, True)
 
     def _recursion_count(self) -> int:
         return self._count if self._owner is current_state() else 0

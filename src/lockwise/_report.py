@@ -171,3 +171,84 @@ def render_summary(findings: list[Finding]) -> str:
     lines = [f"lockwise: {len(findings)} finding(s): {parts}"]
     lines += [f"  - [{f.kind}] {f.summary}" for f in findings]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- profile
+
+
+def format_ns(ns: Any) -> str:
+    """A duration in ns for humans: ``850ns``, ``12.4us``, ``3.20ms``, ``1.52s``."""
+    if ns is None:
+        return "-"
+    value = float(ns)
+    if value < 1_000:
+        return f"{value:.0f}ns"
+    if value < 1_000_000:
+        return f"{value / 1_000:.1f}us"
+    if value < 1_000_000_000:
+        return f"{value / 1_000_000:.2f}ms"
+    return f"{value / 1_000_000_000:.2f}s"
+
+
+_PROFILE_COLUMNS = ("acquired", "contended", "wait-total", "wait-max", "wait-mean", "wait-p99",
+                    "hold-total", "hold-max", "hold-mean", "hand-offs")
+
+
+def _count(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _short_site(site: str) -> str:
+    path, _sep, line = site.rpartition(":")
+    if not path:
+        return site
+    return f"{path.replace(chr(92), '/').rsplit('/', 1)[-1]}:{line}"
+
+
+def profile_header(data: dict[str, Any]) -> str:
+    """One line: what the profile covers and whether totals are scaled."""
+    n = len(data.get("locks", []))
+    sample = int(data.get("sample", 1) or 1)
+    how = ("every contention timed" if sample <= 1 else
+           f"1 in {sample} contentions timed; wait totals are estimates scaled x{sample}, "
+           "no hold times")
+    return (f"lockwise profile: {n} lock class{'es' if n != 1 else ''}, "
+            f"{format_ns(data.get('duration_ns', 0))} profiled; {how}")
+
+
+def render_profile(data: dict[str, Any], limit: int = 20, sites: int = 3) -> str:
+    """The contention table (like the kernel's lock_stat), most total wait first.
+
+    ``data`` is a profile dict (``Profiler.to_dict()`` or a JSON report's
+    ``"profile"``). Each contended lock is followed by its top waiter sites
+    (where threads waited) and holder sites (where the holder had acquired it).
+    """
+    locks = list(data.get("locks", []))
+    lines = [profile_header(data)]
+    if not locks:
+        lines.append("  (no lockwise lock was acquired while profiling)")
+        return "\n".join(lines)
+    names = [f"{d.get('name', '?')} ({_short_site(str(d.get('site', '?')))})"
+             for d in locks[:limit]]
+    width = min(max(len("lock"), *(len(n) for n in names)), 48)
+    cells: list[list[str]] = []
+    for d in locks[:limit]:
+        cells.append([_count(d.get("acquisitions")), _count(d.get("contentions")),
+                      format_ns(d.get("wait_total_ns")), format_ns(d.get("wait_max_ns")),
+                      format_ns(d.get("wait_mean_ns")), format_ns(d.get("wait_p99_ns")),
+                      format_ns(d.get("hold_total_ns")), format_ns(d.get("hold_max_ns")),
+                      format_ns(d.get("hold_mean_ns")), _count(d.get("handoffs"))])
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(_PROFILE_COLUMNS)]
+    lines.append("  " + "lock".ljust(width) + "".join(
+        "  " + h.rjust(w) for h, w in zip(_PROFILE_COLUMNS, widths)))
+    for name, row, d in zip(names, cells, locks):
+        shown = name if len(name) <= width else name[:width - 3] + "..."
+        lines.append("  " + shown.ljust(width) + "".join(
+            "  " + c.rjust(w) for c, w in zip(row, widths)))
+        for label, key in (("waited at", "waiters"), ("held from", "holders")):
+            for s in list(d.get(key, []))[:sites]:
+                lines.append(f"      {label} {s.get('site', '?')} in {s.get('function', '?')}"
+                             f"  ({s.get('count', 0)}x, {format_ns(s.get('wait_ns'))})")
+    if len(locks) > limit:
+        lines.append(f"  ... and {len(locks) - limit} more lock classes (see the JSON report)")
+    return "\n".join(lines)

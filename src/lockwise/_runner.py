@@ -35,7 +35,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Optional, TextIO
 
-from . import _findings, _install, _jsonreport, _report, _sites, _watchdog
+from . import _findings, _install, _jsonreport, _order, _profile, _report, _sites, _watchdog
 from ._config import settings
 from ._findings import KINDS, Finding
 
@@ -73,6 +73,18 @@ def parse_kinds(text: str, option: str = "--fail-on") -> frozenset[str]:
     return frozenset(kinds)
 
 
+def parse_sample(text: str, option: str = "--profile-sample") -> int:
+    """``"100"`` -> 100: time one in N contentions; N must be a positive integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"{option}: {text!r} is not a positive integer; expected N >= 1 "
+                         "such as 100 (time one in N contentions)")
+    return value
+
+
 def parse_seconds(text: str, option: str = "--hang-timeout") -> float:
     try:
         seconds = float(text)
@@ -92,6 +104,11 @@ class Options:
     hang_timeout: Optional[float] = None
     fail_on: frozenset[str] = field(default_factory=lambda: frozenset({"deadlock"}))
     quiet: bool = False
+    #: Contention profiling (``--profile``); ``profile_sample`` > 1 times one in N.
+    profile: bool = False
+    profile_sample: int = 1
+    #: Where to write the collapsed stacks of waiting time (``--profile-collapsed``).
+    profile_collapsed: Optional[str] = None
 
 
 def options_from_env(environ: Optional[dict[str, str]] = None,
@@ -138,6 +155,7 @@ class Session:
         self.stderr = stderr
         self.writer: Optional[_jsonreport.JsonWriter] = None
         self.watchdog: Optional[_watchdog.Watchdog] = None
+        self.profiler: Optional[_profile.Profiler] = None
         self._temp_json: Optional[str] = None
         self._printed = 0
         self._finished = False
@@ -156,9 +174,19 @@ class Session:
             self._temp_json = path
         if path is not None:
             try:
-                self.writer = _jsonreport.JsonWriter(path, fresh=not self.child)
+                self.writer = _jsonreport.JsonWriter(
+                    path, fresh=not self.child,
+                    sections=None if self.child else self._sections)
             except OSError as exc:
                 raise UsageError(f"--json: cannot write report file {path!r}: "
+                                 f"{exc.strerror or exc}; expected a writable path") from None
+        collapsed = self.options.profile_collapsed
+        if collapsed is not None:
+            try:
+                with open(collapsed, "w", encoding="utf-8"):
+                    pass
+            except OSError as exc:
+                raise UsageError(f"--profile-collapsed: cannot write {collapsed!r}: "
                                  f"{exc.strerror or exc}; expected a writable path") from None
         if _active is not None:
             _active.abandon()
@@ -176,8 +204,22 @@ class Session:
         _install.install()
         if self.options.hang_timeout is not None:
             self.watchdog = _watchdog.Watchdog(self.options.hang_timeout).start()
+        if self.options.profile or self.options.profile_collapsed is not None:
+            try:
+                self.profiler = _profile.Profiler(self.options.profile_sample).start()
+            except RuntimeError as exc:  # a profile the program started itself
+                self._write_err(f"lockwise: not profiling: {exc}")
         self._export_env(path)
         return self
+
+    def _sections(self) -> dict[str, Any]:
+        """The JSON report's sections besides the findings (see ``_jsonreport``)."""
+        if os.getpid() != self._pid:
+            return {}  # a forked child: the parent writes its own
+        out: dict[str, Any] = {"order_graph": _order.graph_data()}
+        if self.profiler is not None:
+            out["profile"] = self.profiler.to_dict()
+        return out
 
     def _export_env(self, path: Optional[str]) -> None:
         env = os.environ
@@ -197,6 +239,8 @@ class Session:
         self._finished = True
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.profiler is not None:
+            self.profiler.stop()
         if self.writer is not None:
             _findings.remove_listener(self.writer)
         _findings.remove_listener(self._print_finding)
@@ -243,10 +287,16 @@ class Session:
         self._finished = True
         if self.watchdog is not None:
             self.watchdog.stop()
-        found = self.all_findings()
         forked = os.getpid() != self._pid
+        if self.profiler is not None:
+            self.profiler.stop()
+            if forked:  # the parent reports its own profile
+                self.profiler = None
+        found = self.all_findings()
         if forked:  # a forked child: its own findings only; the parent reports all
             found = [f for f in found if f.pid == os.getpid()]
+        if self.profiler is not None:
+            self._finish_profile(self.profiler)
         if found or not (self.child or forked):
             self._write_err(_report.render_summary(found))
         if self._temp_json is not None and not forked:
@@ -259,6 +309,21 @@ class Session:
         if any(f.kind in self.options.fail_on for f in found):
             return FAIL_STATUS
         return status
+
+
+    def _finish_profile(self, profiler: _profile.Profiler) -> None:
+        """Print the contention table; write the collapsed stacks if asked."""
+        data = profiler.to_dict(events=False)
+        self._write_err(_report.render_profile(data))
+        path = self.options.profile_collapsed
+        if path is None:
+            return
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in data["collapsed"])
+        except OSError as exc:
+            self._write_err(f"lockwise: cannot write the collapsed stacks to {path!r}: "
+                            f"{exc.strerror or exc}")
 
 
 def active_session() -> Optional[Session]:

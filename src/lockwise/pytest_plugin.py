@@ -12,6 +12,9 @@ even import lockwise. When enabled:
   fails, with the report in its failure text. A finding is attributed to the
   test running when it is recorded (setup, call or teardown); one recorded
   by a background thread between tests goes to the next test.
+* with ``--lockwise-profile`` (which implies ``--lockwise``), lock
+  contention is profiled for the whole session (``lockwise.profile()``) and
+  the contention table is printed in the terminal summary;
 * the ``lockwise_findings`` fixture gives a test the list of findings
   recorded during it so far (live: it grows as findings are recorded).
   Without ``--lockwise`` the fixture still collects the findings of
@@ -39,6 +42,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fail a test when a finding of these kinds (comma list of "
                          "deadlock, lock-order, hang, contention; default: deadlock) "
                          "is recorded during it")
+    group.addoption("--lockwise-profile", action="store_true", default=None,
+                    help="profile lock contention during the session (implies --lockwise) "
+                         "and print the contention table at the end")
     parser.addini("lockwise", "run the tests with lockwise installed", type="bool",
                   default=False)
     parser.addini("lockwise_fail_on", "finding kinds that fail a test (comma list)",
@@ -48,22 +54,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 class LockwisePlugin:
     """The enabled plugin: owns the install and the per-test findings."""
 
-    def __init__(self, fail_on: frozenset[str]) -> None:
-        from . import _findings, _install
+    def __init__(self, fail_on: frozenset[str], profile: bool = False) -> None:
+        from . import _findings, _install, _profile
 
         self.fail_on = fail_on
         self.current: list[Finding] = []
         self._findings = _findings
         self._install = _install
+        self.profiler: Optional[_profile.Profiler] = None
         _install.install()
         _findings.add_listener(self._on_finding)
+        if profile:
+            self.profiler = _profile.Profiler().start()
 
     def _on_finding(self, finding: Finding) -> None:
         self.current.append(finding)
 
     def close(self) -> None:
+        if self.profiler is not None:
+            self.profiler.stop()
         self._findings.remove_listener(self._on_finding)
         self._install.uninstall()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.profiler is None:
+            return
+        self.profiler.stop()
+        terminalreporter.write_sep("=", "lockwise profile")
+        terminalreporter.write_line(self.profiler.table())
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -93,6 +111,8 @@ class LockwisePlugin:
 
 
 def _enabled(config: pytest.Config) -> bool:
+    if config.getoption("lockwise_profile"):
+        return True
     option = config.getoption("lockwise")
     if option is not None:
         return bool(option)
@@ -109,7 +129,8 @@ def pytest_configure(config: pytest.Config) -> None:
         fail_on = parse_kinds(str(text), "--lockwise-fail-on")
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.pluginmanager.register(LockwisePlugin(fail_on), _KEY)
+    profile = bool(config.getoption("lockwise_profile"))
+    config.pluginmanager.register(LockwisePlugin(fail_on, profile), _KEY)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -123,7 +144,9 @@ def pytest_report_header(config: pytest.Config) -> Optional[str]:
     plugin: Optional[LockwisePlugin] = config.pluginmanager.get_plugin(_KEY)
     if plugin is None:
         return None
-    return f"lockwise: installed; failing tests on {', '.join(sorted(plugin.fail_on)) or 'none'}"
+    profiling = "; profiling contention" if plugin.profiler is not None else ""
+    return (f"lockwise: installed; failing tests on "
+            f"{', '.join(sorted(plugin.fail_on)) or 'none'}{profiling}")
 
 
 @pytest.fixture

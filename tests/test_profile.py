@@ -1,0 +1,236 @@
+"""Contention profiling: lockwise.profile(), the table, sampling, collapsed stacks."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+import lockwise
+from lockwise import _primitives, _profile, _report
+
+HOLD = 0.3
+#: Each of the three waiters waits for the hot lock while the holder holds it
+#: for HOLD seconds (and then for the waiters ahead of it, which release at once).
+KNOWN_WAIT = 3 * HOLD
+
+
+def _line_of(func: Callable[..., Any], marker: str) -> int:
+    import inspect
+
+    lines, start = inspect.getsourcelines(func)
+    for i, text in enumerate(lines):
+        if marker in text:
+            return start + i
+    raise AssertionError(marker)
+
+
+def _wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.001)
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+
+
+def hot_holder(hot: Any, ready: threading.Event) -> None:
+    with hot:  # HOLDER SITE
+        ready.set()
+        _wait_until(lambda: len(hot.waiters) == 3)
+        time.sleep(HOLD)
+
+
+def hot_waiter(hot: Any, ready: threading.Event) -> None:
+    assert ready.wait(10)
+    with hot:  # WAITER SITE
+        pass
+
+
+def cool_pair(cool: Any, go: threading.Barrier) -> None:
+    go.wait(10)
+    for _ in range(20):
+        with cool:
+            time.sleep(0.0005)
+
+
+def run_pattern(lock_class: Any) -> None:
+    hot = lock_class(name="hot")
+    cool = lock_class(name="cool")
+    ready = threading.Event()
+    go = threading.Barrier(2)
+    threads = [threading.Thread(target=hot_holder, args=(hot, ready), name="holder")]
+    threads += [threading.Thread(target=hot_waiter, args=(hot, ready), name=f"waiter-{i}")
+                for i in range(3)]
+    threads += [threading.Thread(target=cool_pair, args=(cool, go), name=f"cool-{i}")
+                for i in range(2)]
+    for t in threads:
+        t.start()
+    _join(threads)
+
+
+def _impls() -> list[Any]:
+    impls = [pytest.param(_primitives.PureLock, id="pure")]
+    if _primitives.Lock is not _primitives.PureLock:
+        impls.append(pytest.param(_primitives.Lock, id="c"))
+    return impls
+
+
+@pytest.mark.parametrize("lock_class", _impls())
+def test_known_contention_pattern(lock_class: Any) -> None:
+    with lockwise.profile() as prof:
+        run_pattern(lock_class)
+    stats = prof.stats()
+    hot = stats[0]
+    assert hot["name"] == "hot", [s["name"] for s in stats]
+    assert hot["contentions"] == 3 and hot["sampled"] == 3
+    assert hot["acquisitions"] == 4
+    wait_s = hot["wait_total_ns"] / 1e9
+    assert abs(wait_s - KNOWN_WAIT) <= 0.2 * KNOWN_WAIT, wait_s
+    assert abs(hot["hold_max_ns"] / 1e9 - HOLD) <= 0.2 * HOLD
+    assert abs(hot["wait_max_ns"] / 1e9 - HOLD) <= 0.2 * HOLD
+    assert hot["wait_mean_ns"] * 3 == pytest.approx(hot["wait_total_ns"], abs=3)
+    assert hot["wait_p99_ns"] == hot["wait_max_ns"]
+    assert hot["handoffs"] == 3  # holder -> each waiter in turn
+    # The right sites: where the waiters waited, where the holder had acquired it.
+    [waiter] = hot["waiters"]
+    assert waiter["site"] == f"{__file__}:{_line_of(hot_waiter, 'WAITER SITE')}"
+    assert waiter["function"] == "hot_waiter" and waiter["count"] == 3
+    [holder] = hot["holders"]
+    # Each waiter waited behind the holder first; later ones also behind a
+    # previous waiter, but the holder was the owner when every wait began.
+    assert holder["site"] == f"{__file__}:{_line_of(hot_holder, 'HOLDER SITE')}"
+    assert holder["function"] == "hot_holder" and holder["count"] == 3
+    cool = next(s for s in stats if s["name"] == "cool")
+    assert cool["acquisitions"] == 40
+    assert cool["wait_total_ns"] < hot["wait_total_ns"]
+    # Text table: hot first, sorted by total wait.
+    table = prof.table()
+    rows = [line.split()[0] for line in table.splitlines()[2:] if not line.startswith("      ")]
+    assert rows[0] == "hot", table
+    assert "every contention timed" in table.splitlines()[0]
+    # Collapsed stacks: frame;frame;[wait hot] ns, value = the measured waits.
+    lines = prof.collapsed().splitlines()
+    hot_lines = [ln for ln in lines if ln.rsplit(" ", 1)[0].endswith("[wait hot]")]
+    assert hot_lines and all(re.fullmatch(r"[^ ;][^;]*(;[^;]+)* \d+", ln) for ln in lines)
+    assert sum(int(ln.rsplit(" ", 1)[1]) for ln in hot_lines) == hot["wait_total_ns"]
+    assert "hot_waiter (test_profile.py:" in hot_lines[0]
+
+
+def test_methods_restored_and_no_hook_when_off() -> None:
+    classes = [_primitives.Lock, _primitives.RLock, _primitives.PureLock, _primitives.PureRLock]
+    before = [dict(vars(c)) for c in classes]
+    prof = lockwise.profile().start()
+    try:
+        assert _primitives.wait_hook is not None
+        assert _primitives.Lock.__dict__["acquire"].__module__ == "lockwise._profile"
+        with pytest.raises(RuntimeError, match="already running"):
+            lockwise.profile().start()
+    finally:
+        prof.stop()
+    assert _primitives.wait_hook is None
+    assert [dict(vars(c)) for c in classes] == before
+    prof.stop()  # harmless twice
+    with pytest.raises(ValueError, match="positive integer"):
+        lockwise.profile(sample=0)
+
+
+def test_rlock_reentry_and_condition_wait_are_not_holds() -> None:
+    rlock = lockwise.RLock(name="re")
+    cond = lockwise.Condition(rlock)
+    with lockwise.profile() as prof:
+        with rlock, rlock, rlock:
+            pass
+        with cond:
+            cond.wait(0.2)  # releases the RLock while waiting
+    [re_stats] = [s for s in prof.stats() if s["name"] == "re"]
+    # The first with-block, the Condition block, the re-acquire after the wait.
+    assert re_stats["acquisitions"] == 3
+    assert re_stats["hold_max_ns"] < 0.1e9, re_stats
+
+
+def test_sampling_records_one_in_n_and_scales() -> None:
+    lock = lockwise.Lock(name="sampled")
+    n_waiters = 8
+    ready = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            ready.set()
+            _wait_until(lambda: len(lock.waiters) == n_waiters)
+            release.wait(0.05)
+
+    def waiter() -> None:
+        assert ready.wait(10)
+        with lock:
+            pass
+
+    acquire_before = _primitives.Lock.__dict__.get("acquire")
+    with lockwise.profile(sample=4) as prof:
+        # The fast path stays as it is: no method swap in sampled mode.
+        assert _primitives.Lock.__dict__.get("acquire") is acquire_before
+        threads = [threading.Thread(target=holder)]
+        threads += [threading.Thread(target=waiter) for _ in range(n_waiters)]
+        for t in threads:
+            t.start()
+        _join(threads)
+    [s] = [s for s in prof.stats() if s["name"] == "sampled"]
+    assert s["contentions"] == n_waiters
+    assert s["sampled"] == 2  # the 1st and 5th contention of the process
+    assert s["acquisitions"] is None and s["hold_total_ns"] is None and s["handoffs"] is None
+    assert s["wait_total_ns"] == pytest.approx(4 * 2 * s["wait_mean_ns"], abs=8)
+    data = prof.to_dict()
+    assert data["scaled"] is True and data["sample"] == 4
+    assert "scaled x4" in prof.table().splitlines()[0]
+    total = sum(int(line.rsplit(" ", 1)[1]) for line in prof.collapsed().splitlines()
+                if "[wait sampled]" in line)
+    assert total == s["wait_total_ns"]
+
+
+def test_timeline_events_are_bounded_and_named() -> None:
+    lock = lockwise.Lock(name="many")
+    with lockwise.profile() as prof:
+        for _ in range(_profile.EVENTS + 50):
+            with lock:
+                pass
+    timeline = prof.to_dict()["timeline"]
+    [entry] = [t for t in timeline["locks"] if t["name"] == "many"]
+    [row] = entry["threads"]
+    assert row["thread"] == threading.current_thread().name
+    assert len(row["events"]) == _profile.EVENTS and entry["truncated"]
+    assert all(kind == "hold" and 0 <= a <= b for kind, a, b in row["events"])
+
+
+def test_table_from_plain_data_and_empty_profile() -> None:
+    empty = _report.render_profile(_profile.empty_dict())
+    assert "no lockwise lock was acquired" in empty
+    assert _report.format_ns(1_500) == "1.5us" and _report.format_ns(None) == "-"
+    assert _report.format_ns(2_500_000_000) == "2.50s"
+
+
+def test_deadlock_while_profiling_is_still_detected(runner: Any) -> None:
+    a, b = lockwise.Lock(), lockwise.Lock()
+    barrier = threading.Barrier(2)
+
+    def worker(first: Any, second: Any) -> None:
+        with first:
+            barrier.wait(10)
+            with second:
+                pass
+
+    with lockwise.profile() as prof:
+        runner.start(lambda: worker(a, b), "t1")
+        runner.start(lambda: worker(b, a), "t2")
+        runner.join()
+    assert len(runner.errors) == 1
+    assert isinstance(next(iter(runner.errors.values())), lockwise.DeadlockError)
+    assert [f.kind for f in lockwise.findings("deadlock")] == ["deadlock"]
+    assert sum(s["contentions"] for s in prof.stats()) == 2
