@@ -67,6 +67,18 @@ def _drop_held(owner: ThreadState, lock: Any) -> None:
         pass
 
 
+def _take(ts: ThreadState, lock: Any, blocking: bool, timeout: float,
+          frame: Optional[FrameType]) -> bool:
+    """The slow path's take of the inner lock: a try, or the order check and a wait."""
+    if not blocking:
+        return bool(lock._inner.acquire(False))
+    if timeout == -1 and ts.held and settings.lock_order:
+        error = _order.note(ts, lock)
+        if error is not None:
+            raise error
+    return _wait(ts, lock, timeout, frame)
+
+
 def _wait(ts: ThreadState, lock: Any, timeout: float, frame: Optional[FrameType]) -> bool:
     """Block for ``lock`` (through the profiler's hook when one is set)."""
     hook = wait_hook
@@ -187,14 +199,7 @@ class Lock(_Introspection):
     def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType]) -> bool:
         _check_acquire_args(blocking, timeout)
         ts = current_state()
-        if not blocking:
-            got = bool(self._inner.acquire(False))
-        else:
-            if timeout == -1 and ts.held and settings.lock_order:
-                error = _order.note(ts, self)
-                if error is not None:
-                    raise error
-            got = _wait(ts, self, timeout, frame)
+        got = _take(ts, self, blocking, timeout, frame)
         if got:
             self._owner = ts
             self._acq = _acquire_site(frame)
@@ -273,14 +278,7 @@ class RLock(_Introspection):
         if self._owner is ts:
             self._count += 1
             return True
-        if not blocking:
-            got = bool(self._inner.acquire(False))
-        else:
-            if timeout == -1 and ts.held and settings.lock_order:
-                error = _order.note(ts, self)
-                if error is not None:
-                    raise error
-            got = _wait(ts, self, timeout, frame)
+        got = _take(ts, self, blocking, timeout, frame)
         if got:
             self._owner = ts
             self._count = 1
