@@ -30,9 +30,8 @@ async def _nested(lock_type: Any, n: int) -> None:
     outer = lock_type()  # two creation sites: two lock classes
     inner = lock_type()
     for _ in range(n):
-        async with outer:
-            async with inner:
-                pass
+        async with outer, inner:
+            pass
 
 
 async def _contended(lock_type: Any, n: int) -> None:
