@@ -654,7 +654,11 @@ drop_held(PyObject *owner, PyObject *lock)
     Py_ssize_t n = PyList_GET_SIZE(held);
     int rc = 0;
     if (n && PyList_GET_ITEM(held, n - 1) == lock) {
-        rc = PyList_SetSlice(held, n - 1, n, NULL);
+        /* Pop without shrinking the list's storage (as list.pop may): the next
+         * acquire appends into it without allocating. The item is `lock`,
+         * alive in the caller, so no code runs here. */
+        Py_SET_SIZE(held, n - 1);
+        Py_DECREF(lock);
     }
     else {
         for (Py_ssize_t i = n - 1; i >= 0; i--) {
