@@ -11,9 +11,11 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -286,3 +288,144 @@ def test_at_fork_reinit(impl: Any) -> None:
         assert not lock.locked() and lock._owner is None
         with lock:
             assert lock.acquired_at is not None
+
+
+# ---------------------------------------------------------------- InnerLock
+
+needs_c = pytest.mark.skipif(not HAVE_C, reason="the C accelerator was not built")
+
+
+@needs_c
+def test_accelerated_locks_use_the_c_inner_lock() -> None:
+    from lockwise._speedups import InnerLock
+
+    Lock, RLock = IMPLS[1].values[0]
+    assert type(Lock()._inner) is InnerLock and type(RLock()._inner) is InnerLock
+    assert type(_primitives.PureLock()._inner) is type(threading.Lock())
+
+
+_ARGS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((), {}), ((False,), {}), ((True,), {}), ((0,), {}), ((1, 0),  {}), ((True, 0.01), {}),
+    ((), {"timeout": 0}), ((), {"blocking": False}), ((True, -1.0), {}),
+    ((False, 1), {}), ((True, -2), {}), ((True, -0.5), {}), ((True, 1e300), {}),
+    ((True, float("nan")), {}), ((True, float("inf")), {}), ((True, "x"), {}), ((True, None), {}),
+    ((True, 2**70), {}), ((True, 10**12), {}), ((True, 5e9), {}), ((1, 2, 3), {}),
+    ((), {"foo": 1}), ((True,), {"blocking": 1}), ((), {"blocking": False, "timeout": 1}),
+    (("x",), {}),
+]
+
+
+@needs_c
+@pytest.mark.parametrize("args,kwargs", _ARGS)
+def test_inner_lock_arguments_as_thread_lock(args: tuple[Any, ...],
+                                             kwargs: dict[str, Any]) -> None:
+    from lockwise._speedups import InnerLock
+
+    def outcome(lock: Any) -> Any:
+        try:
+            got = lock.acquire(*args, **kwargs)
+        except Exception as exc:
+            return type(exc), str(exc)
+        return got, lock.locked()
+
+    expected = outcome(threading.Lock())
+    assert outcome(InnerLock()) == expected
+    blocking = kwargs.get("blocking", args[0] if args else True)
+    timeout = kwargs.get("timeout", args[1] if len(args) > 1 else -1)
+    if expected[0] is True and blocking and (timeout == -1 or timeout > 1):
+        return  # would wait (nearly) forever on a held lock
+    held, other = InnerLock(), threading.Lock()
+    held.acquire()
+    other.acquire()
+    assert outcome(held) == outcome(other)  # held: a try fails, errors stay the same
+
+
+@needs_c
+def test_inner_lock_protocol() -> None:
+    from lockwise._speedups import InnerLock
+
+    lock = InnerLock()
+    assert not lock.locked() and "unlocked" in repr(lock)
+    with pytest.raises(RuntimeError, match="release unlocked lock"):
+        lock.release()
+    assert lock.acquire() is True and lock.locked() and "locked" in repr(lock)
+    assert lock.acquire(False) is False
+    t0 = time.monotonic()
+    assert lock.acquire(True, 0.05) is False
+    assert time.monotonic() - t0 >= 0.04
+    threading.Timer(0.05, lock.release).start()
+    assert lock.acquire(timeout=10) is True
+    lock.release()
+    with lock:
+        assert lock.locked()
+    assert not lock.locked()
+    lock.acquire()
+    lock._at_fork_reinit()
+    assert not lock.locked() and lock.acquire(False)
+    lock.release()
+    with pytest.raises(TypeError):
+        InnerLock(1)  # type: ignore[call-arg]
+
+
+@needs_c
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_inner_lock_wait_is_interruptible() -> None:
+    from lockwise._speedups import InnerLock
+
+    lock = InnerLock()
+    lock.acquire()
+    calls: list[int] = []
+
+    def interrupt(*_: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        # A handler that returns: the wait goes on for the time left.
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        t0 = time.monotonic()
+        assert lock.acquire(timeout=0.2) is False
+        assert time.monotonic() - t0 >= 0.18 and calls == [1]
+        # A handler that raises: the wait ends with its exception.
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        with pytest.raises(KeyboardInterrupt):
+            lock.acquire()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    lock.release()
+
+
+@needs_c
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_lock_held_by_another_thread_at_fork_is_reinit_in_child(impl: Any) -> None:
+    Lock, _RLock = impl
+    lock = Lock()
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            taken.set()
+            done.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    taken.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: the holder does not exist here
+            code = 1
+            try:
+                lock._at_fork_reinit()
+                if lock.acquire(timeout=5):
+                    lock.release()
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        done.set()
+        t.join(10)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from . import _order
 from ._config import settings
 from ._sites import INTERNAL_FILES
+from ._speedups import InnerLock as InnerLock
 from ._speedups import LockBase as LockBase
 from ._speedups import RLockBase as RLockBase
 from ._speedups import setup
@@ -47,6 +48,8 @@ def accelerate(pure: type, base: type) -> type:
         if name in C_METHODS or name in _SKIP or isinstance(value, MemberDescriptorType):
             continue
         ns[name] = value
+    # The inner lock the C hot path drives without a method call.
+    ns["_new_inner"] = InnerLock
     return type(pure.__name__, (base, *pure.__bases__), ns)
 
 

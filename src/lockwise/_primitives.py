@@ -95,6 +95,8 @@ class _Introspection:
     """Introspection shared by Lock and RLock (not on the hot path)."""
 
     __slots__ = ()
+    #: Makes the inner lock; the C accelerator substitutes its own lock type.
+    _new_inner = staticmethod(_allocate_lock)
     _site: Site
     _owner: Optional[ThreadState]
     _acq: Optional[tuple[Any, int]]
@@ -171,7 +173,7 @@ class Lock(_Introspection):
     __slots__ = ("_inner", "_owner", "_site", "_acq", "_serial", "__weakref__")
 
     def __init__(self, name: Optional[str] = None) -> None:
-        self._inner = _allocate_lock()
+        self._inner = self._new_inner()
         self._owner: Optional[ThreadState] = None
         self._site = site_of(_getframe(1)) if name is None else named_site(name, _getframe(1))
         self._acq: Optional[tuple[Any, int]] = None
@@ -241,7 +243,7 @@ class RLock(_Introspection):
     __slots__ = ("_inner", "_owner", "_count", "_site", "_acq", "_serial", "__weakref__")
 
     def __init__(self, name: Optional[str] = None) -> None:
-        self._inner = _allocate_lock()
+        self._inner = self._new_inner()
         self._owner: Optional[ThreadState] = None
         self._count = 0
         self._site = site_of(_getframe(1)) if name is None else named_site(name, _getframe(1))

@@ -25,6 +25,11 @@
 #include <structmember.h>
 #include <frameobject.h>
 #include <pythread.h>
+#include <math.h>
+#include <time.h>
+#ifdef MS_WINDOWS
+#include <windows.h>
+#endif
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *lw_newref(PyObject *o) { Py_INCREF(o); return o; }
@@ -156,10 +161,344 @@ current_state(void)
     return ts;
 }
 
+/* ---------------------------------------------------------------- InnerLock
+ *
+ * The lock under every accelerated Lock and RLock: a PyThread lock (public
+ * API of pythread.h) in a small object with the Python protocol of
+ * _thread.lock (acquire(blocking=True, timeout=-1), release, locked,
+ * _at_fork_reinit, the context manager), used by the Python code of lockwise
+ * (the slow path in _waitfor blocks on it) and tried and released directly
+ * by the hot path below, without a method call.
+ *
+ * Arguments: the common ones (bool blocking; int or float timeout that is -1
+ * or in [0, 1e9] s) are handled here; anything else is first given to a fresh
+ * _thread.lock's acquire, so that errors are the interpreter's own, with this
+ * interpreter version's messages (a fresh lock never blocks). */
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    char locked;            /* held by someone (the GIL orders it with lock) */
+} InnerLockObject;
+
+static PyTypeObject InnerLock_Type;
+static PyObject *g_allocate_lock;  /* _thread.allocate_lock, for validation */
+
+/* Largest timeout handled without asking _thread first (seconds). */
+#define LW_TIMEOUT_FAST_MAX 1e9
+
+static long long
+monotonic_us(void)
+{
+#ifdef MS_WINDOWS
+    static LARGE_INTEGER freq;
+    LARGE_INTEGER now;
+    if (freq.QuadPart == 0)
+        QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&now);
+    return (long long)((double)now.QuadPart * 1e6 / (double)freq.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+#endif
+}
+
+/* Acquire within `us` microseconds (-1: forever, 0: just try), as
+ * _thread.lock does: a first try with the GIL held, then a wait without it
+ * that signals interrupt; on an interrupt, run the signal handlers (an
+ * exception from one ends the wait) and wait again for the time left.
+ * 1 acquired, 0 timed out, -1 error (exception set). */
+static int
+inner_acquire_timed(InnerLockObject *self, long long us)
+{
+    PyLockStatus r = PyThread_acquire_lock_timed(self->lock, 0, 0);
+    if (r == PY_LOCK_ACQUIRED) {
+        self->locked = 1;
+        return 1;
+    }
+    if (us == 0)
+        return 0;
+    if (us > PY_TIMEOUT_MAX)
+        us = PY_TIMEOUT_MAX;
+    long long deadline = us > 0 ? monotonic_us() + us : 0;
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        r = PyThread_acquire_lock_timed(self->lock, (PY_TIMEOUT_T)us, 1);
+        Py_END_ALLOW_THREADS
+        if (r != PY_LOCK_INTR)
+            break;
+        if (Py_MakePendingCalls() < 0)
+            return -1;
+        if (us > 0) {
+            us = deadline - monotonic_us();
+            if (us <= 0) {
+                r = PyThread_acquire_lock_timed(self->lock, 0, 0);
+                break;
+            }
+        }
+    }
+    if (r == PY_LOCK_ACQUIRED) {
+        self->locked = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Let _thread.lock.acquire judge these arguments: -1 with its exception
+ * set, 0 when it accepts them. */
+static int
+validate_with_thread_lock(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (g_allocate_lock == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup() was not called");
+        return -1;
+    }
+    PyObject *probe = PyObject_CallNoArgs(g_allocate_lock);
+    if (probe == NULL)
+        return -1;
+    PyObject *meth = PyObject_GetAttr(probe, s_acquire);
+    Py_DECREF(probe);
+    if (meth == NULL)
+        return -1;
+    PyObject *res = PyObject_Vectorcall(meth, args, (size_t)nargs, kwnames);
+    Py_DECREF(meth);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* A timeout this code takes as is: -1, or 0 <= t <= LW_TIMEOUT_FAST_MAX.
+ * Sets *us (microseconds, rounded up; -1 for forever). */
+static int
+plain_timeout(PyObject *t, long long *us)
+{
+    double d;
+    if (t == s_minus_one) {
+        *us = -1;
+        return 1;
+    }
+    if (PyFloat_CheckExact(t)) {
+        d = PyFloat_AS_DOUBLE(t);
+    }
+    else if (PyLong_CheckExact(t)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(t, &overflow);
+        if (overflow || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        d = (double)v;
+    }
+    else {
+        return 0;
+    }
+    if (d == -1.0) {
+        *us = -1;
+        return 1;
+    }
+    if (!(d >= 0.0 && d <= LW_TIMEOUT_FAST_MAX))  /* also NaN */
+        return 0;
+    double x = ceil(d * 1e6);
+    *us = (long long)x;
+    return 1;
+}
+
+static PyObject *
+innerlock_acquire(InnerLockObject *self, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames)
+{
+    PyObject *blocking = Py_True, *timeout = s_minus_one;
+    int ok = nargs <= 2;
+    if (ok && nargs >= 1)
+        blocking = args[0];
+    if (ok && nargs >= 2)
+        timeout = args[1];
+    if (ok && kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; ok && i < nkw; i++) {
+            PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+            if (nargs < 1 && PyUnicode_CompareWithASCIIString(key, "blocking") == 0)
+                blocking = args[nargs + i];
+            else if (nargs < 2 && PyUnicode_CompareWithASCIIString(key, "timeout") == 0)
+                timeout = args[nargs + i];
+            else
+                ok = 0;  /* unknown or repeated: _thread says how */
+        }
+    }
+    long long us = -1;
+    int blk = 1;
+    if (ok) {
+        if (blocking == Py_True || blocking == Py_False)
+            blk = blocking == Py_True;
+        else
+            ok = 0;
+    }
+    if (ok)
+        ok = plain_timeout(timeout, &us);
+    if (ok && !blk && us != -1)
+        ok = 0;  /* a timeout for a non-blocking call: _thread's error */
+    if (!ok) {
+        /* Unusual arguments: valid for _thread.lock, or its exception. */
+        if (validate_with_thread_lock(args, nargs, kwnames) < 0)
+            return NULL;
+        blk = PyObject_IsTrue(blocking);
+        if (blk < 0)
+            return NULL;
+        if (blk && timeout != s_minus_one) {
+            double d;
+            if (PyFloat_Check(timeout)) {
+                d = PyFloat_AsDouble(timeout);
+            }
+            else {
+                long long v = PyLong_AsLongLong(timeout);
+                if (v == -1 && PyErr_Occurred())
+                    return NULL;
+                d = (double)v;
+            }
+            if (d == -1.0 && PyErr_Occurred())
+                return NULL;
+            us = d < 0 ? -1 : (long long)ceil(d * 1e6);
+        }
+    }
+    int got = inner_acquire_timed(self, blk ? us : 0);
+    if (got < 0)
+        return NULL;
+    return PyBool_FromLong(got);
+}
+
+static PyObject *
+innerlock_enter(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int got = inner_acquire_timed(self, -1);
+    if (got < 0)
+        return NULL;
+    return PyBool_FromLong(got);
+}
+
+static PyObject *
+innerlock_release(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->locked) {
+        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+        return NULL;
+    }
+    self->locked = 0;
+    PyThread_release_lock(self->lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+innerlock_exit(InnerLockObject *self, PyObject *const *Py_UNUSED(args),
+               Py_ssize_t Py_UNUSED(nargs))
+{
+    return innerlock_release(self, NULL);
+}
+
+static PyObject *
+innerlock_locked(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(self->locked);
+}
+
+/* In a child after fork(): a new, unlocked lock. A lock held at the fork
+ * (by a thread that does not exist here) is left allocated, not freed:
+ * destroying a held lock is undefined behaviour for some implementations. */
+static PyObject *
+innerlock_at_fork_reinit(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyThread_type_lock fresh = PyThread_allocate_lock();
+    if (fresh == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "can't allocate lock");
+        return NULL;
+    }
+    PyThread_type_lock old = self->lock;
+    int was_locked = self->locked;
+    self->lock = fresh;
+    self->locked = 0;
+    if (old != NULL && !was_locked)
+        PyThread_free_lock(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+innerlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "InnerLock() takes no arguments");
+        return NULL;
+    }
+    InnerLockObject *self = (InnerLockObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->locked = 0;
+    self->lock = PyThread_allocate_lock();
+    if (self->lock == NULL) {
+        Py_DECREF(self);
+        PyErr_SetString(PyExc_RuntimeError, "can't allocate lock");
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static void
+innerlock_dealloc(InnerLockObject *self)
+{
+    if (self->lock != NULL) {
+        if (self->locked)
+            PyThread_release_lock(self->lock);  /* freeing a held lock is unsafe */
+        PyThread_free_lock(self->lock);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+innerlock_repr(InnerLockObject *self)
+{
+    return PyUnicode_FromFormat("<%s %s object at %p>", self->locked ? "locked" : "unlocked",
+                                Py_TYPE(self)->tp_name, (void *)self);
+}
+
+static PyMethodDef innerlock_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))innerlock_acquire,
+     METH_FASTCALL | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool, as _thread.lock.acquire"},
+    {"release", (PyCFunction)innerlock_release, METH_NOARGS,
+     "Release the lock (RuntimeError if it is not locked)."},
+    {"locked", (PyCFunction)innerlock_locked, METH_NOARGS, "Whether the lock is held."},
+    {"_at_fork_reinit", (PyCFunction)innerlock_at_fork_reinit, METH_NOARGS,
+     "Make a new, unlocked lock (in a child process after fork)."},
+    {"__enter__", (PyCFunction)innerlock_enter, METH_NOARGS, "Acquire the lock."},
+    {"__exit__", (PyCFunction)(void (*)(void))innerlock_exit, METH_FASTCALL,
+     "Release the lock."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject InnerLock_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lockwise._speedups.InnerLock",
+    .tp_basicsize = sizeof(InnerLockObject),
+    .tp_dealloc = (destructor)innerlock_dealloc,
+    .tp_repr = (reprfunc)innerlock_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "InnerLock(): the raw lock under accelerated lockwise locks "
+              "(the protocol of _thread.lock, on a PyThread lock).",
+    .tp_methods = innerlock_methods,
+    .tp_new = innerlock_new,
+};
+
 /* inner.acquire(False): 1 acquired, 0 not, -1 error. */
 static int
 inner_try(PyObject *inner)
 {
+    if (Py_IS_TYPE(inner, &InnerLock_Type)) {  /* no method call: the hot path */
+        InnerLockObject *il = (InnerLockObject *)inner;
+        if (PyThread_acquire_lock_timed(il->lock, 0, 0) != PY_LOCK_ACQUIRED)
+            return 0;
+        il->locked = 1;
+        return 1;
+    }
     if (Py_TYPE(inner) == g_inner_type) {
         PyObject *args[2] = {inner, Py_False};
         PyObject *res = PyObject_Vectorcall(g_inner_acquire, args, 2, NULL);
@@ -183,6 +522,16 @@ inner_try(PyObject *inner)
 static int
 inner_release(PyObject *inner)
 {
+    if (Py_IS_TYPE(inner, &InnerLock_Type)) {
+        InnerLockObject *il = (InnerLockObject *)inner;
+        if (!il->locked) {
+            PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
+            return -1;
+        }
+        il->locked = 0;
+        PyThread_release_lock(il->lock);
+        return 0;
+    }
     if (Py_TYPE(inner) == g_inner_type) {
         PyObject *args[1] = {inner};
         PyObject *res = PyObject_Vectorcall(g_inner_release, args, 1, NULL);
@@ -305,7 +654,11 @@ drop_held(PyObject *owner, PyObject *lock)
     Py_ssize_t n = PyList_GET_SIZE(held);
     int rc = 0;
     if (n && PyList_GET_ITEM(held, n - 1) == lock) {
-        rc = PyList_SetSlice(held, n - 1, n, NULL);
+        /* Pop without shrinking the list's storage (as list.pop may): the next
+         * acquire appends into it without allocating. The item is `lock`,
+         * alive in the caller, so no code runs here. */
+        Py_SET_SIZE(held, n - 1);
+        Py_DECREF(lock);
     }
     else {
         for (Py_ssize_t i = n - 1; i >= 0; i--) {
@@ -967,11 +1320,27 @@ PyInit__speedups(void)
     INTERN(g_ts_key, "lockwise._speedups.thread_state");
     if ((s_minus_one = PyLong_FromLong(-1)) == NULL)
         return NULL;
-    if (PyType_Ready(&LockBase_Type) < 0 || PyType_Ready(&RLockBase_Type) < 0)
+    if (PyType_Ready(&LockBase_Type) < 0 || PyType_Ready(&RLockBase_Type) < 0
+        || PyType_Ready(&InnerLock_Type) < 0)
         return NULL;
+    if (g_allocate_lock == NULL) {
+        PyObject *thread = PyImport_ImportModule("_thread");
+        if (thread == NULL)
+            return NULL;
+        g_allocate_lock = PyObject_GetAttrString(thread, "allocate_lock");
+        Py_DECREF(thread);
+        if (g_allocate_lock == NULL)
+            return NULL;
+    }
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
         return NULL;
+    Py_INCREF(&InnerLock_Type);
+    if (PyModule_AddObject(m, "InnerLock", (PyObject *)&InnerLock_Type) < 0) {
+        Py_DECREF(&InnerLock_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&LockBase_Type);
     if (PyModule_AddObject(m, "LockBase", (PyObject *)&LockBase_Type) < 0) {
         Py_DECREF(&LockBase_Type);
