@@ -76,6 +76,7 @@ class Site:
 
 UNKNOWN_SITE = Site("<unknown>", 0, "?", "lock")
 _sites: dict[tuple[CodeType, int], Site] = {}
+_by_offset: dict[tuple[CodeType, int], Site] = {}
 
 
 def _guess_label(frame: FrameType) -> str:
@@ -110,13 +111,19 @@ def site_of(frame: Optional[FrameType]) -> Site:
     frame = user_frame(frame)
     if frame is None:
         return UNKNOWN_SITE
-    key = (frame.f_code, frame.f_lineno)
-    site = _sites.get(key)
+    # Keyed by instruction offset first: f_lasti is a plain read, f_lineno
+    # decodes the line table (measurable when a program creates many locks).
+    code = frame.f_code
+    key = (code, frame.f_lasti)
+    site = _by_offset.get(key)
     if site is None:
-        code = frame.f_code
-        site = _sites.setdefault(
-            key, Site(code.co_filename, frame.f_lineno, code.co_name, _guess_label(frame))
-        )
+        lineno = frame.f_lineno
+        site = _sites.get((code, lineno))
+        if site is None:
+            site = _sites.setdefault(
+                (code, lineno), Site(code.co_filename, lineno, code.co_name, _guess_label(frame))
+            )
+        _by_offset[key] = site
     return site
 
 
