@@ -10,6 +10,10 @@ Extensions: ``_profile`` (contention profiling, ``lockwise.profile()``).
 
 from __future__ import annotations
 
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
+
 from . import _install, _joins  # noqa: F401  (_joins records Thread.join as a wait)
 from ._condition import Barrier, BoundedSemaphore, Condition, Event, Semaphore
 from ._config import configure
@@ -20,23 +24,50 @@ from ._errors import (
     PotentialDeadlockError,
     PotentialDeadlockWarning,
 )
-from ._filelock import FileLock
 from ._findings import Finding, FrameInfo, LockRef, StackInfo, findings
 from ._install import install, installed, is_installed, uninstall
 from ._order import declare_order
 from ._primitives import Lock, RLock
-from ._profile import Profiler, profile
 from ._snapshot import Snapshot, held_locks, snapshot
 from ._watchdog import Watchdog, watchdog
 
+if TYPE_CHECKING:
+    from ._filelock import FileLock
+    from ._profile import Profiler, profile
+
 __version__ = "0.1.0"
 
+# Imported on first use: they pull in sqlite3 and the profiler, which a
+# program that does not use them should not pay for at start-up.
+_LAZY = {"FileLock": "_filelock", "Profiler": "_profile", "profile": "_profile"}
 
-def _asyncio_hook(installing: bool) -> None:
-    """install()/uninstall() also cover asyncio (imported only then: low import cost)."""
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lockwise' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def _patch_asyncio(installing: bool) -> None:
     from . import aio
 
     aio._patch(installing)
+
+
+def _asyncio_hook(installing: bool) -> None:
+    """install()/uninstall() cover asyncio too: at once if it is imported,
+    else when the program first imports it (asyncio costs ~50 ms to import)."""
+    if not installing:
+        _install.cancel_when_imported("asyncio")
+        if "lockwise.aio" in sys.modules:
+            _patch_asyncio(False)
+    elif "asyncio" in sys.modules:
+        _patch_asyncio(True)
+    else:
+        _install.when_imported("asyncio", lambda: _patch_asyncio(_install.is_installed()))
 
 
 _install.add_install_hook(_asyncio_hook)
@@ -50,9 +81,8 @@ def reset() -> None:
     _order.reset()
 
 
-for _obj in (Lock, RLock, FileLock, DeadlockError, DeadlockWarning, HangWarning,
-             PotentialDeadlockError, PotentialDeadlockWarning, Finding, Snapshot, Watchdog,
-             Profiler):
+for _obj in (Lock, RLock, DeadlockError, DeadlockWarning, HangWarning,
+             PotentialDeadlockError, PotentialDeadlockWarning, Finding, Snapshot, Watchdog):
     _obj.__module__ = "lockwise"
 
 __all__ = [

@@ -331,3 +331,6 @@ class FileLock(_Introspection):
 
         assert self._store is not None
         return report_order(order_finding(edges, "sqlite:" + self._store.path))
+
+
+FileLock.__module__ = "lockwise"

@@ -11,8 +11,13 @@ Calls nest: the patch is removed by the matching last ``uninstall()``.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
 import threading
-from typing import Any, Iterator
+from types import ModuleType
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ._condition import BoundedSemaphore, Condition, Semaphore
 from ._primitives import Lock, RLock
@@ -70,3 +75,47 @@ def installed() -> Iterator[None]:
         yield
     finally:
         uninstall()
+
+
+class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs a callback right after one module is first imported (one shot)."""
+
+    def __init__(self, name: str, callback: Callable[[], None]) -> None:
+        self.name = name
+        self.callback = callback
+        self.loader: Any = None
+
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]],
+                  target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
+        if fullname != self.name:
+            return None
+        cancel_when_imported(self.name)  # find the real spec without us
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[ModuleType]:
+        return self.loader.create_module(spec)  # type: ignore[no-any-return]
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        try:
+            self.callback()
+        except Exception as exc:
+            from ._findings import internal_error
+
+            internal_error(f"patching {self.name} after its import", exc)
+
+
+def when_imported(name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` once, right after ``name`` is first imported."""
+    cancel_when_imported(name)
+    sys.meta_path.insert(0, _AfterImport(name, callback))
+
+
+def cancel_when_imported(name: str) -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path
+                        if not (isinstance(f, _AfterImport) and f.name == name)]
