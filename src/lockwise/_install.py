@@ -6,23 +6,65 @@ that look them up at call time (``queue``, ``concurrent.futures``,
 on lockwise. Locks created before ``install()`` stay as they were: that
 includes ``logging``'s module lock and the import machinery's locks.
 Calls nest: the patch is removed by the matching last ``uninstall()``.
+
+``threading.Lock`` and ``threading.RLock`` become subclasses of lockwise's
+Lock and RLock that keep the standard library's constructor contract (the
+standard suites test it): ``threading.Lock()`` takes no arguments,
+``threading.RLock(*args, **kwargs)`` ignores its arguments (with the
+DeprecationWarning of 3.13), and neither can be subclassed (in CPython they
+are factory functions, or a final type). ``lockwise.Lock("name")`` is unchanged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
-from typing import Any, Iterator
+import warnings
+from typing import Any, Iterator, NoReturn
 
 from ._condition import BoundedSemaphore, Condition, Semaphore
 from ._primitives import Lock, RLock
+
+
+class _StdLock(Lock):
+    """``threading.Lock`` while installed: a lockwise Lock made as ``threading`` makes one."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:  # no arguments, as _thread.allocate_lock()
+        Lock.__init__(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
+        raise TypeError("type 'threading.Lock' is not an acceptable base type")
+
+
+class _StdRLock(RLock):
+    """``threading.RLock`` while installed: a lockwise RLock made as ``threading`` makes one."""
+
+    __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if (args or kwargs) and sys.version_info >= (3, 13):
+            warnings.warn("Passing arguments to RLock is deprecated and will be removed "
+                          "in 3.15", DeprecationWarning, stacklevel=2)
+        RLock.__init__(self)  # _thread.RLock ignores its arguments
+
+    def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
+        raise TypeError("threading.RLock is a factory function, not a base class")
+
+
+for _cls in (_StdLock, _StdRLock):
+    _cls.__module__ = "lockwise"
+    _cls.__name__ = _cls.__qualname__ = _cls.__name__[4:]
+    _cls.__init__.__qualname__ = f"{_cls.__name__}.__init__"
 
 _ORIGINALS: dict[str, Any] = {
     name: getattr(threading, name)
     for name in ("Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore")
 }
 _REPLACEMENTS: dict[str, Any] = {
-    "Lock": Lock, "RLock": RLock, "Condition": Condition,
+    "Lock": _StdLock, "RLock": _StdRLock, "Condition": Condition,
     "Semaphore": Semaphore, "BoundedSemaphore": BoundedSemaphore,
 }
 _depth = 0
