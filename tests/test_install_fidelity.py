@@ -28,7 +28,7 @@ def test_installed_lock_takes_no_arguments_and_no_subclass() -> None:
         line = sys._getframe().f_lineno + 1
         lock = threading.Lock()
         assert isinstance(lock, lockwise.Lock)
-        assert type(lock).__module__ == "lockwise"
+        assert type(lock).__module__ == "lockwise._install"
         assert type(lock).__name__ == "Lock"
         with pytest.raises(TypeError):
             threading.Lock(1)  # type: ignore[call-arg]
@@ -40,6 +40,17 @@ def test_installed_lock_takes_no_arguments_and_no_subclass() -> None:
             assert lock.name == "lock"  # the site is the caller's line, not _install's
             assert lock.site == f"{__file__}:{line}"
     assert lockwise.Lock("named").name == "named"  # lockwise's own API unchanged
+
+
+def test_installed_classes_pickle_by_reference() -> None:
+    # multiprocessing's SyncManager registers threading.Lock/RLock (when
+    # imported after install) and pickles its registry for spawn/forkserver.
+    import pickle
+
+    with lockwise.installed():
+        for cls in (threading.Lock, threading.RLock, threading.Condition,
+                    threading.Semaphore, threading.BoundedSemaphore):
+            assert pickle.loads(pickle.dumps(cls)) is cls
 
 
 def test_installed_rlock_ignores_arguments_as_threading_does() -> None:

@@ -24,22 +24,27 @@ import warnings
 from typing import Any, Iterator, NoReturn
 
 from ._condition import BoundedSemaphore, Condition, Semaphore
-from ._primitives import Lock, RLock
+from ._primitives import Lock as _Lock
+from ._primitives import RLock as _RLock
 
 
-class _StdLock(Lock):
-    """``threading.Lock`` while installed: a lockwise Lock made as ``threading`` makes one."""
+class Lock(_Lock):
+    """``threading.Lock`` while installed: a lockwise Lock made as ``threading`` makes one.
+
+    It lives here under its own name so that pickle finds it (multiprocessing's
+    managers register ``threading.Lock`` and pickle the registry).
+    """
 
     __slots__ = ()
 
     def __init__(self) -> None:  # no arguments, as _thread.allocate_lock()
-        Lock.__init__(self)
+        _Lock.__init__(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
         raise TypeError("type 'threading.Lock' is not an acceptable base type")
 
 
-class _StdRLock(RLock):
+class RLock(_RLock):
     """``threading.RLock`` while installed: a lockwise RLock made as ``threading`` makes one."""
 
     __slots__ = ()
@@ -48,23 +53,18 @@ class _StdRLock(RLock):
         if (args or kwargs) and sys.version_info >= (3, 13):
             warnings.warn("Passing arguments to RLock is deprecated and will be removed "
                           "in 3.15", DeprecationWarning, stacklevel=2)
-        RLock.__init__(self)  # _thread.RLock ignores its arguments
+        _RLock.__init__(self)  # _thread.RLock ignores its arguments
 
     def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
         raise TypeError("threading.RLock is a factory function, not a base class")
 
-
-for _cls in (_StdLock, _StdRLock):
-    _cls.__module__ = "lockwise"
-    _cls.__name__ = _cls.__qualname__ = _cls.__name__[4:]
-    _cls.__init__.__qualname__ = f"{_cls.__name__}.__init__"
 
 _ORIGINALS: dict[str, Any] = {
     name: getattr(threading, name)
     for name in ("Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore")
 }
 _REPLACEMENTS: dict[str, Any] = {
-    "Lock": _StdLock, "RLock": _StdRLock, "Condition": Condition,
+    "Lock": Lock, "RLock": RLock, "Condition": Condition,
     "Semaphore": Semaphore, "BoundedSemaphore": BoundedSemaphore,
 }
 _depth = 0
