@@ -8,6 +8,7 @@ and then applies the user's policy. Nothing here runs on the hot path.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -19,35 +20,8 @@ from typing import Any, Callable, Hashable, Optional
 from ._config import Policy
 from ._errors import DeadlockWarning, HangWarning, PotentialDeadlockWarning
 
-#: False once the runner's stderr report replaces the copy through the root logger.
-propagate = True
-_logger: Any = None
-
-
-def get_logger() -> Any:
-    """The ``lockwise`` logger (``logging`` is imported on first use only).
-
-    Importing lockwise, and so starting a program under ``lockwise run`` or
-    ``LOCKWISE=1``, does not import ``logging``: the program imports it after
-    ``install()`` (its module lock is then a lockwise RLock), and programs that
-    prepare something before their first ``import logging`` keep working.
-    """
-    global _logger
-    if _logger is None:
-        import logging
-
-        logger = logging.getLogger("lockwise")
-        logger.addHandler(logging.NullHandler())
-        if not propagate:
-            logger.propagate = False
-        _logger = logger
-    return _logger
-
-
-def __getattr__(name: str) -> Any:
-    if name == "logger":
-        return get_logger()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+logger = logging.getLogger("lockwise")
+logger.addHandler(logging.NullHandler())
 
 KINDS = ("deadlock", "lock-order", "hang", "contention")
 
@@ -181,11 +155,9 @@ def record(finding: Finding) -> bool:
             _seen[finding.key] = finding
         _findings.append(finding)
         listeners = list(_listeners)
-    level = 30 if finding.kind in ("lock-order", "contention") else 40  # WARNING, ERROR
+    level = logging.WARNING if finding.kind in ("lock-order", "contention") else logging.ERROR
     try:
-        # Until the program imports logging, no handler can take the record.
-        if _logger is not None or "logging" in sys.modules:
-            get_logger().log(level, "%s", finding.text or finding.summary)
+        logger.log(level, "%s", finding.text or finding.summary)
     except Exception as exc:  # a broken user handler must not break the caller
         internal_error("logging a finding", exc)
     for listener in listeners:

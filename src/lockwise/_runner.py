@@ -173,9 +173,7 @@ class Session:
         # the program's root logger (handlers set on "lockwise" still get them).
         if settings.on_lock_order == "warn":
             settings.on_lock_order = "log"
-        _findings.propagate = False
-        if _findings._logger is not None:
-            _findings._logger.propagate = False
+        _findings.logger.propagate = False
         _install.install()
         if self.options.hang_timeout is not None:
             self.watchdog = _watchdog.Watchdog(self.options.hang_timeout).start()
