@@ -5,7 +5,8 @@
    (``build_lib``) and an editable one (PEP 660: setuptools points the
    ``install`` command's ``install_lib`` at the editable wheel's root). It
    imports nothing unless ``LOCKWISE`` is set to something other than
-   0/false/no/off.
+   0/false/no/off, nor in a subinterpreter on 3.12+ (older versions import
+   lockwise there, in pure Python, and ``boot()`` skips the activation).
 2. The optional C accelerator ``lockwise._speedups``: when there is no
    compiler, no Python headers, or the compile fails for any reason, the
    build prints a warning and lockwise is installed in pure Python (complete,
@@ -26,6 +27,7 @@ PTH_NAME = "lockwise-activate.pth"
 PTH_LINE = (
     "import os; "
     "os.environ.get('LOCKWISE', '').strip().lower() not in ('', '0', 'false', 'no', 'off') "
+    "and getattr(__import__('_thread'), '_is_main_interpreter', lambda: True)() "
     "and __import__('lockwise._runner')._runner.boot()\n"
 )
 

@@ -8,8 +8,10 @@ both implementations. The C code hands every case it does not handle
 (contention, timeouts, validation, the lock-order check of a chain of sites
 not validated yet, a thread's first use) back to those Python functions.
 
-Importing this module fails with ImportError when ``_speedups`` is missing;
-``_primitives`` then keeps the pure classes.
+Importing this module fails with ImportError when ``_speedups`` is missing,
+and in a subinterpreter (the C module's references set by ``setup()`` are
+process-wide: a subinterpreter importing lockwise would rebind them to its own
+objects, which die with it); ``_primitives`` then keeps the pure classes.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ from typing import Any, Optional
 from . import _order
 from ._config import settings
 from ._sites import INTERNAL_FILES
-from ._speedups import InnerLock as InnerLock
-from ._speedups import LockBase as LockBase
-from ._speedups import RLockBase as RLockBase
-from ._speedups import setup
-from ._state import ThreadState, _local, new_state
+from ._state import ThreadState, _local, in_main_interpreter, new_state
+
+if not in_main_interpreter():
+    raise ImportError("lockwise._speedups is not used in a subinterpreter")
+
+from ._speedups import InnerLock as InnerLock  # noqa: E402
+from ._speedups import LockBase as LockBase  # noqa: E402
+from ._speedups import RLockBase as RLockBase  # noqa: E402
+from ._speedups import setup  # noqa: E402
 
 #: Names the C base types implement.
 C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__"})

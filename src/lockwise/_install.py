@@ -6,6 +6,13 @@ that look them up at call time (``queue``, ``concurrent.futures``,
 on lockwise. Locks created before ``install()`` stay as they were: that
 includes ``logging``'s module lock and the import machinery's locks.
 Calls nest: the patch is removed by the matching last ``uninstall()``.
+
+``threading.Lock`` and ``threading.RLock`` become subclasses of lockwise's
+Lock and RLock that keep the standard library's constructor contract (the
+standard suites test it): ``threading.Lock()`` takes no arguments,
+``threading.RLock(*args, **kwargs)`` ignores its arguments (with the
+DeprecationWarning of 3.13), and neither can be subclassed (in CPython they
+are factory functions, or a final type). ``lockwise.Lock("name")`` is unchanged.
 """
 
 from __future__ import annotations
@@ -16,11 +23,45 @@ import importlib.machinery
 import importlib.util
 import sys
 import threading
+import warnings
 from types import ModuleType
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
 
 from ._condition import BoundedSemaphore, Condition, Semaphore
-from ._primitives import Lock, RLock
+from ._primitives import Lock as _Lock
+from ._primitives import RLock as _RLock
+
+
+class Lock(_Lock):
+    """``threading.Lock`` while installed: a lockwise Lock made as ``threading`` makes one.
+
+    It lives here under its own name so that pickle finds it (multiprocessing's
+    managers register ``threading.Lock`` and pickle the registry).
+    """
+
+    __slots__ = ()
+
+    def __init__(self) -> None:  # no arguments, as _thread.allocate_lock()
+        _Lock.__init__(self)
+
+    def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
+        raise TypeError("type 'threading.Lock' is not an acceptable base type")
+
+
+class RLock(_RLock):
+    """``threading.RLock`` while installed: a lockwise RLock made as ``threading`` makes one."""
+
+    __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if (args or kwargs) and sys.version_info >= (3, 13):
+            warnings.warn("Passing arguments to RLock is deprecated and will be removed "
+                          "in 3.15", DeprecationWarning, stacklevel=2)
+        _RLock.__init__(self)  # _thread.RLock ignores its arguments
+
+    def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
+        raise TypeError("threading.RLock is a factory function, not a base class")
+
 
 _ORIGINALS: dict[str, Any] = {
     name: getattr(threading, name)

@@ -225,6 +225,11 @@ class Lock(_Introspection):
         self.release()
 
     def _at_fork_reinit(self) -> None:
+        # In a forked child (logging reinitialises its module lock, held by the
+        # forking thread since its before-fork hook): not held any more.
+        owner = self._owner
+        if owner is not None:
+            _drop_held(owner, self)
         self._inner._at_fork_reinit()
         self._owner = None
         self._acq = None
@@ -343,6 +348,9 @@ class RLock(_Introspection):
         return self._count
 
     def _at_fork_reinit(self) -> None:
+        owner = self._owner  # as Lock._at_fork_reinit
+        if owner is not None:
+            _drop_held(owner, self)
         self._inner._at_fork_reinit()
         self._owner = None
         self._count = 0

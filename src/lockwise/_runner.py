@@ -38,6 +38,7 @@ from typing import Any, Optional, TextIO
 from . import _findings, _install, _jsonreport, _order, _profile, _report, _sites, _watchdog
 from ._config import settings
 from ._findings import KINDS, Finding
+from ._state import in_main_interpreter
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: Exit status when a finding of a ``--fail-on`` kind was recorded.
@@ -501,22 +502,10 @@ def run(options: Options, target: str, args: list[str], module: bool) -> int:
     return session.finish(status)
 
 
-def _in_main_interpreter() -> bool:
-    """False in a subinterpreter (where environment activation is skipped)."""
-    check = getattr(threading, "_is_main_interpreter", None)
-    if check is not None:
-        return bool(check())
-    try:
-        import _xxsubinterpreters as subinterpreters  # type: ignore[import-not-found]
-    except ImportError:
-        return True
-    return bool(subinterpreters.get_current() == subinterpreters.get_main())
-
-
 def boot() -> None:
     """Entry point of the ``.pth`` hook (only called when ``LOCKWISE`` is set)."""
     try:
-        if _in_main_interpreter():
+        if in_main_interpreter():  # no activation in a subinterpreter
             activate_from_env()
     except Exception as exc:
         try:

@@ -81,7 +81,10 @@ _by_offset: dict[tuple[CodeType, int], Site] = {}
 
 def _guess_label(frame: FrameType) -> str:
     code = frame.f_code
-    text = linecache.getline(code.co_filename, frame.f_lineno)
+    try:
+        text = linecache.getline(code.co_filename, frame.f_lineno)
+    except Exception:  # e.g. at interpreter shutdown: "sys.meta_path is None"
+        text = ""
     match = _ASSIGNMENT.match(text)
     target = match.group(1) if match else ""
     owner = ""
@@ -142,7 +145,10 @@ def named_site(name: str, frame: Optional[FrameType]) -> Site:
 
 
 def frame_info(code: CodeType, lineno: int) -> FrameInfo:
-    line = linecache.getline(code.co_filename, lineno).strip()
+    try:
+        line = linecache.getline(code.co_filename, lineno).strip()
+    except Exception:  # as in _guess_label
+        line = ""
     return FrameInfo(code.co_filename, lineno, code.co_name, line)
 
 

@@ -19,6 +19,7 @@ the thread stayed registered in between.
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import os
 import threading
@@ -110,6 +111,23 @@ def new_state() -> ThreadState:
     _local.ts = ts
     states[ts.ident] = ts
     return ts
+
+
+def in_main_interpreter() -> bool:
+    """False in a subinterpreter.
+
+    lockwise is per process: the C accelerator keeps process-wide references to
+    this interpreter's objects, and environment activation belongs to the
+    program's main interpreter only.
+    """
+    check = getattr(_thread, "_is_main_interpreter", None)  # 3.12+
+    if check is not None:
+        return bool(check())
+    try:
+        import _xxsubinterpreters as subinterpreters  # type: ignore[import-not-found]
+    except ImportError:
+        return True
+    return bool(subinterpreters.get_current() == subinterpreters.get_main())
 
 
 def current_state() -> ThreadState:

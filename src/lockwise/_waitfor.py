@@ -247,7 +247,12 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
         return None  # a thread is starting: it can run
     main_ident = threading.main_thread().ident
     blocked: list[tuple[ThreadState, int, Any]] = []
-    for ident, frame in sys._current_frames().items():
+    frames: dict[int, Any] = sys._current_frames()
+    # Not this very frame: a local referring to it is a reference cycle that
+    # keeps the whole blocked stack (a joined Thread, its queues...) alive until
+    # the next garbage collection. Our own entry needs no frame.
+    frames[threading.get_ident()] = None
+    for ident, frame in frames.items():
         if ident in internal_threads:
             continue
         ts = states.get(ident)
@@ -392,6 +397,7 @@ def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
             stacks.append(StackInfo(name, "blocked here" if ts is not victim
                                     else "raises DeadlockError here",
                                     user_stack(frames.get(ts.ident))))
+    frames.clear()  # it holds this frame: no reference cycle (see _scan)
     names = [e["thread"] for e in entries]
     victim_wait = victim.waiting
     if rule == "stall" and victim_wait is not None and _is_lock(victim_wait) \
