@@ -56,7 +56,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows.append({"name": f"{name} [{label}]", "baseline": statistics.median(base),
                      "lockwise": statistics.median(lw), "ratio": ratio, "target": "<= 1.2x",
                      "met": ratio <= 1.2, "note": f"{size} tasks, wall time incl. start-up",
-                     "why": ("every lock, Condition and Future the program creates is a lockwise one; "
+                     "why": ("every lock, Condition and Future the program creates is lockwise's; "
                             "cProfile of the main thread: most of the extra time is contended "
                             "waits on the pool's idle-semaphore lock shared with 4 workers "
                             "(slow path in Python: registration, deadlock check), plus "
