@@ -50,7 +50,7 @@ from ._shared_store import (
     store_for,
 )
 from ._sites import named_site, site_of, thread_name
-from ._state import ThreadState, current_state
+from ._state import ThreadState, begin_wait, current_state, end_wait
 
 try:
     import fcntl
@@ -263,10 +263,7 @@ class FileLock(_Introspection):
         if not blocking:
             return False
         timed = deadline is not None
-        ts.changes += 1
-        ts.wait_timed = timed
-        ts.wait_since = _monotonic()
-        ts.waiting = self
+        begin_wait(ts, self, timed, _monotonic())
         registered = False
         pending: Any = None
         next_check = 0.0
@@ -303,8 +300,7 @@ class FileLock(_Introspection):
                 time.sleep(pause)
                 delay = min(delay * 2, 0.01)
         finally:
-            ts.waiting = None
-            ts.changes += 1
+            end_wait(ts)
             if registered:
                 self._store_call("end_wait")
 

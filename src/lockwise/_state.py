@@ -98,6 +98,20 @@ def _thread_ended(ts: ThreadState) -> None:
         states.pop(ts.ident, None)
 
 
+def begin_wait(ts: ThreadState, resource: Any, timed: bool, now: float) -> None:
+    """Register ``ts`` as waiting on ``resource``, in the order described above."""
+    ts.changes += 1
+    ts.wait_timed = timed
+    ts.wait_since = now
+    ts.waiting = resource
+
+
+def end_wait(ts: ThreadState) -> None:
+    """Unregister the wait of ``ts`` (before an acquirer records its ownership)."""
+    ts.waiting = None
+    ts.changes += 1
+
+
 def new_state() -> ThreadState:
     """Create (and register) the state of the calling thread."""
     ts = ThreadState(_get_ident())

@@ -47,7 +47,15 @@ from ._describe import acquired_at, lock_refs, name_of
 from ._errors import DeadlockError
 from ._findings import Finding, StackInfo
 from ._sites import user_stack
-from ._state import ThreadState, blocked, internal_threads, state_of, states
+from ._state import (
+    ThreadState,
+    begin_wait,
+    blocked,
+    end_wait,
+    internal_threads,
+    state_of,
+    states,
+)
 
 _monotonic = time.monotonic
 _FIRST_INTERVAL = 0.001
@@ -94,10 +102,7 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float])
     then not acquired) when the wait can never end and the policy says so.
     """
     timed = timeout is not None and timeout >= 0
-    ts.changes += 1
-    ts.wait_timed = timed
-    ts.wait_since = _monotonic()
-    ts.waiting = resource
+    begin_wait(ts, resource, timed, _monotonic())
     try:
         if timed:
             assert timeout is not None
@@ -116,8 +121,7 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float])
             interval = min(interval * 2, settings.check_interval)
             pending = check(ts, pending)
     finally:
-        ts.waiting = None
-        ts.changes += 1
+        end_wait(ts)
         blocked.discard(ts)
 
 

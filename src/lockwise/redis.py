@@ -76,7 +76,7 @@ from ._shared_store import (
     report_order,
 )
 from ._sites import site_of, thread_name
-from ._state import ThreadState, current_state, internal_threads
+from ._state import ThreadState, begin_wait, current_state, end_wait, internal_threads
 
 __all__ = ["LeaseLostError", "RedisLock"]
 
@@ -467,10 +467,7 @@ class RedisLock(_Introspection):
     def _wait(self, ts: ThreadState, who: str, deadline: Optional[float],
               frame: Any) -> Optional[tuple[int, float]]:
         timed = deadline is not None
-        ts.changes += 1
-        ts.wait_timed = timed
-        ts.wait_since = _monotonic()
-        ts.waiting = self
+        begin_wait(ts, self, timed, _monotonic())
         registered = False
         pending: Any = None
         next_check = 0.0
@@ -512,8 +509,7 @@ class RedisLock(_Introspection):
                     pause = 0.05 if deadline is None else min(0.05, deadline - now)
                     time.sleep(max(pause, 0.0))
         finally:
-            ts.waiting = None
-            ts.changes += 1
+            end_wait(ts)
             if registered:
                 try:
                     self.client.delete(f"{self.prefix}wait:{who}")
