@@ -31,10 +31,11 @@ if not in_main_interpreter():
 from ._speedups import InnerLock as InnerLock  # noqa: E402
 from ._speedups import LockBase as LockBase  # noqa: E402
 from ._speedups import RLockBase as RLockBase  # noqa: E402
+from ._speedups import set_quiet_wait as set_quiet_wait  # noqa: E402
 from ._speedups import setup  # noqa: E402
 
 #: Names the C base types implement.
-C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__"})
+C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__", "_is_owned"})
 _allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
 _SKIP = frozenset({"__slots__", "__dict__", "__weakref__", "__module__", "__qualname__",
                    "__annotations__"})

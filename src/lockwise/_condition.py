@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any, Callable, Optional
 
-from ._primitives import Lock, RLock
+from ._primitives import Lock, rlock_at
 from ._sites import INTERNAL_FILES, site_of
 from ._state import current_state
 from ._waitfor import CondWaiter, block_on
@@ -63,8 +63,9 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
 
     def __init__(self, lock: Any = None) -> None:
         frame = sys._getframe(1)
-        super().__init__(RLock() if lock is None else lock)
-        self._site = site_of(frame)
+        site = site_of(frame)
+        super().__init__(rlock_at(site) if lock is None else lock)
+        self._site = site
         self._kind = _creator_kind(frame)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -76,11 +77,14 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
         saved_state = self._release_save()
         gotit = False
         try:  # restore state no matter what (e.g., KeyboardInterrupt)
-            ts = current_state()
             if timeout is None:
-                gotit = block_on(ts, waiter, waiter.lock, None)
+                gotit = block_on(current_state(), waiter, waiter.lock, None)
+            elif timeout > 0:
+                gotit = block_on(current_state(), waiter, waiter.lock, timeout)
             else:
-                gotit = block_on(ts, waiter, waiter.lock, max(timeout, 0))
+                # wait(0) only polls (Semaphore.acquire(timeout=0) does it on
+                # every call): it cannot block, so there is no wait to show.
+                gotit = waiter.lock.acquire(False)
             return gotit
         finally:
             self._acquire_restore(saved_state)

@@ -18,14 +18,15 @@ are factory functions, or a final type). ``lockwise.Lock("name")`` is unchanged.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import sys
 import threading
 import warnings
 from types import ModuleType
-from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, Sequence
+
+if TYPE_CHECKING:
+    import importlib.machinery
 
 from ._condition import BoundedSemaphore, Condition, Semaphore
 from ._primitives import Lock as _Lock
@@ -118,8 +119,11 @@ def installed() -> Iterator[None]:
         uninstall()
 
 
-class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Runs a callback right after one module is first imported (one shot)."""
+# Not derived from importlib.abc: the import system only needs these methods,
+# and importing importlib.abc costs ~10 ms of start-up (importlib.resources, ...).
+class _AfterImport:
+    """A meta-path finder and loader that runs a callback right after one module
+    is first imported (one shot)."""
 
     def __init__(self, name: str, callback: Callable[[], None]) -> None:
         self.name = name
@@ -135,7 +139,7 @@ class _AfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if spec is None or spec.loader is None:
             return spec
         self.loader = spec.loader
-        spec.loader = self
+        spec.loader = self  # type: ignore[assignment]  # a Loader by protocol
         return spec
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[ModuleType]:

@@ -39,6 +39,23 @@ wait_hook: Optional[Callable[[ThreadState, Any, float, Optional[FrameType]], boo
 hold_hook: Optional[Callable[[Any, bool], None]] = None
 
 
+def set_wait_hook(hook: Optional[Callable[[ThreadState, Any, float, Optional[FrameType]], bool]]
+                  ) -> None:
+    """Set (or clear, with None) ``wait_hook``. While a hook is set, a contended
+    acquire goes to the slow path at once, without the accelerator's quiet wait,
+    so that the hook sees every wait, short ones included."""
+    global wait_hook
+    wait_hook = hook
+    _set_quiet_wait(0 if hook is not None else _waitfor.QUIET_WAIT_US)
+
+
+def _no_quiet_wait(us: int) -> int:
+    return 0  # the pure classes: block_on does the quiet wait, inside the hook
+
+
+_set_quiet_wait: Callable[[int], int] = _no_quiet_wait
+
+
 def _check_acquire_args(blocking: Any, timeout: Any) -> None:
     """Raise what ``_thread.lock.acquire`` raises for these arguments.
 
@@ -68,23 +85,25 @@ def _drop_held(owner: ThreadState, lock: Any) -> None:
 
 
 def _take(ts: ThreadState, lock: Any, blocking: bool, timeout: float,
-          frame: Optional[FrameType]) -> bool:
-    """The slow path's take of the inner lock: a try, or the order check and a wait."""
+          frame: Optional[FrameType], waited: bool = False) -> bool:
+    """The slow path's take of the inner lock: a try, or the order check and a
+    wait. ``waited``: the accelerator already spent the quiet wait."""
     if not blocking:
         return bool(lock._inner.acquire(False))
     if timeout == -1 and ts.held and settings.lock_order:
         error = _order.note(ts, lock)
         if error is not None:
             raise error
-    return _wait(ts, lock, timeout, frame)
+    return _wait(ts, lock, timeout, frame, waited)
 
 
-def _wait(ts: ThreadState, lock: Any, timeout: float, frame: Optional[FrameType]) -> bool:
+def _wait(ts: ThreadState, lock: Any, timeout: float, frame: Optional[FrameType],
+          waited: bool = False) -> bool:
     """Block for ``lock`` (through the profiler's hook when one is set)."""
     hook = wait_hook
     try:
         if hook is None:
-            return _waitfor.wait_lock(ts, lock, timeout)
+            return _waitfor.wait_lock(ts, lock, timeout, quiet=not waited)
         return bool(hook(ts, lock, timeout, frame))
     except DeadlockError as exc:
         # Start the traceback here: the user's frames, not the detector's.
@@ -180,28 +199,32 @@ class Lock(_Introspection):
         self._serial = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if timeout == -1 and self._inner.acquire(False):
-            try:
-                ts = _local.ts
-            except AttributeError:
-                ts = new_state()
-            if blocking and ts.held and settings.lock_order:
-                error = _order.note(ts, self)
-                if error is not None:
-                    self._inner.release()
-                    raise error
-            self._owner = ts
-            self._acq = _acquire_site(_getframe(1))
-            ts.held.append(self)
-            return True
+        if timeout == -1:
+            if self._inner.acquire(False):
+                try:
+                    ts = _local.ts
+                except AttributeError:
+                    ts = new_state()
+                if blocking and ts.held and settings.lock_order:
+                    error = _order.note(ts, self)
+                    if error is not None:
+                        self._inner.release()
+                        raise error
+                self._owner = ts
+                self._acq = _acquire_site(_getframe(1))
+                ts.held.append(self)
+                return True
+            if not blocking:
+                return False
         return self._acquire_slow(blocking, timeout, _getframe(1))
 
     __enter__ = acquire
 
-    def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType]) -> bool:
+    def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType],
+                      waited: bool = False) -> bool:
         _check_acquire_args(blocking, timeout)
         ts = current_state()
-        got = _take(ts, self, blocking, timeout, frame)
+        got = _take(ts, self, blocking, timeout, frame, waited)
         if got:
             self._owner = ts
             self._acq = _acquire_site(frame)
@@ -223,6 +246,12 @@ class Lock(_Introspection):
 
     def __exit__(self, *args: object) -> None:
         self.release()
+
+    def _is_owned(self) -> bool:
+        # What threading.Condition asks a lock without _is_owned, by trying
+        # and releasing it ("held by any thread"), answered without the try:
+        # a failed try of a held lock would take the slow path.
+        return bool(self._inner.locked())
 
     def _at_fork_reinit(self) -> None:
         # In a forked child (logging reinitialises its module lock, held by the
@@ -275,17 +304,20 @@ class RLock(_Introspection):
                 self._acq = _acquire_site(_getframe(1))
                 ts.held.append(self)
                 return True
+            if not blocking:
+                return False
         return self._acquire_slow(blocking, timeout, _getframe(1))
 
     __enter__ = acquire
 
-    def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType]) -> bool:
+    def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType],
+                      waited: bool = False) -> bool:
         _check_acquire_args(blocking, timeout)
         ts = current_state()
         if self._owner is ts:
             self._count += 1
             return True
-        got = _take(ts, self, blocking, timeout, frame)
+        got = _take(ts, self, blocking, timeout, frame, waited)
         if got:
             self._owner = ts
             self._count = 1
@@ -360,6 +392,19 @@ class RLock(_Introspection):
         return self._describe(self._count)
 
 
+def rlock_at(site: Site) -> Any:
+    """A new RLock whose creation site is already known (a Condition's own
+    lock: the site is the Condition's, found once for both)."""
+    lock = RLock.__new__(RLock)
+    lock._inner = lock._new_inner()
+    lock._owner = None
+    lock._count = 0
+    lock._site = site
+    lock._acq = None
+    lock._serial = 0
+    return lock
+
+
 # ---------------------------------------------------------------- selection
 # Lock and RLock above are the pure-Python reference. When the optional C
 # accelerator (_speedups) was built, and LOCKWISE_PURE is not "1", the names
@@ -380,3 +425,5 @@ if not TYPE_CHECKING and os.environ.get("LOCKWISE_PURE") != "1":
         Lock = _accel.accelerate(PureLock, _accel.LockBase)
         RLock = _accel.accelerate(PureRLock, _accel.RLockBase)
         IMPLEMENTATION = "c"
+        _set_quiet_wait = _accel.set_quiet_wait
+        _set_quiet_wait(_waitfor.QUIET_WAIT_US)

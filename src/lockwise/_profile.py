@@ -428,7 +428,7 @@ class Profiler:
             _swap_in(coll)
             _primitives.hold_hook = coll.hold_event
         _current = coll
-        _primitives.wait_hook = _wait_hook
+        _primitives.set_wait_hook(_wait_hook)
         return self
 
     def stop(self) -> Profiler:
@@ -437,7 +437,7 @@ class Profiler:
         coll = self._coll
         if coll is None or coll is not _current:
             return self
-        _primitives.wait_hook = None
+        _primitives.set_wait_hook(None)
         _primitives.hold_hook = None
         _swap_out()
         _current = None

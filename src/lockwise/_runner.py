@@ -33,9 +33,12 @@ import threading
 import time
 import types
 from dataclasses import dataclass, field
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
-from . import _findings, _install, _jsonreport, _order, _profile, _report, _sites, _watchdog
+if TYPE_CHECKING:
+    from . import _profile
+
+from . import _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
 from ._config import settings
 from ._findings import KINDS, Finding
 from ._state import in_main_interpreter
@@ -206,6 +209,8 @@ class Session:
         if self.options.hang_timeout is not None:
             self.watchdog = _watchdog.Watchdog(self.options.hang_timeout).start()
         if self.options.profile or self.options.profile_collapsed is not None:
+            from . import _profile  # loaded only when asked for: start-up cost
+
             try:
                 self.profiler = _profile.Profiler(self.options.profile_sample).start()
             except RuntimeError as exc:  # a profile the program started itself

@@ -65,6 +65,7 @@ static PyThreadState *g_last_tstate;
 static uint64_t g_last_tstate_id;
 static PyObject *g_last_ts;
 
+static PyObject *s_locked;
 static PyObject *s_acquire, *s_release, *s_held, *s_ident, *s_signal, *s_lock_order,
     *s_ts, *s_acquire_slow, *s_minus_one, *s_quiet, *s_site, *s_known;
 
@@ -549,6 +550,31 @@ inner_release(PyObject *inner)
     return 0;
 }
 
+/* Microseconds a contended, untimed acquire waits (without the GIL, like
+ * _thread.lock) before going to the Python slow path, which registers the
+ * wait and checks for deadlock. Most contended waits end sooner, so they cost
+ * no more than with threading. 0 (set while the profiler times every wait)
+ * sends every contended acquire to the slow path at once. */
+static long long g_quiet_us = 1000;
+
+/* Wait up to g_quiet_us for an InnerLock: 1 acquired, 0 not (timed out,
+ * interrupted by a signal, or not an InnerLock: the slow path handles those). */
+static int
+inner_quiet_wait(PyObject *inner)
+{
+    if (g_quiet_us <= 0 || !Py_IS_TYPE(inner, &InnerLock_Type))
+        return 0;
+    InnerLockObject *il = (InnerLockObject *)inner;
+    PyLockStatus r;
+    Py_BEGIN_ALLOW_THREADS
+    r = PyThread_acquire_lock_timed(il->lock, (PY_TIMEOUT_T)g_quiet_us, 1);
+    Py_END_ALLOW_THREADS
+    if (r != PY_LOCK_ACQUIRED)
+        return 0;
+    il->locked = 1;
+    return 1;
+}
+
 /* Release the inner lock while an exception is pending, keeping that one. */
 static void
 inner_release_keep_error(PyObject *inner)
@@ -816,13 +842,16 @@ parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return 0;
 }
 
+/* self._acquire_slow(blocking, timeout, frame, waited): `waited` says that
+ * the quiet wait was already spent here. */
 static PyObject *
-call_slow(LockObject *self, PyObject *blocking, PyObject *timeout)
+call_slow(LockObject *self, PyObject *blocking, PyObject *timeout, int waited)
 {
     PyObject *frame = (PyObject *)PyEval_GetFrame();
-    PyObject *stack[5] = {NULL, (PyObject *)self, blocking, timeout, frame ? frame : Py_None};
+    PyObject *stack[6] = {NULL, (PyObject *)self, blocking, timeout, frame ? frame : Py_None,
+                          waited ? Py_True : Py_False};
     return PyObject_VectorcallMethod(
-        s_acquire_slow, stack + 1, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        s_acquire_slow, stack + 1, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
 /* After the inner lock was taken without waiting: the lock-order check (for a
@@ -921,20 +950,25 @@ lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int f
         int got = inner_try(self->inner);
         if (got < 0)
             return NULL;
-        if (got) {
-            PyObject *ts = current_state();
-            if (ts == NULL) {
-                inner_release_keep_error(self->inner);
-                return NULL;
-            }
-            int rc = take(self, ts, blk, 0);
-            Py_DECREF(ts);
-            if (rc < 0)
-                return NULL;
-            Py_RETURN_TRUE;
+        if (!got) {
+            if (!blk)
+                Py_RETURN_FALSE;  /* a failed try, as the pure Lock answers it */
+            got = inner_quiet_wait(self->inner);
+            if (!got)
+                return call_slow(self, blocking, timeout, g_quiet_us > 0);
         }
+        PyObject *ts = current_state();
+        if (ts == NULL) {
+            inner_release_keep_error(self->inner);
+            return NULL;
+        }
+        int rc = take(self, ts, blk, 0);
+        Py_DECREF(ts);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_TRUE;
     }
-    return call_slow(self, blocking, timeout);
+    return call_slow(self, blocking, timeout, 0);
 }
 
 static PyObject *
@@ -999,6 +1033,27 @@ lock_exit(LockObject *self, PyObject *const *Py_UNUSED(args), Py_ssize_t Py_UNUS
     return lock_release(self, NULL);
 }
 
+/* What threading.Condition asks of a lock: for Lock, "held by any thread"
+ * (its own fallback tries and releases the lock; this asks without trying). */
+static PyObject *
+lock_is_owned(LockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_init(self) < 0)
+        return NULL;
+    if (Py_IS_TYPE(self->inner, &InnerLock_Type))
+        return PyBool_FromLong(((InnerLockObject *)self->inner)->locked);
+    PyObject *stack[2] = {NULL, self->inner};
+    PyObject *res = PyObject_VectorcallMethod(
+        s_locked, stack + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (res == NULL)
+        return NULL;
+    int t = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    if (t < 0)
+        return NULL;
+    return PyBool_FromLong(t);
+}
+
 /* -------------------------------------------------------------------- RLock */
 
 static PyObject *
@@ -1023,16 +1078,24 @@ rlock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int 
             Py_DECREF(ts);
             return NULL;
         }
-        if (got) {
-            int rc = take(self, ts, blk, 1);
-            Py_DECREF(ts);
-            if (rc < 0)
-                return NULL;
-            Py_RETURN_TRUE;
+        if (!got) {
+            if (!blk) {
+                Py_DECREF(ts);
+                Py_RETURN_FALSE;  /* a failed try, as the pure RLock answers it */
+            }
+            got = inner_quiet_wait(self->inner);
+            if (!got) {
+                Py_DECREF(ts);
+                return call_slow(self, blocking, timeout, g_quiet_us > 0);
+            }
         }
+        int rc = take(self, ts, blk, 1);
         Py_DECREF(ts);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_TRUE;
     }
-    return call_slow(self, blocking, timeout);
+    return call_slow(self, blocking, timeout, 0);
 }
 
 static PyObject *
@@ -1081,6 +1144,18 @@ rlock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
     if (inner_release(self->inner) < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+/* For RLock: held by the calling thread. */
+static PyObject *
+rlock_is_owned(LockObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *ts = current_state();
+    if (ts == NULL)
+        return NULL;
+    int mine = self->owner == ts;
+    Py_DECREF(ts);
+    return PyBool_FromLong(mine);
 }
 
 static PyObject *
@@ -1181,6 +1256,7 @@ static PyMethodDef lock_methods[] = {
     {"__enter__", (PyCFunction)lock_enter, METH_NOARGS, "Acquire the lock."},
     {"release", (PyCFunction)lock_release, METH_NOARGS, "Release the lock."},
     {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL, "Release the lock."},
+    {"_is_owned", (PyCFunction)lock_is_owned, METH_NOARGS, "Whether the lock is held."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1190,6 +1266,8 @@ static PyMethodDef rlock_methods[] = {
     {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS, "Acquire the lock."},
     {"release", (PyCFunction)rlock_release, METH_NOARGS, "Release the lock."},
     {"__exit__", (PyCFunction)(void (*)(void))rlock_exit, METH_FASTCALL, "Release the lock."},
+    {"_is_owned", (PyCFunction)rlock_is_owned, METH_NOARGS,
+     "Whether the calling thread holds the lock."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1284,7 +1362,21 @@ speedups_setup(PyObject *Py_UNUSED(module), PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+speedups_set_quiet_wait(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long long us = PyLong_AsLongLong(arg);
+    if (us == -1 && PyErr_Occurred())
+        return NULL;
+    long long previous = g_quiet_us;
+    g_quiet_us = us < 0 ? 0 : us;
+    return PyLong_FromLongLong(previous);
+}
+
 static PyMethodDef module_methods[] = {
+    {"set_quiet_wait", speedups_set_quiet_wait, METH_O,
+     "set_quiet_wait(us) -> previous: how long a contended acquire waits in C "
+     "before the slow path (0: not at all)."},
     {"setup", speedups_setup, METH_VARARGS,
      "setup(local, new_state, settings, note, internal_files, ThreadState, a_lock"
      "[, order_module]): wire the hot path "
@@ -1307,6 +1399,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     INTERN(s_acquire, "acquire");
+    INTERN(s_locked, "locked");
     INTERN(s_release, "release");
     INTERN(s_held, "held");
     INTERN(s_ident, "ident");

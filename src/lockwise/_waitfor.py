@@ -21,8 +21,21 @@ Two rules decide that a wait can never end:
 Both rules validate every wait they rely on against the resource itself (the
 lock is locked and has a recorded owner; the condition waiter was not
 notified; the joined thread is alive), following the protocol described in
-``_state``. Blocked threads re-check every ``check_interval`` at most, so a
-cycle cannot be missed because of a race at the moment of blocking.
+``_state``.
+
+Who checks when. A thread that must wait first waits ``QUIET_WAIT_US``
+(1 ms) unregistered, as threading would (most waits end by then; the C
+accelerator spends it without running any Python), then registers its wait
+and checks. Every wait that closes a cycle (or blocks the last runnable
+thread) is registered last, so its own check sees all the others: the
+deadlock is found as it forms, by the thread that formed it, 1 ms late at
+most. A check that saw the graph change under it (two reads of the path
+differ) is inconclusive and is repeated after ``_RECHECK``; a stall seen
+once is confirmed after ``confirm_delay``. Otherwise a blocked thread sleeps
+``check_interval`` between checks: that catches what forms without a new
+wait (an owner that exits holding the lock, a victim chosen by another
+thread's stall check) and keeps waits free of wake-ups, which cost a GIL
+hand-off each.
 
 Limits: a thread blocked outside lockwise (sockets, sleep, C-level queues,
 locks created before ``install()``) counts as able to run, and so does the
@@ -58,7 +71,12 @@ from ._state import (
 )
 
 _monotonic = time.monotonic
-_FIRST_INTERVAL = 0.001
+#: Delay before repeating an inconclusive check (the graph changed while it was read).
+_RECHECK = 0.001
+#: How long an untimed wait lasts before it is registered and checked (the
+#: accelerator spends it in C for Lock and RLock: see ``_speedups.c``).
+QUIET_WAIT_US = 1000
+_QUIET_WAIT = QUIET_WAIT_US / 1e6
 
 
 class CondWaiter:
@@ -89,37 +107,50 @@ class JoinWait:
 # ---------------------------------------------------------------- blocking
 
 
-def wait_lock(ts: ThreadState, lock: Any, timeout: float) -> bool:
+def wait_lock(ts: ThreadState, lock: Any, timeout: float, quiet: bool = True) -> bool:
     """Block until ``lock``'s inner lock is acquired (or the timeout passes)."""
-    return block_on(ts, lock, lock._inner, timeout)
+    return block_on(ts, lock, lock._inner, timeout, quiet)
 
 
-def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float]) -> bool:
+def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float],
+             quiet: bool = True) -> bool:
     """Acquire ``raw`` while registered as waiting on ``resource``.
 
     ``timeout`` is None or negative for "forever". An untimed wait is checked
-    for deadlock now and after every sleep; it raises DeadlockError (and is
-    then not acquired) when the wait can never end and the policy says so.
+    for deadlock when it has lasted ``_QUIET_WAIT`` and after every sleep; it
+    raises DeadlockError (and is then not acquired) when the wait can never
+    end and the policy says so. ``quiet=False``: that quiet wait was spent.
     """
     timed = timeout is not None and timeout >= 0
-    begin_wait(ts, resource, timed, _monotonic())
+    since = _monotonic()
+    if not timed and quiet and raw.acquire(True, _QUIET_WAIT):
+        # Most contended waits are short. Waiting first, with the GIL released
+        # and nothing registered, lets the holder finish at once instead of
+        # waiting for the GIL while this thread registers and checks (which
+        # lengthens every critical section and turns contention into a
+        # convoy). A wait that closes a cycle is checked just as well, later.
+        return True
+    begin_wait(ts, resource, timed, since)
     try:
         if timed:
             assert timeout is not None
             return bool(raw.acquire(True, timeout) if timeout > 0 else raw.acquire(False))
         blocked.add(ts)
-        pending = check(ts, None)
-        interval = _FIRST_INTERVAL
+        pending, settled = check(ts, None)
         while True:
-            wait = interval if pending is None else min(interval, settings.confirm_delay)
+            if pending is not None:
+                wait = settings.confirm_delay
+            elif settled:
+                wait = settings.check_interval
+            else:
+                wait = min(_RECHECK, settings.check_interval)
             if raw.acquire(True, wait):
                 if ts.doom is not None:
                     if isinstance(resource, CondWaiter) and not resource.notified:
-                        pending = check(ts, None)  # raises the doom
+                        check(ts, None)  # raises the doom
                     ts.doom = None
                 return True
-            interval = min(interval * 2, settings.check_interval)
-            pending = check(ts, pending)
+            pending, settled = check(ts, pending)
     finally:
         end_wait(ts)
         blocked.discard(ts)
@@ -138,8 +169,13 @@ Pending = Optional[tuple[list[tuple[ThreadState, int, Any]], float]]
 wait_checks: list[Callable[[ThreadState], None]] = []
 
 
-def check(ts: ThreadState, pending: Pending) -> Pending:
-    """One deadlock check by a blocked thread; raises if it is the victim."""
+def check(ts: ThreadState, pending: Pending) -> tuple[Pending, bool]:
+    """One deadlock check by a blocked thread; raises if it is the victim.
+
+    Returns the stall rule's observation to confirm (see ``_quiescence``) and
+    whether the check was conclusive: False when the wait-for path changed
+    while it was being read, so the caller must look again soon.
+    """
     doom = ts.doom
     if doom is not None:
         ts.doom = None
@@ -148,15 +184,17 @@ def check(ts: ThreadState, pending: Pending) -> Pending:
         for extra in wait_checks:
             extra(ts)
         cycle = _ownership_cycle(ts)
+        if cycle is _UNSETTLED:
+            return _quiescence(ts, pending), False
         if cycle is not None:
             _deadlock(ts, cycle, rule="cycle")
-            return None
-        return _quiescence(ts, pending)
+            return None, True
+        return _quiescence(ts, pending), True
     except DeadlockError:
         raise
     except Exception as exc:
         _findings.internal_error("the deadlock check", exc)
-        return None
+        return None, True
 
 
 def _is_lock(res: Any) -> bool:
@@ -210,14 +248,19 @@ def _walk(me: ThreadState) -> Optional[list[tuple[ThreadState, int]]]:
         cur = nxt
 
 
+#: Returned by ``_ownership_cycle`` when the path changed between two reads.
+_UNSETTLED: list[ThreadState] = []
+
+
 def _ownership_cycle(me: ThreadState) -> Optional[list[ThreadState]]:
+    """The threads of the cycle through ``me``, None, or ``_UNSETTLED``."""
     first = _walk(me)
     if first is None:
         return None
     # Read again: every participant must have stayed in the same wait.
     second = _walk(me)
     if second != first:
-        return None
+        return _UNSETTLED
     return [ts for ts, _changes in first]
 
 

@@ -1,0 +1,1 @@
+"""An empty program: the start-up cost of bench_program."""
