@@ -6,6 +6,7 @@ coordinate through marker files (``touch``/``wait_file``), never sleeps alone.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import sys
@@ -130,6 +131,9 @@ def order(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    # A worker still running after 25 s is hung: print every thread's stack to
+    # stderr, which the test shows when its 30 s wait gives up.
+    faulthandler.dump_traceback_later(25)
     args = json.loads(sys.argv[1])
     if args.get("shared_dir"):
         lockwise.configure(shared_dir=args["shared_dir"])

@@ -68,7 +68,12 @@ class Procs:
 
     @staticmethod
     def result(proc: subprocess.Popen[str], timeout: float = 30) -> dict[str, Any]:
-        out, err = proc.communicate(timeout=timeout)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _out, err = proc.communicate(timeout=10)
+            raise AssertionError(f"worker hung; its stderr:\n{err}") from None
         assert proc.returncode == 0, err
         return dict(json.loads(out.strip().splitlines()[-1]))
 

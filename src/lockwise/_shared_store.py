@@ -303,12 +303,26 @@ class SQLiteStore:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                check_same_thread=False)
         conn.execute("PRAGMA busy_timeout=30000")
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=OFF")
-        if not self._ready:
-            conn.executescript(_SCHEMA)
-            self._ready = True
+        # Two processes opening a fresh store at once: switching it to WAL can
+        # fail with "database is locked" at once, without the busy handler
+        # (SQLite does not wait there), so retry for a while instead of
+        # turning detection off.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=OFF")
+                if not self._ready:
+                    conn.executescript(_SCHEMA)
+                    self._ready = True
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
         local.conn = conn
         local.pid = os.getpid()
         return conn
