@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this module (e.g. core); repeatable")
     parser.add_argument("--output", default=str(RESULTS), help="where to write the results")
     args = parser.parse_args(argv)
+    known = sorted(path.stem[len("bench_"):] for path in HERE.glob("bench_*.py"))
+    unknown = [name for name in args.only if name not in known]
+    if unknown:
+        parser.error(f"--only {unknown[0]}: no such benchmark module; expected one of "
+                     f"{', '.join(known)}")
     command = "python benchmarks/run.py" + (" --quick" if args.quick else "") + "".join(
         f" --only {name}" for name in args.only)
     sections: list[tuple[str, list[dict[str, Any]], float]] = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import deque as _deque
+from operator import attrgetter
 from typing import Any, Callable, Optional
 
 from ._primitives import Lock, rlock_at
@@ -64,9 +66,27 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
     def __init__(self, lock: Any = None) -> None:
         frame = sys._getframe(1)
         site = site_of(frame)
-        super().__init__(rlock_at(site) if lock is None else lock)
+        if lock is None:
+            # threading.Condition.__init__ for a lockwise RLock, which has all
+            # three optional methods (every Future makes one: this is hot).
+            lock = self._lock = rlock_at(site)
+            self.acquire = lock.acquire
+            self.release = lock.release
+            self._release_save = lock._release_save
+            self._acquire_restore = lock._acquire_restore
+            self._is_owned = lock._is_owned
+            self._waiters: _deque[Any] = _deque()
+        else:
+            super().__init__(lock)
         self._site = site
         self._kind = _creator_kind(frame)
+
+    # `with cond:` calls the lock's own methods, found through a C property and
+    # getter: no Python frame (threading.Condition.__enter__) stands between
+    # the caller and the acquire, so the acquisition site is the caller's own
+    # frame, found without walking the stack.
+    __enter__ = property(attrgetter("_lock.__enter__"))
+    __exit__ = property(attrgetter("_lock.__exit__"))
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         if not self._is_owned():

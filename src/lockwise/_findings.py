@@ -14,7 +14,6 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Optional
 
 from ._config import Policy
@@ -26,14 +25,66 @@ logger.addHandler(logging.NullHandler())
 KINDS = ("deadlock", "lock-order", "hang", "contention")
 
 
-@dataclass(frozen=True)
-class FrameInfo:
+class Record:
+    """Plain data: equality and repr by the fields in ``__slots__``, as a
+    dataclass has. (The dataclasses module costs ~13 ms of every run's
+    start-up: it imports inspect, ast and dis.)"""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, Record)
+        return self._values() == other._values()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class FrozenRecord(Record):
+    """A Record that cannot change after ``__init__``, and hashes by its fields."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r} of {type(self).__name__}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r} of {type(self).__name__}")
+
+    def __hash__(self) -> int:  # type: ignore[override]  # Record's is None
+        return hash(self._values())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle and copy through __init__ (the fields in slot order), not
+        # through the __setattr__ that refuses changes.
+        return (type(self), self._values())
+
+
+_set = object.__setattr__  # FrozenRecord.__init__ sets its fields through this
+
+
+class FrameInfo(FrozenRecord):
     """One frame of a user stack."""
 
+    __slots__ = ("filename", "lineno", "function", "line")
     filename: str
     lineno: int
     function: str
-    line: str = ""
+    line: str
+
+    def __init__(self, filename: str, lineno: int, function: str, line: str = "") -> None:
+        _set(self, "filename", filename)
+        _set(self, "lineno", lineno)
+        _set(self, "function", function)
+        _set(self, "line", line)
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.filename, "line": self.lineno, "function": self.function,
@@ -45,13 +96,18 @@ class FrameInfo:
                    str(data.get("function", "?")), str(data.get("code", "")))
 
 
-@dataclass(frozen=True)
-class LockRef:
+class LockRef(FrozenRecord):
     """A lock as reports name it: display name, creation site and type."""
 
+    __slots__ = ("name", "site", "type")
     name: str
     site: str
-    type: str = "Lock"
+    type: str
+
+    def __init__(self, name: str, site: str, type: str = "Lock") -> None:
+        _set(self, "name", name)
+        _set(self, "site", site)
+        _set(self, "type", type)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "site": self.site, "type": self.type}
@@ -62,13 +118,15 @@ class LockRef:
                    str(data.get("type", "Lock")))
 
 
-@dataclass
-class StackInfo:
+class StackInfo(Record):
     """A labelled stack: whose it is and what it shows (e.g. 'acquired A')."""
 
-    thread: str
-    title: str
-    frames: list[FrameInfo]
+    __slots__ = ("thread", "title", "frames")
+
+    def __init__(self, thread: str, title: str, frames: list[FrameInfo]) -> None:
+        self.thread = thread
+        self.title = title
+        self.frames = frames
 
     def to_dict(self) -> dict[str, Any]:
         return {"thread": self.thread, "title": self.title,
@@ -80,24 +138,35 @@ class StackInfo:
                    [FrameInfo.from_dict(f) for f in data.get("frames", [])])
 
 
-@dataclass
-class Finding:
+_now = time.time
+
+
+class Finding(Record):
     """What a check found. ``kind`` is one of ``KINDS``.
 
     ``details`` holds kind-specific JSON-ready data (the cycle, the table of
-    holders and waiters); ``text`` is the human report.
+    holders and waiters); ``text`` is the human report. ``time`` and ``pid``
+    default to now and this process.
     """
 
-    kind: str
-    summary: str
-    threads: list[str]
-    locks: list[LockRef]
-    stacks: list[StackInfo] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-    text: str = ""
-    key: Hashable = None
-    time: float = field(default_factory=time.time)
-    pid: int = field(default_factory=os.getpid)
+    __slots__ = ("kind", "summary", "threads", "locks", "stacks", "details", "text", "key",
+                 "time", "pid")
+
+    def __init__(self, kind: str, summary: str, threads: list[str], locks: list[LockRef],
+                 stacks: Optional[list[StackInfo]] = None,
+                 details: Optional[dict[str, Any]] = None, text: str = "",
+                 key: Hashable = None, time: Optional[float] = None,
+                 pid: Optional[int] = None) -> None:
+        self.kind = kind
+        self.summary = summary
+        self.threads = threads
+        self.locks = locks
+        self.stacks: list[StackInfo] = [] if stacks is None else stacks
+        self.details: dict[str, Any] = {} if details is None else details
+        self.text = text
+        self.key = key
+        self.time: float = _now() if time is None else time
+        self.pid: int = os.getpid() if pid is None else pid
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -28,11 +28,9 @@ import importlib.util
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 import types
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 if TYPE_CHECKING:
@@ -40,7 +38,7 @@ if TYPE_CHECKING:
 
 from . import _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
 from ._config import settings
-from ._findings import KINDS, Finding
+from ._findings import KINDS, Finding, Record
 from ._state import in_main_interpreter
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -100,19 +98,27 @@ def parse_seconds(text: str, option: str = "--hang-timeout") -> float:
     return seconds
 
 
-@dataclass
-class Options:
-    """What ``lockwise run`` options and ``LOCKWISE_*`` variables set."""
+class Options(Record):
+    """What ``lockwise run`` options and ``LOCKWISE_*`` variables set.
 
-    json: Optional[str] = None
-    hang_timeout: Optional[float] = None
-    fail_on: frozenset[str] = field(default_factory=lambda: frozenset({"deadlock"}))
-    quiet: bool = False
-    #: Contention profiling (``--profile``); ``profile_sample`` > 1 times one in N.
-    profile: bool = False
-    profile_sample: int = 1
-    #: Where to write the collapsed stacks of waiting time (``--profile-collapsed``).
-    profile_collapsed: Optional[str] = None
+    ``profile_sample`` > 1 times one contention in N (``--profile-sample``);
+    ``profile_collapsed`` is where to write the collapsed stacks of waiting
+    time (``--profile-collapsed``)."""
+
+    __slots__ = ("json", "hang_timeout", "fail_on", "quiet", "profile", "profile_sample",
+                 "profile_collapsed")
+
+    def __init__(self, json: Optional[str] = None, hang_timeout: Optional[float] = None,
+                 fail_on: frozenset[str] = frozenset({"deadlock"}), quiet: bool = False,
+                 profile: bool = False, profile_sample: int = 1,
+                 profile_collapsed: Optional[str] = None) -> None:
+        self.json = json
+        self.hang_timeout = hang_timeout
+        self.fail_on = fail_on
+        self.quiet = quiet
+        self.profile = profile
+        self.profile_sample = profile_sample
+        self.profile_collapsed = profile_collapsed
 
 
 def options_from_env(environ: Optional[dict[str, str]] = None,
@@ -173,7 +179,7 @@ class Session:
         global _active
         path = self.options.json
         if path is None and not self.child:
-            fd, path = tempfile.mkstemp(prefix="lockwise-", suffix=".json")
+            fd, path = _jsonreport.make_temp(None, "lockwise-", ".json")
             os.close(fd)
             self._temp_json = path
         if path is not None:
@@ -339,14 +345,17 @@ def active_session() -> Optional[Session]:
 # ---------------------------------------------------------------- programs
 
 
-@dataclass
-class Program:
+class Program(Record):
     """A compiled program ready to run as ``__main__``."""
 
-    code: types.CodeType
-    argv0: str
-    path0: str
-    globals: dict[str, Any]
+    __slots__ = ("code", "argv0", "path0", "globals")
+
+    def __init__(self, code: types.CodeType, argv0: str, path0: str,
+                 globals: dict[str, Any]) -> None:
+        self.code = code
+        self.argv0 = argv0
+        self.path0 = path0
+        self.globals = globals
 
 
 def prepare_script(path: str) -> Program:

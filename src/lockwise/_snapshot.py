@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import gc
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 from ._describe import acquired_at, kind_of, lock_refs, name_of
+from ._findings import Record
 from ._primitives import Lock, RLock
 from ._report import render_table
 from ._sites import thread_name
@@ -34,42 +34,55 @@ def held_locks(thread: Union[threading.Thread, int, None] = None) -> list[Any]:
     return [] if ts is None else list(ts.held)
 
 
-@dataclass
-class LockInfo:
+class LockInfo(Record):
     """One lock in a snapshot (plain data; the lock itself is not kept alive)."""
 
-    name: str
-    site: str
-    type: str
-    locked: bool
-    owner: Optional[str]
-    owner_ident: Optional[int]
-    count: int
-    acquired_at: Optional[str]
-    waiters: list[str]
+    __slots__ = ("name", "site", "type", "locked", "owner", "owner_ident", "count",
+                 "acquired_at", "waiters")
+
+    def __init__(self, name: str, site: str, type: str, locked: bool,
+                 owner: Optional[str], owner_ident: Optional[int], count: int,
+                 acquired_at: Optional[str], waiters: list[str]) -> None:
+        self.name = name
+        self.site = site
+        self.type = type
+        self.locked = locked
+        self.owner = owner
+        self.owner_ident = owner_ident
+        self.count = count
+        self.acquired_at = acquired_at
+        self.waiters = waiters
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
-@dataclass
-class ThreadInfo:
-    name: str
-    ident: int
-    holds: list[str]
-    waiting_for: Optional[str]
-    waiting_since: Optional[float]
+class ThreadInfo(Record):
+    """One thread in a snapshot: what it holds and what it waits for."""
+
+    __slots__ = ("name", "ident", "holds", "waiting_for", "waiting_since")
+
+    def __init__(self, name: str, ident: int, holds: list[str], waiting_for: Optional[str],
+                 waiting_since: Optional[float]) -> None:
+        self.name = name
+        self.ident = ident
+        self.holds = holds
+        self.waiting_for = waiting_for
+        self.waiting_since = waiting_since
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
-@dataclass
-class Snapshot:
+class Snapshot(Record):
     """Every live lockwise lock and every thread that holds or waits for one."""
 
-    locks: list[LockInfo] = field(default_factory=list)
-    threads: list[ThreadInfo] = field(default_factory=list)
+    __slots__ = ("locks", "threads")
+
+    def __init__(self, locks: Optional[list[LockInfo]] = None,
+                 threads: Optional[list[ThreadInfo]] = None) -> None:
+        self.locks: list[LockInfo] = [] if locks is None else locks
+        self.threads: list[ThreadInfo] = [] if threads is None else threads
 
     def to_dict(self) -> dict[str, Any]:
         return {"locks": [lock.to_dict() for lock in self.locks],

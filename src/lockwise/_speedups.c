@@ -653,14 +653,26 @@ record_site(LockObject *self)
         code = PyFrame_GetCode(frame);
         first = 0;
     }
+    if (!first) {
+        /* Found up the stack (e.g. the caller of threading.Condition.__enter__):
+         * the same user frame position as last time gives the same site, with
+         * no line-table decoding and no new tuple. */
+        lasti = frame_lasti(frame);
+        if (lasti >= 0 && lasti == self->acq_lasti && old != NULL && PyTuple_CheckExact(old)
+            && PyTuple_GET_SIZE(old) == 2 && PyTuple_GET_ITEM(old, 0) == (PyObject *)code) {
+            Py_DECREF(code);
+            Py_DECREF(frame);
+            return 0;
+        }
+    }
     PyObject *acq = Py_BuildValue("(Oi)", code, PyFrame_GetLineNumber(frame));
     Py_DECREF(code);
     Py_DECREF(frame);
     if (acq == NULL)
         return -1;
-    /* The lasti shortcut is valid only for a site taken from the caller's own
-     * frame (not one found further up). */
-    self->acq_lasti = first ? lasti : -1;
+    /* acq_lasti is the position, in acq's code, that gave acq: a position in
+     * that code maps to one line wherever the frame is found. */
+    self->acq_lasti = lasti;
     Py_XSETREF(self->acq, acq);
     return 0;
 }
