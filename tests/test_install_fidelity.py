@@ -121,8 +121,8 @@ def test_at_fork_reinit_of_a_held_lock_forgets_it(make: object) -> None:
 
 
 def test_logging_module_lock_stays_uninstrumented_under_the_runner(tmp_path: Path) -> None:
-    # lockwise imports logging before install(): logging's module lock stays a
-    # _thread.RLock (handler locks, made later, are lockwise's). Instrumenting
+    # logging's module lock stays a _thread.RLock, whether logging was imported
+    # before or after install() (handler locks, made later, are lockwise's). Instrumenting
     # it reports CPython's own known inversion between dictConfig/fileConfig
     # (module lock, then handler locks) and FileHandler.close (handler lock, then
     # module lock), python/cpython#96727 and #84551, in every program that
@@ -132,5 +132,15 @@ def test_logging_module_lock_stays_uninstrumented_under_the_runner(tmp_path: Pat
         "h = logging.StreamHandler()\n"
         "print(type(logging._lock).__module__, type(h.lock).__module__.split('.')[0])\n")
     result = python("-m", "lockwise", "run", "app.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["_thread", "lockwise"]
+    (tmp_path / "lib.py").write_text(
+        "import sys, lockwise\n"
+        "assert 'logging' not in sys.modules\n"
+        "lockwise.install()\n"
+        "import logging\n"
+        "h = logging.StreamHandler()\n"
+        "print(type(logging._lock).__module__, type(h.lock).__module__.split('.')[0])\n")
+    result = python("lib.py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["_thread", "lockwise"]

@@ -7,7 +7,12 @@ import re
 import threading
 import weakref
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import lockwise
+from lockwise import _sites
 
 from .conftest import Runner
 
@@ -147,3 +152,32 @@ def test_misuse_raises_what_threading_raises() -> None:
     sem = lockwise.BoundedSemaphore(1)
     with pytest.raises(ValueError):
         sem.release()
+
+
+# What _sites._assigned_name replaced: the target of an assignment at the start
+# of a line (the name guessed for a lock created on that line).
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(?::[^=]*)?=(?!=)")
+
+
+@pytest.mark.parametrize("line, name", [
+    ("    self.lock = threading.Lock()\n", "self.lock"),
+    ("lock=Lock()", "lock"),
+    ("x: threading.Lock = threading.Lock()", "x"),
+    ("a.b.c  =  RLock()", "a.b.c"),
+    ("if a == Lock():", ""),
+    ("x == y", ""),
+    ("x += 1", ""),
+    ("return Lock()", ""),
+    ("1x = 2", ""),
+    ("", ""),
+    ("x: int", ""),
+])
+def test_assigned_name(line: str, name: str) -> None:
+    assert _sites._assigned_name(line) == name
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=" \tabxy_.:=+1()[],\n", max_size=30))
+def test_assigned_name_agrees_with_the_regular_expression(line: str) -> None:
+    match = _ASSIGNMENT.match(line)
+    assert _sites._assigned_name(line) == (match.group(1) if match else "")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 import tracemalloc
 import warnings
@@ -14,6 +17,7 @@ import lockwise
 from lockwise import PotentialDeadlockError, PotentialDeadlockWarning, _order
 
 from .conftest import Runner
+from .runner_helpers import clean_env
 
 
 def order_findings() -> list[lockwise.Finding]:
@@ -424,6 +428,37 @@ def test_policy_callable_and_log(caplog: pytest.LogCaptureFixture) -> None:
     data = got[0].to_dict()
     assert data["kind"] == "lock-order" and {lock["name"] for lock in data["locks"]} == {"a", "b"}
     assert all(":" in lock["site"] for lock in data["locks"])
+
+
+def test_findings_are_logged_once_the_program_imports_logging() -> None:
+    # lockwise does not import logging itself; a program that imports and
+    # configures it after lockwise still gets the findings as log records.
+    code = textwrap.dedent("""
+        import sys, lockwise
+        assert "logging" not in sys.modules
+        lockwise.configure(on_lock_order="log")
+        a, b = lockwise.Lock(name="a"), lockwise.Lock(name="b")
+        with a, b:
+            pass
+        with b, a:
+            pass
+        import logging
+        logging.basicConfig(format="%(name)s %(levelname)s %(message)s")
+        c, d = lockwise.Lock(name="c"), lockwise.Lock(name="d")
+        with c, d:
+            pass
+        with d, c:
+            pass
+        print(len(lockwise.findings()))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+    logged = [line for line in result.stderr.splitlines() if line.startswith("lockwise ")]
+    assert len(logged) == 1, result.stderr
+    assert logged[0].startswith("lockwise WARNING lockwise: potential deadlock")
+    assert "d -> c -> d" in logged[0]  # the finding made after logging was imported
 
 
 def test_reset_forgets_graph_and_findings() -> None:

@@ -43,9 +43,6 @@ EXPECTED: dict[str, tuple[str, tuple[int, int]]] = {
     "test.test_threading.ThreadTests.test_import_from_another_thread": (
         "the subprocess is covered by the activation .pth, which imports threading "
         "before the script checks that it is not imported", (3, 9)),
-    "test.test_logging.FormatterTest.test_relativeCreated_has_higher_precision": (
-        "the subprocess is covered by the activation .pth: logging is imported (by "
-        "lockwise) before the script patches time.time_ns and imports it", (3, 13)),
 }
 
 #: One regrtest run of the subset may take this long (seconds).

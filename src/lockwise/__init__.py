@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING, Any
 
 from . import _install, _joins  # noqa: F401  (_joins records Thread.join as a wait)
 from ._condition import Barrier, BoundedSemaphore, Condition, Event, Semaphore
@@ -31,7 +30,10 @@ from ._primitives import Lock, RLock
 from ._snapshot import Snapshot, held_locks, snapshot
 from ._watchdog import Watchdog, watchdog
 
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._filelock import FileLock
     from ._profile import Profiler, profile
 

@@ -12,21 +12,18 @@ Bad input gets one line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any, NoReturn, Optional
+from types import SimpleNamespace
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any, NoReturn, Optional
 
 USAGE_STATUS = 2
 _VALUE_OPTIONS = ("--json", "--hang-timeout", "--fail-on", "--profile-sample",
                   "--profile-collapsed")
 _FLAG_OPTIONS = ("--quiet", "--profile", "-h", "--help")
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: ``lockwise: error: ...``."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(USAGE_STATUS, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -82,6 +79,16 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: a plain `lockwise run` never needs it.
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        """An ArgumentParser whose errors are one line: ``lockwise: error: ...``."""
+
+        def error(self, message: str) -> NoReturn:
+            self.exit(USAGE_STATUS,
+                      f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
     parser = _Parser(prog="lockwise",
                      description="lockwise: deadlock detection, lock-order checking and "
                                  "hang reports for Python threads.")
@@ -134,7 +141,53 @@ def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def cmd_run(ns: argparse.Namespace) -> int:
+def _quick_run_namespace(mine: list[str]) -> Optional[SimpleNamespace]:
+    """``run``'s options, parsed as argparse would parse them, without argparse.
+
+    argparse and what it imports (gettext, locale, shutil and the compression
+    modules shutil probes) cost ~10 ms of every start, for a handful of
+    options. Only the plain spellings are parsed here; anything else (help,
+    a missing value, a value that starts with '-') returns None, and argparse
+    parses it and words the error.
+    """
+    ns = SimpleNamespace(command="run", func=cmd_run, json=None, hang_timeout=None,
+                         fail_on="deadlock", quiet=False, profile=False, profile_sample=None,
+                         profile_collapsed=None, module=None, script=None, program_args=[])
+    i = 0
+    while i < len(mine):
+        arg = mine[i]
+        last = i == len(mine) - 1
+        if arg in ("--quiet", "--profile"):
+            setattr(ns, arg[2:], True)
+        elif arg.split("=", 1)[0] in _VALUE_OPTIONS:
+            name, eq, value = arg.partition("=")
+            if not eq:
+                if last or mine[i + 1].startswith("-"):
+                    return None
+                i += 1
+                value = mine[i]
+            setattr(ns, name[2:].replace("-", "_"), value)
+        elif arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+            if arg == "-m":
+                if last or mine[i + 1].startswith("-"):
+                    return None
+                i += 1
+                arg = "-m" + mine[i]
+            if i != len(mine) - 1:
+                return None
+            ns.module = arg[2:]
+        elif arg == "--" and i == len(mine) - 2 and not mine[i + 1].startswith("-"):
+            ns.script = mine[i + 1]
+            break
+        elif not arg.startswith("-") and last:
+            ns.script = arg
+        else:
+            return None
+        i += 1
+    return ns
+
+
+def cmd_run(ns: Any) -> int:
     from . import _runner
 
     if ns.module is not None and ns.script is not None:
@@ -193,8 +246,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the ``lockwise`` command with ``argv`` (default: ``sys.argv[1:]``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     program_args: list[str] = []
+    ns: Any = None
     if args and args[0] == "run":
         try:
             mine, program_args = _split_run_args(args[1:])
@@ -202,9 +255,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             sys.stderr.write(f"lockwise: error: {exc}\n")
             return USAGE_STATUS
         args = ["run"] + mine
-    ns = parser.parse_args(args)
-    if getattr(ns, "func", None) is None:
-        parser.error("expected a command: run or report")
+        ns = _quick_run_namespace(mine)
+    if ns is None:
+        parser = build_parser()
+        ns = parser.parse_args(args)
+        if getattr(ns, "func", None) is None:
+            parser.error("expected a command: run or report")
     if ns.command == "run":
         ns.program_args = program_args
     from ._runner import UsageError

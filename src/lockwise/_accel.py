@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from types import MemberDescriptorType
-from typing import Any, Optional
 
 from . import _order
 from ._config import settings
@@ -33,6 +32,10 @@ from ._speedups import LockBase as LockBase  # noqa: E402
 from ._speedups import RLockBase as RLockBase  # noqa: E402
 from ._speedups import set_quiet_wait as set_quiet_wait  # noqa: E402
 from ._speedups import setup  # noqa: E402
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 #: Names the C base types implement.
 C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__", "_is_owned"})

@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 from types import CodeType, FrameType
-from typing import Any, Callable, Optional
 
 from . import _findings
 from ._config import settings
@@ -21,6 +20,10 @@ from ._errors import DeadlockError
 from ._findings import Finding, FrameInfo, StackInfo
 from ._sites import INTERNAL_FILES, frame_info
 from ._state import new_uid
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 _get_running_loop = asyncio.events._get_running_loop
 _current_task: Callable[..., Any] = asyncio.current_task
@@ -170,7 +173,8 @@ def lock_wait(task: Any) -> Any:
 
 # A wait: ("all", succ) ends only if one of succ ends (dead when all are dead);
 # ("any", succ) needs every successor (dead when any one is dead).
-Wait = tuple[str, list[Any]]
+if TYPE_CHECKING:
+    Wait = tuple[str, list[Any]]
 
 
 def wait_of(task: Any, assumed: Optional[dict[Any, Any]] = None) -> Optional[Wait]:

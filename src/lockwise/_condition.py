@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections import deque as _deque
 from operator import attrgetter
-from typing import Any, Callable, Optional
 
 from ._primitives import Lock, rlock_at
 from ._sites import INTERNAL_FILES, site_of
 from ._state import current_state
 from ._waitfor import CondWaiter, block_on
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from collections import deque as _deque
+    from typing import Any, Callable, Optional
+else:
+    from _collections import deque as _deque  # as threading does: collections costs start-up
 
 _allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
 _ThreadingCondition: Any = threading.Condition

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Optional, Union
 
-Policy = Union[str, Callable[..., Any]]
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, Union
+
+    Policy = Union[str, Callable[..., Any]]
 
 _POLICIES = ("raise", "warn", "log", "ignore")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from ._findings import LockRef
 from ._sites import Site, frame_info, thread_name
 from ._state import ThreadState
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 def kind_of(obj: Any) -> str:

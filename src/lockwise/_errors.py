@@ -6,9 +6,10 @@ watches: internal failures are reported on stderr, never raised.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
-
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
+    from typing import Optional
+
     from ._findings import Finding
 
 

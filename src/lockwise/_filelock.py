@@ -35,7 +35,6 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Optional
 
 from . import _order, _waitfor
 from ._config import settings
@@ -56,6 +55,10 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 _allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
 _monotonic = time.monotonic

@@ -9,18 +9,46 @@ and then applies the user's policy. Nothing here runs on the hot path.
 from __future__ import annotations
 
 import _thread
-import logging
 import os
 import sys
 import time
 import warnings
-from typing import Any, Callable, Hashable, Optional
 
-from ._config import Policy
 from ._errors import DeadlockWarning, HangWarning, PotentialDeadlockWarning
 
-logger = logging.getLogger("lockwise")
-logger.addHandler(logging.NullHandler())
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Hashable, Optional
+
+    from ._config import Policy
+
+_logger: Any = None
+_propagate = True
+
+
+def logger() -> Any:
+    """The "lockwise" logger that findings go to, or None before the program
+    imports ``logging``: until then no handler can have been set, and
+    importing it here (~15 ms, under the import lock, possibly while a
+    deadlock is being reported) would buy nothing."""
+    global _logger
+    if _logger is None:
+        logging = sys.modules.get("logging")
+        if logging is None or not hasattr(logging, "NullHandler"):  # absent or being imported
+            return None
+        made = logging.getLogger("lockwise")
+        made.addHandler(logging.NullHandler())
+        made.propagate = _propagate
+        _logger = made
+    return _logger
+
+
+def stop_propagation() -> None:
+    """Keep findings out of the root logger (handlers set on "lockwise" still get them)."""
+    global _propagate
+    _propagate = False
+    if _logger is not None:
+        _logger.propagate = False
 
 KINDS = ("deadlock", "lock-order", "hang", "contention")
 
@@ -201,7 +229,8 @@ class Finding(Record):
         return self.text or self.summary
 
 
-Listener = Callable[[Finding], None]
+if TYPE_CHECKING:
+    Listener = Callable[[Finding], None]
 
 _findings: list[Finding] = []
 _seen: dict[Hashable, Finding] = {}
@@ -225,9 +254,12 @@ def record(finding: Finding) -> bool:
             _seen[finding.key] = finding
         _findings.append(finding)
         listeners = list(_listeners)
-    level = logging.WARNING if finding.kind in ("lock-order", "contention") else logging.ERROR
     try:
-        logger.log(level, "%s", finding.text or finding.summary)
+        log = logger()
+        if log is not None:
+            # logging.WARNING and logging.ERROR
+            level = 30 if finding.kind in ("lock-order", "contention") else 40
+            log.log(level, "%s", finding.text or finding.summary)
     except Exception as exc:  # a broken user handler must not break the caller
         internal_error("logging a finding", exc)
     for listener in listeners:

@@ -23,12 +23,24 @@ a false alarm); a node's removal drops its edges.
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, Generic, Hashable, Optional, TypeVar
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from collections import deque
+    from typing import Any, Generic, Hashable, Optional, TypeVar
+
+    N = TypeVar("N", bound=Hashable)
+else:
+    from _collections import deque  # as threading does: collections costs start-up
+
+    class Generic:
+        """``Generic[N]`` at run time, without importing typing: a plain base."""
+
+        def __class_getitem__(cls, item: object) -> type:
+            return cls
+
+    N = None
 
 SEARCH_BUDGET = 100_000
-
-N = TypeVar("N", bound=Hashable)
 
 
 class Edge:

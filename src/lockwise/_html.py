@@ -24,10 +24,13 @@ from __future__ import annotations
 import math
 import os
 from html import escape
-from typing import Any, Iterable, Optional
 
 from ._findings import Finding, StackInfo
 from ._report import format_ns, format_stack, profile_header, render
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Optional
 
 #: Most nodes drawn in the lock-order graph (cycle members and locks named in
 #: findings first, then the most connected).

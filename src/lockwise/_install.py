@@ -17,20 +17,20 @@ are factory functions, or a final type). ``lockwise.Lock("name")`` is unchanged.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import sys
 import threading
 import warnings
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Optional, Sequence
-
-if TYPE_CHECKING:
-    import importlib.machinery
 
 from ._condition import BoundedSemaphore, Condition, Semaphore
 from ._primitives import Lock as _Lock
 from ._primitives import RLock as _RLock
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    import importlib.machinery
+    from typing import Any, Callable, NoReturn, Optional, Sequence
 
 
 class Lock(_Lock):
@@ -109,13 +109,13 @@ def is_installed() -> bool:
     return _depth > 0
 
 
-@contextlib.contextmanager
-def installed() -> Iterator[None]:
+class installed:  # lower case: used as a function, like contextlib.suppress
     """``with lockwise.installed():`` installs for the block."""
-    install()
-    try:
-        yield
-    finally:
+
+    def __enter__(self) -> None:
+        install()
+
+    def __exit__(self, *exc_info: object) -> None:
         uninstall()
 
 
@@ -155,6 +155,30 @@ class _AfterImport:
             internal_error(f"patching {self.name} after its import", exc)
 
 
+def _keep_logging_module_lock() -> None:
+    """Give ``logging`` back the interpreter's own RLock as its module lock.
+
+    Instrumented, that lock shows CPython's own known lock-order inversion
+    between ``logging.config.dictConfig``/``fileConfig`` (module lock, then
+    handler locks) and ``FileHandler.close`` (handler lock, then module lock),
+    python/cpython#96727 and #84551, in every program that reconfigures
+    logging; users cannot act on it (docs/stdlib-suites.md). Handler locks
+    stay lockwise's. Runs right after ``logging`` is first imported while
+    installed, when nobody can hold the lock yet; a held one is left alone.
+    """
+    logging = sys.modules.get("logging")
+    lock = getattr(logging, "_lock", None)
+    if isinstance(lock, _RLock) and lock.owner_ident is None:
+        logging._lock = _ORIGINALS["RLock"]()  # type: ignore[union-attr]
+
+
+def _logging_hook(installing: bool) -> None:
+    if not installing:
+        cancel_when_imported("logging")
+    elif "logging" not in sys.modules:
+        when_imported("logging", _keep_logging_module_lock)
+
+
 def when_imported(name: str, callback: Callable[[], None]) -> None:
     """Call ``callback()`` once, right after ``name`` is first imported."""
     cancel_when_imported(name)
@@ -164,3 +188,6 @@ def when_imported(name: str, callback: Callable[[], None]) -> None:
 def cancel_when_imported(name: str) -> None:
     sys.meta_path[:] = [f for f in sys.meta_path
                         if not (isinstance(f, _AfterImport) and f.name == name)]
+
+
+add_install_hook(_logging_hook)

@@ -10,10 +10,13 @@ finished threads and misuse go straight to the original method.
 from __future__ import annotations
 
 import threading
-from typing import Any, Optional
 
 from ._state import current_state
 from ._waitfor import JoinWait, block_on
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 _original_join: Any = threading.Thread.join
 

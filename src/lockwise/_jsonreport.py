@@ -24,7 +24,6 @@ import _thread
 import json
 import os
 import threading
-from typing import Any, Callable, Optional
 
 from . import _findings
 from ._findings import Finding
@@ -33,6 +32,10 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: writes are atomic but not merged safely
     fcntl = None  # type: ignore[assignment]
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 FORMAT = 1
 

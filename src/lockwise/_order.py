@@ -29,7 +29,6 @@ import threading
 import weakref
 from operator import attrgetter
 from types import FrameType
-from typing import Any, Optional
 
 from . import _findings
 from ._config import settings
@@ -39,6 +38,10 @@ from ._findings import Finding, FrameInfo, LockRef, StackInfo
 from ._graph import Edge, OrderGraph
 from ._sites import Site, frame_info, thread_name, user_frame, user_stack
 from ._state import ThreadState
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 _site_of = attrgetter("_site")
 # Raw lock: held only while updating the graphs; never while waiting on user

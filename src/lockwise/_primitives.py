@@ -14,13 +14,16 @@ import os
 import sys
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import _order, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
 from ._sites import INTERNAL_FILES, Site, named_site, site_of, thread_name, user_frame
 from ._state import ThreadState, _local, current_state, new_state
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 _allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
 _get_ident = threading.get_ident

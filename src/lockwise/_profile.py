@@ -58,11 +58,14 @@ import threading
 import time
 from collections import deque
 from types import CodeType, FrameType
-from typing import Any, Callable, Optional
 
 from . import _findings, _primitives, _waitfor
 from ._sites import INTERNAL_FILES, Site, thread_name
 from ._state import ThreadState, _local
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 _monotonic_ns = time.monotonic_ns
 _get_ident = threading.get_ident

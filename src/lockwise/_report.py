@@ -6,9 +6,11 @@ Used for exception messages, warnings, the runner's stderr report and
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
 from ._findings import Finding, FrameInfo, StackInfo
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 _RULE = {
     "cycle": "each thread waits for a lock held by the next one",

@@ -31,15 +31,17 @@ import sys
 import threading
 import time
 import types
-from typing import TYPE_CHECKING, Any, Optional, TextIO
-
-if TYPE_CHECKING:
-    from . import _profile
 
 from . import _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
 from ._config import settings
 from ._findings import KINDS, Finding, Record
 from ._state import in_main_interpreter
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional, TextIO
+
+    from . import _profile
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 #: Exit status when a finding of a ``--fail-on`` kind was recorded.
@@ -210,7 +212,7 @@ class Session:
         # the program's root logger (handlers set on "lockwise" still get them).
         if settings.on_lock_order == "warn":
             settings.on_lock_order = "log"
-        _findings.logger.propagate = False
+        _findings.stop_propagation()
         _install.install()
         if self.options.hang_timeout is not None:
             self.watchdog = _watchdog.Watchdog(self.options.hang_timeout).start()

@@ -53,7 +53,6 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
 
 from . import _findings
 from ._config import settings
@@ -61,6 +60,10 @@ from ._errors import DeadlockError, PotentialDeadlockError
 from ._findings import Finding, FrameInfo, LockRef, StackInfo
 from ._sites import thread_name, user_stack
 from ._state import ThreadState, states
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Optional
 
 HOST = socket.gethostname()
 #: Seconds between two checks of a blocked waiter of a shared lock.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import threading
-from typing import Any, Optional, Union
 
 from ._describe import acquired_at, kind_of, lock_refs, name_of
 from ._findings import Record
@@ -13,6 +12,10 @@ from ._report import render_table
 from ._sites import thread_name
 from ._state import ThreadState, current_state, state_of, states
 from ._waitfor import CondWaiter, JoinWait
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional, Union
 
 
 def _state_for(thread: Union[threading.Thread, int, None]) -> Optional[ThreadState]:

@@ -24,7 +24,10 @@ import itertools
 import os
 import threading
 import weakref
-from typing import Any, Optional
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 _get_ident = threading.get_ident
 

@@ -25,7 +25,6 @@ import _thread
 import sys
 import threading
 import time
-from typing import Any, Optional
 
 from . import _findings, _snapshot
 from ._config import settings
@@ -35,6 +34,10 @@ from ._report import render_hang
 from ._sites import thread_name, user_stack
 from ._state import ThreadState, internal_threads, states
 from ._waitfor import CondWaiter, JoinWait, _valid
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 def _wait_label(res: Any, refs: dict[int, LockRef]) -> str:

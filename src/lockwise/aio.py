@@ -65,7 +65,6 @@ import asyncio
 import sys
 import threading
 from types import FrameType
-from typing import Any, Optional
 
 from . import _aio_wait, _findings, _order, _state, _waitfor
 from ._aio_wait import (
@@ -85,6 +84,10 @@ from ._findings import Finding, StackInfo
 from ._primitives import _acquire_site, _drop_held
 from ._sites import Site, named_site, site_of
 from ._state import ThreadState
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 __all__ = ["BoundedSemaphore", "Condition", "Lock", "Semaphore", "install", "uninstall"]
 

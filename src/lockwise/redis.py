@@ -58,7 +58,6 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
 
 import redis as _redis
 
@@ -77,6 +76,10 @@ from ._shared_store import (
 )
 from ._sites import site_of, thread_name
 from ._state import ThreadState, begin_wait, current_state, end_wait, internal_threads
+
+TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 __all__ = ["LeaseLostError", "RedisLock"]
 
