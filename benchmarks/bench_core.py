@@ -66,6 +66,16 @@ def _nested(a: Any, b: Any, c: Any) -> Callable[[int], float]:
     return run
 
 
+def _nested2(a: Any, b: Any) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        t = now()
+        for _ in range(n):
+            with a, b:
+                pass
+        return now() - t
+    return run
+
+
 def _floor_call(lock: Any) -> Callable[[int], float]:
     """The raw lock driven the way a wrapper must: acquire(False) + release."""
     def run(n: int) -> float:
@@ -185,6 +195,15 @@ def _nesting(quick: bool) -> list[dict[str, Any]]:
                              "three acquires at the single-lock floor above, plus the "
                              "order check's fast path (tuple of held sites, set lookup) in C "
                              "for the two nested ones")))
+    base = _nested2(threading.Lock(), threading.Lock())
+    for label, Lock, _RLock in implementations():
+        x, y = [Lock() for _ in range(2)]  # one creation site: one lock class
+        _nested2(x, y)(1)
+        rows.append(row(f"2 nested locks of one site (accounts), known order [{label}]",
+                        *compare(base, _nested2(x, y), n, rounds),
+                        note=("as transfer(a, b) with both locks made by Account.__init__: "
+                              "the order check tells them apart by serial, in Python "
+                              "(_order.note)")))
     return rows
 
 

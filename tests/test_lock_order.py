@@ -371,6 +371,28 @@ def test_many_short_lived_same_site_pairs_leave_no_instance_nodes() -> None:
     with lockwise.Lock(), lockwise.Lock(name="drain"):  # a slow-path visit drains the dead
         pass
     assert sum(len(g) for g in _order._instances.values()) <= 4
+    assert len(_order._known_instances) <= 4 and len(_order._instance_keys) <= 8
+
+
+def test_repeated_same_site_nesting_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = Account(1), Account(2)
+    slow_calls = []
+    real_slow = _order._slow
+
+    def counting_slow(*args: object) -> object:
+        slow_calls.append(args)
+        return real_slow(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_order, "_slow", counting_slow)
+    for _ in range(50):
+        transfer(a, b, 1)
+    assert len(slow_calls) == 1  # the first time records the edge; later ones are known
+    assert order_findings() == []
+    with pytest.warns(PotentialDeadlockWarning):
+        run_in_thread(lambda: transfer(b, a, 1), "Teller-2")  # the other order is new
+    (finding,) = order_findings()
+    assert finding.details["level"] == "instance"
+    assert len(slow_calls) == 2
 
 
 # ------------------------------------------------------------------ control

@@ -429,3 +429,52 @@ def test_lock_held_by_another_thread_at_fork_is_reinit_in_child(impl: Any) -> No
     finally:
         done.set()
         t.join(10)
+
+
+@pytest.mark.skipif(_primitives.IMPLEMENTATION != "c", reason="the C accelerator is not in use")
+def test_new_rlock_matches_rlock_at_site_of() -> None:
+    from lockwise import _sites
+
+    def made_here() -> tuple[Any, Any]:
+        frame = sys._getframe()
+        return _accel.new_rlock(frame), _primitives.rlock_at(_sites.site_of(frame))
+
+    for _ in range(2):  # the first call fills the site cache, the second reads it
+        fast, reference = made_here()
+        assert fast._site is reference._site
+        assert fast._site.lineno == made_here.__code__.co_firstlineno + 2
+        for field in ("_owner", "_acq", "_serial", "_count"):
+            assert getattr(fast, field) == getattr(reference, field)
+        assert type(fast) is _primitives.RLock and not fast.locked()
+        with fast:
+            assert fast.count == 1 and fast._is_owned()
+    # A frame inside lockwise is skipped up to its user caller, as site_of does.
+    internal = lockwise.Condition()
+    assert internal._site is internal._lock._site
+    assert internal._site.filename == __file__
+    with pytest.raises(TypeError):
+        _accel.new_rlock(42)
+
+
+def test_condition_wait_zero_lets_other_threads_in() -> None:
+    # wait(0) queues no waiter but still releases the lock for a moment: a
+    # thread blocked on the lock gets in, and the poller sees its change.
+    cond = lockwise.Condition()
+    seen = threading.Event()
+    flag = [False]
+
+    def setter() -> None:
+        seen.set()
+        with cond:
+            flag[0] = True
+
+    deadline = time.monotonic() + 10
+    with cond:
+        worker = threading.Thread(target=setter, daemon=True)
+        worker.start()
+        assert seen.wait(10)
+        while not flag[0] and time.monotonic() < deadline:
+            assert cond.wait(0) is False
+            assert cond._is_owned() and not cond._waiters
+    worker.join(10)
+    assert flag[0]

@@ -30,8 +30,10 @@ if not in_main_interpreter():
 from ._speedups import InnerLock as InnerLock  # noqa: E402
 from ._speedups import LockBase as LockBase  # noqa: E402
 from ._speedups import RLockBase as RLockBase  # noqa: E402
+from ._speedups import new_rlock as new_rlock  # noqa: E402
 from ._speedups import set_quiet_wait as set_quiet_wait  # noqa: E402
 from ._speedups import setup  # noqa: E402
+from ._speedups import setup_rlock as setup_rlock  # noqa: E402
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:

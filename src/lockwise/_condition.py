@@ -12,7 +12,7 @@ import sys
 import threading
 from operator import attrgetter
 
-from ._primitives import Lock, rlock_at
+from ._primitives import Lock, rlock_for
 from ._sites import INTERNAL_FILES, site_of
 from ._state import current_state
 from ._waitfor import CondWaiter, block_on
@@ -68,13 +68,16 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
     a wait that can never be notified raises :class:`lockwise.DeadlockError`.
     """
 
+    #: What reports call it: "Event", "Semaphore"... when one of those made it.
+    _kind = "Condition"
+
     def __init__(self, lock: Any = None) -> None:
         frame = sys._getframe(1)
-        site = site_of(frame)
         if lock is None:
             # threading.Condition.__init__ for a lockwise RLock, which has all
             # three optional methods (every Future makes one: this is hot).
-            lock = self._lock = rlock_at(site)
+            lock = self._lock = rlock_for(frame)
+            site = lock._site
             self.acquire = lock.acquire
             self.release = lock.release
             self._release_save = lock._release_save
@@ -83,8 +86,10 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             self._waiters: _deque[Any] = _deque()
         else:
             super().__init__(lock)
+            site = site_of(frame)
         self._site = site
-        self._kind = _creator_kind(frame)
+        if frame.f_code.co_filename in INTERNAL_FILES:
+            self._kind = _creator_kind(frame)
 
     # `with cond:` calls the lock's own methods, found through a C property and
     # getter: no Python frame (threading.Condition.__enter__) stands between
@@ -96,20 +101,25 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
     def wait(self, timeout: Optional[float] = None) -> bool:
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
+        if timeout is not None and timeout <= 0:
+            # wait(0) only polls (Semaphore.acquire(timeout=0) does it on every
+            # call): the lock is released and taken back, so other threads get
+            # their turn, but no waiter is queued. threading's would be queued
+            # and removed again, and a notify racing with that window may or
+            # may not find it; returning False is the outcome of the notify
+            # coming after the timeout, and leaves that notify to a real waiter.
+            saved_state = self._release_save()
+            try:
+                return False
+            finally:
+                self._acquire_restore(saved_state)
         waiter = _Waiter(self, _allocate_lock())
         waiter.lock.acquire()
         self._waiters.append(waiter)
         saved_state = self._release_save()
         gotit = False
         try:  # restore state no matter what (e.g., KeyboardInterrupt)
-            if timeout is None:
-                gotit = block_on(current_state(), waiter, waiter.lock, None)
-            elif timeout > 0:
-                gotit = block_on(current_state(), waiter, waiter.lock, timeout)
-            else:
-                # wait(0) only polls (Semaphore.acquire(timeout=0) does it on
-                # every call): it cannot block, so there is no wait to show.
-                gotit = waiter.lock.acquire(False)
+            gotit = block_on(current_state(), waiter, waiter.lock, timeout)
             return gotit
         finally:
             self._acquire_restore(saved_state)

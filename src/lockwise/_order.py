@@ -44,6 +44,8 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 _site_of = attrgetter("_site")
+_serial_of = attrgetter("_serial")
+_NO_GATES: frozenset[Any] = frozenset()
 # Raw lock: held only while updating the graphs; never while waiting on user
 # locks or calling user code. Taken with a timeout so that re-entry from a
 # signal handler can only skip an edge, never hang.
@@ -51,6 +53,11 @@ _lock = threading._allocate_lock()  # type: ignore[attr-defined]
 
 #: Chain keys (held sites, new site) whose edges are recorded and checked.
 _known: set[tuple[tuple[Site, ...], Site]] = set()
+#: The same for chains that nest locks of one site, which the chain key cannot
+#: tell apart: (chain key, serials of the held locks, serial of the new one).
+#: Serials are never reused; a key goes when one of its locks dies.
+_known_instances: set[tuple[Any, ...]] = set()
+_instance_keys: dict[tuple[Site, int], list[tuple[Any, ...]]] = {}
 _classes: OrderGraph[Site] = OrderGraph()
 _instances: dict[Site, OrderGraph[int]] = {}
 _types: dict[Site, str] = {}
@@ -89,7 +96,10 @@ def note(ts: ThreadState, lock: Any) -> Optional[BaseException]:
     site = lock._site
     chain = tuple(map(_site_of, ts.held))
     key = (chain, site)
-    if key in _known and site not in chain:
+    if site not in chain:
+        if key in _known:
+            return None
+    elif lock._serial and (key, tuple(map(_serial_of, ts.held)), lock._serial) in _known_instances:
         return None
     if site.signal:
         return None
@@ -112,10 +122,23 @@ def _serial(lock: Any) -> int:
     return serial
 
 
+def _know_instances(key: tuple[tuple[Site, ...], Site], held: list[Any], lock: Any) -> None:
+    """Validate the chain of ``held`` + ``lock`` (nesting locks of one site)."""
+    ikey = (key, tuple(map(_serial_of, held)), lock._serial)
+    if ikey in _known_instances:
+        return
+    _known_instances.add(ikey)
+    for h in (*held, lock):
+        if h._serial:
+            _instance_keys.setdefault((h._site, h._serial), []).append(ikey)
+
+
 def _drain_dead() -> None:
     while _dead:
         site, serial = _dead.pop()
         _serial_refs.pop((site, serial), None)
+        for ikey in _instance_keys.pop((site, serial), ()):
+            _known_instances.discard(ikey)
         graph = _instances.get(site)
         if graph is not None:
             graph.remove_node(serial)
@@ -160,34 +183,38 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
         chain = tuple(map(_site_of, ts.held))
         key = (chain, lock._site)
         site = lock._site
-        _types.setdefault(site, kind_of(lock))
-        user = user_frame(frame)
+        if site not in _types:
+            _types[site] = kind_of(lock)
         held = [h for h in ts.held if h is not lock and not h._site.signal]
+        # Two locks of one site reach here on every nested acquisition (the
+        # chain cache cannot tell instances apart): a known edge costs no
+        # names, no stacks and no new objects.
         for h in held:
             hsite = h._site
-            gates = frozenset(o._site for o in held if o is not h and o._site is not hsite
-                              and o._site is not site)
+            gates = (frozenset(o._site for o in held if o is not h and o._site is not hsite
+                               and o._site is not site)
+                     if len(held) > 1 else _NO_GATES)
             if hsite is site:
-                graph: OrderGraph[Any] = _instances.setdefault(site, OrderGraph())
+                graph: Optional[OrderGraph[Any]] = _instances.get(site)
+                if graph is None:
+                    graph = _instances[site] = OrderGraph()
                 a: Any = _serial(h)
                 b: Any = _serial(lock)
-                refs = (_ref(site, a), _ref(site, b))
             else:
                 graph = _classes
                 a, b = hsite, site
-                _types.setdefault(hsite, kind_of(h))
-                refs = (_ref(hsite), _ref(site))
+                if hsite not in _types:
+                    _types[hsite] = kind_of(h)
             edge = graph.edge(a, b)
             if edge is None:
-                info = _EdgeInfo(actor_name(ts), refs[0], refs[1],
-                                 _stack_to(user, h), user_stack(user))
-                edge = Edge(gates, info, ts.uid)
+                edge = Edge(gates, _edge_info(ts, h, lock, a, b, frame), ts.uid)
                 graph.add(a, b, edge)
             else:
                 edge.threads.add(ts.uid)
                 if edge.info is None:  # declared before it was seen
-                    edge.info = _EdgeInfo(actor_name(ts), refs[0], refs[1],
-                                          _stack_to(user, h), user_stack(user))
+                    edge.info = _edge_info(ts, h, lock, a, b, frame)
+                if not edge.gates:
+                    continue  # nothing left to narrow
                 narrowed = edge.gates & gates
                 if narrowed == edge.gates:
                     continue
@@ -197,12 +224,25 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
                 found.append(_finding(graph, cycle, site if graph is not _classes else None))
         if site not in chain:
             _known.add(key)
+        else:
+            _know_instances(key, ts.held, lock)
     except Exception as exc:
         _findings.internal_error("the lock-order check", exc)
     finally:
         _lock.release()
         ts.quiet -= 1
     return _report(ts, found)
+
+
+def _edge_info(ts: ThreadState, held: Any, lock: Any, a: Any, b: Any,
+               frame: Optional[FrameType]) -> _EdgeInfo:
+    """Who first took ``held`` then ``lock``, and where (nodes ``a`` -> ``b``)."""
+    user = user_frame(frame)
+    if held._site is lock._site:
+        refs = (_ref(lock._site, a), _ref(lock._site, b))
+    else:
+        refs = (_ref(a), _ref(b))
+    return _EdgeInfo(actor_name(ts), refs[0], refs[1], _stack_to(user, held), user_stack(user))
 
 
 def _drop_orphans(ts: ThreadState) -> None:
@@ -315,6 +355,8 @@ def reset() -> None:
     """Forget the order graph (the recorded edges and validated chains)."""
     with _lock:
         _known.clear()
+        _known_instances.clear()
+        _instance_keys.clear()
         _classes.out.clear()
         _classes.into.clear()
         _instances.clear()

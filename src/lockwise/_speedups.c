@@ -424,12 +424,8 @@ innerlock_at_fork_reinit(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyObject *
-innerlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+alloc_inner(PyTypeObject *type)
 {
-    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
-        PyErr_SetString(PyExc_TypeError, "InnerLock() takes no arguments");
-        return NULL;
-    }
     InnerLockObject *self = (InnerLockObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -441,6 +437,16 @@ innerlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     return (PyObject *)self;
+}
+
+static PyObject *
+innerlock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    if (PyTuple_GET_SIZE(args) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "InnerLock() takes no arguments");
+        return NULL;
+    }
+    return alloc_inner(type);
 }
 
 static void
@@ -1385,7 +1391,126 @@ speedups_set_quiet_wait(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyLong_FromLongLong(previous);
 }
 
+/* ------------------------------------------------------ a Condition's RLock */
+
+static PyTypeObject *g_rlock_type;  /* lockwise's (accelerated) RLock class */
+static PyObject *g_by_offset;       /* _sites._by_offset */
+static PyObject *g_site_of;         /* _sites.site_of */
+
+/* The site of the first user frame at or above `frame`, as _sites.site_of
+ * finds it: from its (id(code), lasti) cache, else by calling site_of. */
+static PyObject *
+site_for(PyObject *frame_obj)  /* new ref */
+{
+    PyFrameObject *frame = (PyFrameObject *)Py_NewRef(frame_obj);
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    for (;;) {
+        int internal = is_internal(code);
+        if (internal < 0)
+            goto fail;
+        if (!internal)
+            break;
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        if (back == NULL)
+            goto slow;
+        Py_DECREF(frame);
+        Py_DECREF(code);
+        frame = back;
+        code = PyFrame_GetCode(frame);
+    }
+    PyObject *key = Py_BuildValue("(Ni)", PyLong_FromVoidPtr(code), frame_lasti(frame));
+    if (key == NULL)
+        goto fail;
+    PyObject *entry = PyDict_GetItemWithError(g_by_offset, key);  /* borrowed */
+    Py_DECREF(key);
+    if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2
+        && PyTuple_GET_ITEM(entry, 0) == (PyObject *)code) {
+        PyObject *site = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
+        Py_DECREF(code);
+        Py_DECREF(frame);
+        return site;
+    }
+    if (PyErr_Occurred())
+        goto fail;
+slow:
+    Py_DECREF(code);
+    PyObject *site = PyObject_CallOneArg(g_site_of, (PyObject *)frame);
+    Py_DECREF(frame);
+    return site;
+fail:
+    Py_DECREF(code);
+    Py_DECREF(frame);
+    return NULL;
+}
+
+/* new_rlock(frame): what _primitives.rlock_at(_sites.site_of(frame)) makes. */
+static PyObject *
+speedups_new_rlock(PyObject *Py_UNUSED(module), PyObject *frame)
+{
+    if (g_rlock_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup_rlock() was not called");
+        return NULL;
+    }
+    if (!PyFrame_Check(frame)) {
+        PyErr_SetString(PyExc_TypeError, "new_rlock() expects a frame");
+        return NULL;
+    }
+    PyObject *site = site_for(frame);
+    if (site == NULL)
+        return NULL;
+    PyObject *inner = alloc_inner(&InnerLock_Type);
+    if (inner == NULL) {
+        Py_DECREF(site);
+        return NULL;
+    }
+    PyObject *serial = PyLong_FromLong(0);
+    if (serial == NULL) {
+        Py_DECREF(inner);
+        Py_DECREF(site);
+        return NULL;
+    }
+    LockObject *self = (LockObject *)g_rlock_type->tp_alloc(g_rlock_type, 0);
+    if (self == NULL) {
+        Py_DECREF(serial);
+        Py_DECREF(inner);
+        Py_DECREF(site);
+        return NULL;
+    }
+    self->inner = inner;
+    self->owner = Py_NewRef(Py_None);
+    self->site = site;
+    self->acq = Py_NewRef(Py_None);
+    self->acq_lasti = -1;
+    self->serial = serial;
+    self->count = 0;
+    return (PyObject *)self;
+}
+
+static PyObject *
+speedups_setup_rlock(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *rlock_type, *by_offset, *site_of;
+    if (!PyArg_ParseTuple(args, "O!O!O:setup_rlock", &PyType_Type, &rlock_type,
+                          &PyDict_Type, &by_offset, &site_of))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)rlock_type, &RLockBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "setup_rlock() expects a subclass of RLockBase");
+        return NULL;
+    }
+    Py_INCREF(rlock_type);
+    Py_XSETREF(g_rlock_type, (PyTypeObject *)rlock_type);
+    Py_XSETREF(g_by_offset, Py_NewRef(by_offset));
+    Py_XSETREF(g_site_of, Py_NewRef(site_of));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"new_rlock", speedups_new_rlock, METH_O,
+     "new_rlock(frame) -> a new RLock whose creation site is the first user frame "
+     "at or above frame (a Condition's own lock)."},
+    {"setup_rlock", speedups_setup_rlock, METH_VARARGS,
+     "setup_rlock(RLock, by_offset, site_of): the class new_rlock makes and the site "
+     "cache it reads (called once by lockwise._primitives)."},
     {"set_quiet_wait", speedups_set_quiet_wait, METH_O,
      "set_quiet_wait(us) -> previous: how long a contended acquire waits in C "
      "before the slow path (0: not at all)."},

@@ -1,5 +1,6 @@
 """Types of the optional C accelerator (see _speedups.c)."""
 
+from types import FrameType
 from typing import Any, Callable, Optional
 
 class InnerLock:
@@ -30,3 +31,6 @@ def setup(local: Any, new_state: Callable[[], Any], settings: Any,
           note: Callable[[Any, Any], Optional[BaseException]], internal_files: set[str],
           thread_state_type: type, a_lock: Any, order_module: Any = ...) -> None: ...
 def set_quiet_wait(us: int) -> int: ...
+def new_rlock(frame: FrameType) -> Any: ...
+def setup_rlock(rlock_type: type, by_offset: dict[Any, Any],
+                site_of: Callable[[Optional[FrameType]], Any]) -> None: ...
