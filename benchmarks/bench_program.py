@@ -86,10 +86,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-#: What the measurements of this workload (perf, per-component installs) showed.
-WHY = ("measured with perf and per-component installs: about half is start-up (the "
-       "start-up row: lockwise's modules, typing, argparse and json, ~15% of this 0.5 s "
-       "program), the rest is per operation: locks taken inside threading.py "
-       "(Semaphore.acquire, Condition._acquire_restore) need a stack walk to find the "
-       "user's line (~6% of CPU), and each of the 20,000 Futures makes a lockwise "
-       "Condition and RLock (2.4 vs 1.6 us)")
+#: What the measurements of this workload showed (shown when the target is missed).
+WHY = ("measured with callgrind (instruction counts, immune to this machine's timing noise): "
+       "per task, lockwise run executes about as many instructions as plain python (455M vs "
+       "460M for 5,000 tasks, start-up excluded); start-up is ~56M instructions more "
+       "(lockwise's ~20 modules and json, ~20 ms: the start-up row); the rest of a wall-time "
+       "ratio above that is run-to-run variation of a 2-CPU virtual machine: compare the "
+       "medians over more rounds")

@@ -553,9 +553,9 @@ def _at_exit(session: Session) -> None:
     if status == FAIL_STATUS:
         # Only an explicit LOCKWISE_FAIL_ON gets here. The exit status can no
         # longer be changed otherwise: flush what we can and leave.
-        import logging
-
-        logging.shutdown()
+        logging = sys.modules.get("logging")  # flush its handlers, if the program used it
+        if logging is not None:
+            logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:
