@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -63,3 +65,26 @@ def row(name: str, base: Optional[float], lw: Optional[float], ratio: Optional[f
 
 def now() -> float:
     return time.perf_counter()
+
+
+def wall_time(cmd: list[str], env: dict[str, str], quiet: bool = False,
+              limit: float = 300) -> float:
+    """Seconds from starting ``cmd`` to its exit (it must exit with status 0).
+
+    Waits with a blocking ``waitpid``: ``subprocess`` waits that take a
+    timeout poll with sleeps growing to 50 ms, which rounds every measured
+    time up by as much. A timer kills a process still running after ``limit``.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL if quiet else None)
+    killer = threading.Timer(limit, proc.kill)
+    killer.start()
+    try:
+        status = proc.wait()
+    finally:
+        killer.cancel()
+    elapsed = time.perf_counter() - start
+    if status != 0:
+        raise subprocess.CalledProcessError(status, cmd)
+    return elapsed

@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import compare, implementations, row
+from _common import compare, implementations, row, wall_time
 
 PROGRAM = Path(__file__).resolve().parent / "_program.py"
-
-
-def _wall(cmd: list[str], env: dict[str, str]) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=300)
-    return time.perf_counter() - t
 
 
 def _program_rows(quick: bool) -> list[dict[str, Any]]:
@@ -46,8 +38,8 @@ def _program_rows(quick: bool) -> list[dict[str, Any]]:
             base: list[float] = []
             prof: list[float] = []
             for _ in range(rounds):
-                base.append(_wall(plain, env))
-                prof.append(_wall(cmd, env))
+                base.append(wall_time(plain, env, quiet=True))
+                prof.append(wall_time(cmd, env, quiet=True))
             ratio = statistics.median(p / b for b, p in zip(base, prof))
             rows.append(row(f"whole program: `lockwise run {option}` vs `lockwise run` [{label}]",
                             statistics.median(base), statistics.median(prof), ratio,

@@ -14,17 +14,12 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from _common import wall_time
+
 PROGRAM = Path(__file__).resolve().parent / "_program.py"
-
-
-def _wall(cmd: list[str], env: dict[str, str]) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
-    return time.perf_counter() - t
 
 
 def _runner_available() -> bool:
@@ -49,8 +44,8 @@ def _startup(rounds: int) -> dict[str, Any]:
     base: list[float] = []
     lw: list[float] = []
     for _ in range(rounds):
-        base.append(_wall([sys.executable, str(empty)], dict(os.environ)))
-        lw.append(_wall([sys.executable, "-m", "lockwise", "run", "--quiet", str(empty)],
+        base.append(wall_time([sys.executable, str(empty)], dict(os.environ)))
+        lw.append(wall_time([sys.executable, "-m", "lockwise", "run", "--quiet", str(empty)],
                         dict(os.environ)))
     b, w = statistics.median(base), statistics.median(lw)
     return {"name": "start-up: `lockwise run` of an empty program vs `python`", "baseline": b,
@@ -74,8 +69,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         base: list[float] = []
         lw: list[float] = []
         for _ in range(rounds):
-            base.append(_wall(plain, env))
-            lw.append(_wall(wrapped, env))
+            base.append(wall_time(plain, env))
+            lw.append(wall_time(wrapped, env))
         ratios = [b2 / b1 for b1, b2 in zip(base, lw)]
         ratio = statistics.median(ratios)
         rows.append({"name": f"{name} [{label}]", "baseline": statistics.median(base),

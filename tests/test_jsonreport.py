@@ -49,6 +49,19 @@ def test_writers_merge_and_never_drop(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["r.json"]  # no temporary file left
 
 
+def test_a_writer_knows_when_another_process_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    parent = JsonWriter(str(path), fresh=True, source=lambda: [_finding("parent", 1)])
+    assert not parent.written_by_others()
+    parent.flush()
+    assert not parent.written_by_others()  # its own writes do not count
+    child = JsonWriter(str(path), fresh=False, source=lambda: [_finding("child", 2)])
+    child.flush()
+    assert parent.written_by_others()
+    parent.flush()
+    assert not parent.written_by_others()
+
+
 def test_reentrant_flush_does_not_deadlock(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     items = [_finding("one", 1)]

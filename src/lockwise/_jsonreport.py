@@ -125,6 +125,14 @@ def document(findings: list[dict[str, Any]]) -> dict[str, Any]:
     return {"format": FORMAT, "findings": findings}
 
 
+def _stamp(path: str) -> Optional[tuple[int, int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class JsonWriter:
     """Keeps the JSON report at ``path`` up to date; use as a findings listener.
 
@@ -146,6 +154,8 @@ class JsonWriter:
         self._lock = _thread.RLock()  # the interpreter's own: never instrumented
         self._local = threading.local()
         self._pending = False
+        #: (inode, mtime, size) of the file as this writer last left it.
+        self._stamp: Optional[tuple[int, int, int]] = None
         if fresh:
             self._write(document([]))
         if hasattr(os, "register_at_fork"):
@@ -155,6 +165,11 @@ class JsonWriter:
         self._lock = _thread.RLock()
         self._local = threading.local()
         self._pending = False
+
+    def written_by_others(self) -> bool:
+        """Whether another process replaced the file since this writer last
+        wrote it (every write replaces the file: a new inode)."""
+        return self._stamp is None or _stamp(self.path) != self._stamp
 
     def __call__(self, finding: Finding) -> None:
         self.flush()
@@ -209,6 +224,7 @@ class JsonWriter:
                 json.dump(data, f, indent=1, default=str)
                 f.write("\n")
             os.replace(tmp, self.path)
+            self._stamp = _stamp(self.path)
         except BaseException:
             try:
                 os.unlink(tmp)

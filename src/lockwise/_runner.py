@@ -283,6 +283,8 @@ class Session:
         mine = _findings.findings()
         if self.writer is None:
             return mine
+        if self._temp_json is not None and not self.writer.written_by_others():
+            return mine  # the run's own report file: no other process added to it
         self.writer.flush()
         try:
             return _jsonreport.load(self.writer.path)
