@@ -202,8 +202,7 @@ def _nesting(quick: bool) -> list[dict[str, Any]]:
         rows.append(row(f"2 nested locks of one site (accounts), known order [{label}]",
                         *compare(base, _nested2(x, y), n, rounds),
                         note=("as transfer(a, b) with both locks made by Account.__init__: "
-                              "the order check tells them apart by serial, in Python "
-                              "(_order.note)")))
+                              "the order check's key adds the locks' serials")))
     return rows
 
 

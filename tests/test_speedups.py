@@ -478,3 +478,29 @@ def test_condition_wait_zero_lets_other_threads_in() -> None:
             assert cond._is_owned() and not cond._waiters
     worker.join(10)
     assert flag[0]
+
+
+@pytest.mark.skipif(_primitives.IMPLEMENTATION != "c", reason="the C accelerator is not in use")
+def test_same_site_nesting_is_validated_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lockwise import _order
+
+    lockwise.reset()
+    calls = []
+    real_note = _order.note
+
+    def counting_note(ts: Any, lock: Any) -> Any:
+        calls.append(lock)
+        return real_note(ts, lock)
+
+    monkeypatch.setattr(_order, "note", counting_note)
+    first, second = [_primitives.Lock() for _ in range(2)]  # one site
+    for _ in range(20):
+        with first, second:
+            pass
+    assert calls == [second]  # validated once in Python, then found by C
+    third = _primitives.Lock()
+    with second, third:  # distinct site: the class-level key, also once
+        pass
+    with second, third:
+        pass
+    assert calls == [second, third]

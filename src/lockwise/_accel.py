@@ -66,6 +66,8 @@ def accelerate(pure: type, base: type) -> type:
 
 
 # The C side also runs the first lines of _order.note itself (ts.quiet, then the
-# chain key (held sites, new site) found in _order._known): a nested acquire of
-# an already validated order calls no Python code. Keep it in step with note().
+# chain key (held sites, new site) found in _order._known, or for nested locks of
+# one site the key with their serials found in _order._known_instances): a nested
+# acquire of an already validated order calls no Python code. Keep it in step
+# with note().
 setup(_local, new_state, settings, _note, INTERNAL_FILES, ThreadState, _allocate_lock(), _order)

@@ -3,7 +3,9 @@
 ``note(ts, lock)`` runs for a blocking, untimed acquisition made while the
 thread holds other locks. Its fast path builds the chain key (the sites of the
 held locks plus the new lock's site) and returns when the key was validated
-before: a tuple build and one set lookup. Otherwise the slow path records the
+before: a tuple build and one set lookup (when locks of one site are nested,
+the key also holds their serials: ``_known_instances``; the C accelerator runs
+this fast path itself). Otherwise the slow path records the
 edges held-lock -> new-lock in the graphs of ``_graph`` and searches for the
 cycle each new edge closes.
 

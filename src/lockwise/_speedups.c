@@ -67,7 +67,8 @@ static PyObject *g_last_ts;
 
 static PyObject *s_locked;
 static PyObject *s_acquire, *s_release, *s_held, *s_ident, *s_signal, *s_lock_order,
-    *s_ts, *s_acquire_slow, *s_minus_one, *s_quiet, *s_site, *s_known;
+    *s_ts, *s_acquire_slow, *s_minus_one, *s_quiet, *s_site, *s_known,
+    *s_known_instances, *s_serial;
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -729,6 +730,44 @@ site_of_lock(PyObject *lock)  /* new ref */
     return PyObject_GetAttr(lock, s_site);
 }
 
+/* (key, serials of the held locks, serial of self): _order.note's key for
+ * nested locks of one site. New ref; NULL without an error when self has no
+ * serial yet (note must run), NULL with an error on failure. */
+static PyObject *
+instance_key(PyObject *key, PyObject *held, Py_ssize_t n, LockObject *self)
+{
+    if (self->serial == NULL)
+        return NULL;
+    int numbered = PyObject_IsTrue(self->serial);
+    if (numbered <= 0)
+        return NULL;
+    PyObject *serials = PyTuple_New(n);
+    if (serials == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyList_GET_SIZE(held) != n) {  /* changed under us */
+            Py_DECREF(serials);
+            return NULL;
+        }
+        PyObject *lock = PyList_GET_ITEM(held, i);
+        PyObject *serial;
+        if ((PyObject_TypeCheck(lock, &LockBase_Type) || PyObject_TypeCheck(lock, &RLockBase_Type))
+            && ((LockObject *)lock)->serial != NULL)
+            serial = Py_NewRef(((LockObject *)lock)->serial);
+        else
+            serial = PyObject_GetAttr(lock, s_serial);
+        if (serial == NULL) {  /* not ours to judge: let note() decide */
+            PyErr_Clear();
+            Py_DECREF(serials);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(serials, i, serial);
+    }
+    PyObject *ikey = PyTuple_Pack(3, key, serials, self->serial);
+    Py_DECREF(serials);
+    return ikey;
+}
+
 /* The fast path of _order.note(ts, lock), in C: 1 when note would return None
  * at once (lockwise reporting, or this chain of sites was validated before),
  * 0 when note must run, -1 on error. Mirrors _order.note's first lines. */
@@ -759,7 +798,7 @@ order_known(PyObject *ts, LockObject *self, PyObject *held)
             in_chain = 1;
         PyTuple_SET_ITEM(chain, i, site);
     }
-    if (PyList_GET_SIZE(held) != n || in_chain) {  /* changed under us, or a repeat */
+    if (PyList_GET_SIZE(held) != n) {  /* changed under us */
         Py_DECREF(chain);
         return 0;
     }
@@ -767,7 +806,15 @@ order_known(PyObject *ts, LockObject *self, PyObject *held)
     Py_DECREF(chain);
     if (key == NULL)
         return -1;
-    PyObject *known = PyObject_GetAttr(g_order, s_known);
+    if (in_chain) {
+        /* Locks of one site nested: _order._known_instances, keyed by serials. */
+        PyObject *ikey = instance_key(key, held, n, self);
+        Py_DECREF(key);
+        if (ikey == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+        key = ikey;
+    }
+    PyObject *known = PyObject_GetAttr(g_order, in_chain ? s_known_instances : s_known);
     if (known == NULL) {
         Py_DECREF(key);
         return -1;
@@ -1547,6 +1594,8 @@ PyInit__speedups(void)
     INTERN(s_quiet, "quiet");
     INTERN(s_site, "_site");
     INTERN(s_known, "_known");
+    INTERN(s_known_instances, "_known_instances");
+    INTERN(s_serial, "_serial");
     INTERN(g_ts_key, "lockwise._speedups.thread_state");
     if ((s_minus_one = PyLong_FromLong(-1)) == NULL)
         return NULL;
