@@ -457,20 +457,17 @@ def test_findings_are_logged_once_the_program_imports_logging() -> None:
     # configures it after lockwise still gets the findings as log records.
     code = textwrap.dedent("""
         import sys, lockwise
+        def invert(first, second):
+            with first, second:
+                pass
+            with second, first:
+                pass
         assert "logging" not in sys.modules
         lockwise.configure(on_lock_order="log")
-        a, b = lockwise.Lock(name="a"), lockwise.Lock(name="b")
-        with a, b:
-            pass
-        with b, a:
-            pass
+        invert(lockwise.Lock(name="a"), lockwise.Lock(name="b"))
         import logging
         logging.basicConfig(format="%(name)s %(levelname)s %(message)s")
-        c, d = lockwise.Lock(name="c"), lockwise.Lock(name="d")
-        with c, d:
-            pass
-        with d, c:
-            pass
+        invert(lockwise.Lock(name="c"), lockwise.Lock(name="d"))
         print(len(lockwise.findings()))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
