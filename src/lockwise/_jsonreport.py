@@ -125,7 +125,7 @@ def document(findings: list[dict[str, Any]]) -> dict[str, Any]:
     return {"format": FORMAT, "findings": findings}
 
 
-def _stamp(path: str) -> Optional[tuple[int, int, int]]:
+def _file_stamp(path: str) -> Optional[tuple[int, int, int]]:
     try:
         st = os.stat(path)
     except OSError:
@@ -169,7 +169,7 @@ class JsonWriter:
     def written_by_others(self) -> bool:
         """Whether another process replaced the file since this writer last
         wrote it (every write replaces the file: a new inode)."""
-        return self._stamp is None or _stamp(self.path) != self._stamp
+        return self._stamp is None or _file_stamp(self.path) != self._stamp
 
     def __call__(self, finding: Finding) -> None:
         self.flush()
@@ -224,7 +224,7 @@ class JsonWriter:
                 json.dump(data, f, indent=1, default=str)
                 f.write("\n")
             os.replace(tmp, self.path)
-            self._stamp = _stamp(self.path)
+            self._stamp = _file_stamp(self.path)
         except BaseException:
             try:
                 os.unlink(tmp)
