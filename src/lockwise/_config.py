@@ -31,7 +31,8 @@ class Settings:
         self.check_interval = 0.02
         #: How long "every thread is blocked" must hold before it is a deadlock.
         self.confirm_delay = 0.01
-        #: Whether a Python-level signal handler may wake the main thread.
+        #: Whether an installed Python signal handler may wake a blocked thread
+        #: (then "every thread is blocked" is not proof of a deadlock).
         self.signals_wake_main = True
         #: Directory of the inter-process wait-for store (None: $LOCKWISE_SHARED_DIR
         #: or a per-user folder under the system temp directory).
@@ -79,8 +80,11 @@ def configure(**options: Any) -> dict[str, Any]:
       blocked thread (default 0.02).
     * ``confirm_delay``: how long every thread must stay blocked before that
       is called a deadlock (default 0.01).
-    * ``signals_wake_main``: count the main thread as able to run while a
-      Python signal handler is installed (default True).
+    * ``signals_wake_main``: while a Python signal handler is installed, a
+      handler may still run on the main thread and wake any blocked thread,
+      so "every thread is blocked" raises nothing (default True). Set it
+      False only for a program whose handlers never release, set or notify
+      anything a thread waits for.
     * ``shared_dir``: the directory where processes of one machine share their
       wait-for graph for :class:`lockwise.FileLock` (default: the environment
       variable ``LOCKWISE_SHARED_DIR``, else ``<tempdir>/lockwise-<uid>``).

@@ -3,17 +3,24 @@
 Two rules decide that a wait can never end:
 
 1. **Ownership cycle.** Follow "waits for the owner of" from the blocking
-   thread: through Locks and RLocks to their owners, through joins to the
-   joined thread. Returning to the start is a deadlock. Edges through a
-   Lock that has been used as a signal (released by another thread) are not
-   followed, and a thread waiting on a Lock it holds itself is left to rule 2
-   (another thread may release it: hand-off). A wait on a lock whose owner
-   has exited is a deadlock too. Cost: one step per thread on the path.
+   thread, through joins to the joined thread and through locks to their
+   owners, but only through a lock that nobody but its owner will release:
+   an RLock (only its owner can), or a Lock its owner took in a ``with``
+   block (its own ``__exit__`` releases it). A Lock taken by a bare
+   ``acquire()`` may be a hand-off that another thread releases, so a path
+   through it proves nothing. Returning to the start is a deadlock, and so
+   is a wait for such a lock held by the waiter itself. A wait on an RLock
+   whose owner has exited is a deadlock too. Cost: one step per thread on
+   the path.
 2. **Nobody left to run.** Every live thread is blocked, without a timeout,
    on something lockwise sees (a lock, a Condition, hence Event, Semaphore,
-   Barrier and queue, or a join). Then nothing can release anything: the
-   per-process form of Go's "all goroutines are asleep". It must hold on two
-   scans ``confirm_delay`` apart, with no thread having changed its wait in
+   Barrier and queue, or a join), no Python signal handler is installed that
+   could still run and wake one (see ``signal_may_wake``), and the process
+   runs no thread that Python does not know (a native thread of a C library
+   may call back and release something; on Linux ``/proc/self/task`` is
+   counted). Then nothing can release anything: the per-process form of
+   Go's "all goroutines are asleep". It must hold on two scans
+   ``confirm_delay`` apart, with no thread having changed its wait in
    between (``ThreadState.changes``), so transient states and threads that
    are still starting are never mistaken for a freeze. Cost: O(threads),
    paid only when the number of blocked threads reaches the thread count.
@@ -37,17 +44,19 @@ wait (an owner that exits holding the lock, a victim chosen by another
 thread's stall check) and keeps waits free of wake-ups, which cost a GIL
 hand-off each.
 
-Limits: a thread blocked outside lockwise (sockets, sleep, C-level queues,
-locks created before ``install()``) counts as able to run, and so does the
-main thread waiting on a Condition (Event, Semaphore, queue...) while a
-Python signal handler is installed (the SIGTERM handler that sets the Event
-main waits on); then rule 2 stays silent and the watchdog reports the hang.
-Timer signals (SIGALRM, SIGVTALRM, SIGPROF) are taken as timeouts and
-profilers, not wake-ups.
+Precision first: a rule raises only when the freeze is provable from what
+lockwise sees. Where a wake-up could come from outside its view, nothing is
+raised and the watchdog reports the hang: a thread blocked outside lockwise
+(sockets, sleep, C-level queues, locks created before ``install()``) counts
+as able to run; while a Python signal handler is installed (other than
+Ctrl-C's default one and pytest-timeout's, which only fails a test) or a
+native thread runs, rule 2 stays silent. Rule 1 does not depend on them: an
+ownership cycle is a freeze that no handler or other thread can end.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -218,8 +227,30 @@ def _valid(res: Any) -> bool:
     return res._owner is not None and bool(res._inner.locked())
 
 
-def _next_hop(ts: ThreadState) -> Optional[tuple[ThreadState, bool]]:
-    """Whom ``ts`` waits for, and whether only that thread can end the wait."""
+#: How a wait's edge may be ended, from the weakest to the strongest evidence.
+ANY_THREAD = 0    # a Lock taken by a bare acquire(): any thread may release it (hand-off)
+OWN_THREAD = 1    # a Lock taken in a ``with`` block: its own ``__exit__`` releases it
+OWNER_ONLY = 2    # an RLock (FileLock, ...) or a join: only that thread can end the wait
+
+
+def release_evidence(lock: Any) -> int:
+    """What ends a wait on ``lock``, as far as lockwise can prove it.
+
+    Only the owner can release an RLock (and the other locks with a recursion
+    count). A plain Lock may be released by any thread: its holder is its
+    releaser only when it took the lock in a ``with`` block (and its site was
+    never seen released by another thread); a bare ``acquire()`` may be a
+    hand-off to a thread that releases it later.
+    """
+    if hasattr(lock, "_count"):
+        return OWNER_ONLY
+    if getattr(lock, "_held_in_with", False) and not lock._site.signal:
+        return OWN_THREAD
+    return ANY_THREAD
+
+
+def _next_hop(ts: ThreadState) -> Optional[tuple[ThreadState, int]]:
+    """Whom ``ts`` waits for, and what ends the wait (see ``release_evidence``)."""
     res = ts.waiting
     if res is None or ts.wait_timed or not _valid(res):
         return None
@@ -227,13 +258,17 @@ def _next_hop(ts: ThreadState) -> Optional[tuple[ThreadState, bool]]:
         return None
     if isinstance(res, JoinWait):
         target = state_of(res.thread.ident or 0)
-        return None if target is None else (target, True)
+        return None if target is None else (target, OWNER_ONLY)
     owner: ThreadState = res._owner
-    strict = hasattr(res, "_count") or not res._site.signal
-    return owner, strict
+    return owner, release_evidence(res)
 
 
 def _walk(me: ThreadState) -> Optional[list[tuple[ThreadState, int]]]:
+    """The ownership path from ``me`` back to ``me``, or None.
+
+    Only edges that one thread alone can end are followed: a path through a
+    Lock that another thread may release proves nothing (rule 2 decides).
+    """
     path = [(me, me.changes)]
     seen = {me}
     cur = me
@@ -241,14 +276,18 @@ def _walk(me: ThreadState) -> Optional[list[tuple[ThreadState, int]]]:
         hop = _next_hop(cur)
         if hop is None:
             return None
-        nxt, strict = hop
-        if not strict:
+        nxt, evidence = hop
+        if evidence == ANY_THREAD:
             return None
         if nxt is me:
-            return None if cur is me else path
+            return path  # a cycle; of one thread when it waits for a lock it holds
         if not nxt.alive:
-            # The owner exited holding the lock: nobody can release it.
-            return path + [(nxt, nxt.changes)] if cur is me else None
+            # The owner exited holding the lock. Nobody else can release an
+            # RLock; a Lock still inside a with-block of an exited thread
+            # belongs to a suspended generator that another thread may close.
+            if cur is me and evidence == OWNER_ONLY:
+                return path + [(nxt, nxt.changes)]
+            return None
         if nxt in seen:
             return None
         seen.add(nxt)
@@ -272,23 +311,48 @@ def _ownership_cycle(me: ThreadState) -> Optional[list[ThreadState]]:
     return [ts for ts, _changes in first]
 
 
-_WAKE_EXEMPT = {getattr(signal, name) for name in ("SIGALRM", "SIGVTALRM", "SIGPROF")
-                if hasattr(signal, name)}
+def _only_fails_a_test(handler: Any) -> bool:
+    """A handler known to wake nothing: it only fails the running test.
+
+    pytest-timeout's SIGALRM handler (``timeout_method = "signal"``) raises in
+    the main thread to fail a test that ran too long; it never releases,
+    sets or notifies anything the program waits for.
+    """
+    return getattr(handler, "__module__", None) == "pytest_timeout"
 
 
-def _signal_may_wake_main() -> bool:
+def signal_may_wake() -> bool:
+    """Could a Python signal handler still run and wake a blocked thread?
+
+    A handler runs on the main thread, even while it is blocked in a lockwise
+    wait (the wait is made of short timed waits, between which handlers run),
+    and can set an Event, notify a Condition or release a Lock that any thread
+    waits for: the SIGTERM handler that sets a stop Event, a SIGALRM timer
+    armed with ``signal.setitimer``. ``default_int_handler`` (Ctrl-C) is a
+    person stopping a frozen program, not a wake-up the program relies on.
+    """
     if not settings.signals_wake_main:
         return False
     for sig in signal.valid_signals():
-        if sig in _WAKE_EXEMPT:
-            continue
         try:
             handler = signal.getsignal(sig)
         except (ValueError, OSError):
             continue
-        if callable(handler) and handler is not signal.default_int_handler:
+        if callable(handler) and handler is not signal.default_int_handler \
+                and not _only_fails_a_test(handler):
             return True
     return False
+
+
+_TASKS = "/proc/self/task"
+
+
+def os_thread_count() -> Optional[int]:
+    """How many threads the process really runs (Linux), or None if unknown."""
+    try:
+        return len(os.listdir(_TASKS))
+    except OSError:
+        return None
 
 
 def _in_shutdown(frame: Any) -> bool:
@@ -297,12 +361,20 @@ def _in_shutdown(frame: Any) -> bool:
 
 
 def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
-    """Every live thread with its wait, if all are blocked; else None."""
+    """Every live thread with its wait, if all are blocked and nothing lockwise
+    cannot see could wake one; else None."""
     if getattr(threading, "_limbo", None):
         return None  # a thread is starting: it can run
+    if signal_may_wake():
+        return None  # e.g. a SIGTERM handler that sets the Event the workers wait on
     main_ident = threading.main_thread().ident
     blocked: list[tuple[ThreadState, int, Any]] = []
     frames: dict[int, Any] = sys._current_frames()
+    # A thread without a Python frame (made by a C library: audio, devices,
+    # GUIs, ctypes callbacks) may call back into Python and wake anyone.
+    tasks = os_thread_count()
+    if tasks is not None and tasks > len(frames):
+        return None
     # Not this very frame: a local referring to it is a reference cycle that
     # keeps the whole blocked stack (a joined Thread, its queues...) alive until
     # the next garbage collection. Our own entry needs no frame.
@@ -312,7 +384,7 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
             continue
         ts = states.get(ident)
         if ts is None or not ts.alive:
-            if ident == main_ident and _in_shutdown(frame) and not _signal_may_wake_main():
+            if ident == main_ident and _in_shutdown(frame):
                 continue  # waiting in threading._shutdown for the other threads
             return None
         changes = ts.changes
@@ -321,8 +393,6 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
             if ident == main_ident and res is None and _in_shutdown(frame):
                 continue
             return None
-        if ident == main_ident and isinstance(res, CondWaiter) and _signal_may_wake_main():
-            return None  # e.g. a SIGTERM handler that sets the Event main waits on
         blocked.append((ts, changes, res))
     return blocked
 
@@ -455,10 +525,15 @@ def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
     frames.clear()  # it holds this frame: no reference cycle (see _scan)
     names = [e["thread"] for e in entries]
     victim_wait = victim.waiting
-    if rule == "stall" and victim_wait is not None and _is_lock(victim_wait) \
-            and victim_wait._owner is victim:
+    victim_owner = victim_wait._owner if victim_wait is not None and _is_lock(victim_wait) \
+        else None
+    if rule == "stall" and victim_owner is victim:
         summary = (f"{name_of(victim)} waits for itself: it already holds "
                    f"{refs[id(victim_wait)].name} and no other thread can release it")
+    elif rule == "stall" and victim_owner is not None and not victim_owner.alive:
+        summary = (f"{name_of(victim)} waits for {refs[id(victim_wait)].name}, held by "
+                   f"{name_of(victim_owner)}, which has exited, and no other thread "
+                   f"can release it")
     elif rule == "cycle" and len(threads) == 1:
         summary = f"{names[0]} waits for itself"
     elif rule == "cycle" and not threads[-1].alive:
