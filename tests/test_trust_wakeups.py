@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -399,3 +400,46 @@ leaver.join()
 flag.acquire()
 """, mode)
     assert "Leaver" in out and "exited" in out
+
+
+# ------------------------------------------- unproven cycles: reported, not raised
+
+
+def test_unproven_cycle_is_reported_as_hang_never_raised(runner: Any) -> None:
+    import threading
+    import time
+
+    import lockwise
+    from lockwise import DeadlockError
+
+    lockwise.configure(unproven_after=0.2)
+    a, b = lockwise.Lock(), lockwise.Lock()
+    barrier = threading.Barrier(2)
+
+    def worker(first: Any, second: Any) -> str:
+        first.acquire()  # bare: another thread may release it (hand-off)
+        barrier.wait(5)
+        second.acquire()
+        for lock in (second, first):
+            try:
+                lock.release()
+            except RuntimeError:
+                pass  # released for us by the main thread
+        return "done"
+
+    runner.start(lambda: worker(a, b), "T1")
+    runner.start(lambda: worker(b, a), "T2")
+    deadline = time.monotonic() + 10
+    hangs: list[Any] = []
+    while not hangs and time.monotonic() < deadline:
+        hangs = [f for f in lockwise.findings("hang")
+                 if f.details.get("rule") == "unproven-cycle"]
+        time.sleep(0.02)
+    assert hangs, lockwise.findings()
+    assert "not raised" in hangs[0].summary and "T1" in hangs[0].summary
+    a.release()  # the hand-off lockwise could not rule out: the program goes on
+    runner.join()
+    assert not any(isinstance(e, DeadlockError) for e in runner.errors.values()), runner.errors
+    assert runner.results == {"T1": "done", "T2": "done"}
+    assert not lockwise.findings("deadlock")
+    assert len(hangs) == 1

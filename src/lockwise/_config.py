@@ -34,6 +34,9 @@ class Settings:
         #: Whether an installed Python signal handler may wake a blocked thread
         #: (then "every thread is blocked" is not proof of a deadlock).
         self.signals_wake_main = True
+        #: How long a cycle that cannot be proven (through a Lock another thread
+        #: may release) must last before it is reported as a hang (never raised).
+        self.unproven_after = 5.0
         #: Directory of the inter-process wait-for store (None: $LOCKWISE_SHARED_DIR
         #: or a per-user folder under the system temp directory).
         self.shared_dir: Optional[str] = None
@@ -85,6 +88,10 @@ def configure(**options: Any) -> dict[str, Any]:
       so "every thread is blocked" raises nothing (default True). Set it
       False only for a program whose handlers never release, set or notify
       anything a thread waits for.
+    * ``unproven_after``: a cycle of waits that lockwise cannot prove (one
+      of its Locks was taken by a bare ``acquire()``, so another thread may
+      still release it) is reported as a ``hang`` once it has lasted this
+      many seconds; it is never raised (default 5).
     * ``shared_dir``: the directory where processes of one machine share their
       wait-for graph for :class:`lockwise.FileLock` (default: the environment
       variable ``LOCKWISE_SHARED_DIR``, else ``<tempdir>/lockwise-<uid>``).
@@ -97,7 +104,7 @@ def configure(**options: Any) -> dict[str, Any]:
     for name, value in options.items():
         if name in ("on_deadlock", "on_lock_order", "on_hang"):
             checked[name] = _check_policy(name, value)
-        elif name in ("check_interval", "confirm_delay"):
+        elif name in ("check_interval", "confirm_delay", "unproven_after"):
             checked[name] = _check_seconds(name, value)
         elif name in ("lock_order", "signals_wake_main"):
             checked[name] = bool(value)

@@ -37,7 +37,7 @@ class ThreadState:
 
     __slots__ = (
         "ident", "name", "held", "waiting", "wait_timed", "wait_since", "changes",
-        "alive", "doom", "quiet", "uid", "_sentinel_ref", "__weakref__",
+        "alive", "doom", "quiet", "uid", "suspect", "_sentinel_ref", "__weakref__",
     )
 
     def __init__(self, ident: int) -> None:
@@ -61,6 +61,9 @@ class ThreadState:
         self.quiet = 0
         #: Unique for the process's lifetime (thread idents are reused).
         self.uid = next(_uids)
+        #: The unproven cycle this blocked thread is in, as ``(key, since,
+        #: reported)``, or None (see ``_waitfor``; written by this thread only).
+        self.suspect: Any = None
         self._sentinel_ref: Any = None
 
     def __repr__(self) -> str:

@@ -206,7 +206,10 @@ def check(ts: ThreadState, pending: Pending) -> tuple[Pending, bool]:
         if cycle is not None:
             _deadlock(ts, cycle, rule="cycle")
             return None, True
-        return _quiescence(ts, pending), True
+        stall = _quiescence(ts, pending)
+        if unproven_hook is not None:
+            _suspect(ts, unproven_hook)
+        return stall, True
     except DeadlockError:
         raise
     except Exception as exc:
@@ -293,6 +296,66 @@ def _walk(me: ThreadState) -> Optional[list[tuple[ThreadState, int]]]:
         seen.add(nxt)
         path.append((nxt, nxt.changes))
         cur = nxt
+
+
+def _unproven_cycle(me: ThreadState) -> Optional[tuple[list[ThreadState], list[Any]]]:
+    """The cycle through ``me`` when every edge is followed, and the locks on
+    it that another thread might still release; None when there is no such
+    cycle, or when it is proven (rule 1 raises it)."""
+    path = [me]
+    seen = {me}
+    weak: list[Any] = []
+    cur = me
+    while True:
+        hop = _next_hop(cur)
+        if hop is None:
+            return None
+        nxt, evidence = hop
+        if evidence != OWNER_ONLY and not nxt.alive:
+            return (path + [nxt], weak + [cur.waiting]) if cur is me else None
+        if evidence == ANY_THREAD:
+            weak.append(cur.waiting)
+        if nxt is me:
+            return (path, weak) if weak else None
+        if nxt in seen or not nxt.alive:
+            return None
+        seen.add(nxt)
+        path.append(nxt)
+        cur = nxt
+
+
+if TYPE_CHECKING:
+    UnprovenHook = Callable[[list[ThreadState], list[Any], float], None]
+
+#: Reports a cycle that cannot be proven once it has lasted
+#: ``settings.unproven_after``: set by ``_watchdog`` (a ``hang`` finding).
+unproven_hook: Optional[UnprovenHook] = None
+
+
+def _suspect(ts: ThreadState, hook: UnprovenHook) -> None:
+    """Track the unproven cycle ``ts`` is in; report it once it has lasted.
+
+    Nothing is raised: a Lock on the cycle was taken by a bare ``acquire()``
+    (or its owner exited), so another thread may still release it. But a
+    program frozen that way must not be silent either. The cycle is the same
+    formation while every thread on it keeps the same wait (``uid``,
+    ``changes``); every thread on it tracks it, the finding's key merges them.
+    """
+    found = _unproven_cycle(ts)
+    if found is None:
+        ts.suspect = None
+        return
+    threads, weak = found
+    key = frozenset((t.uid, t.changes) for t in threads)
+    now = _monotonic()
+    seen = ts.suspect
+    if seen is None or seen[0] != key:
+        ts.suspect = (key, now, False)
+        return
+    if seen[2] or now - seen[1] < settings.unproven_after:
+        return
+    ts.suspect = (key, seen[1], True)
+    hook(threads, weak, now - seen[1])
 
 
 #: Returned by ``_ownership_cycle`` when the path changed between two reads.

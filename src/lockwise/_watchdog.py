@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-from . import _findings, _snapshot
+from . import _findings, _snapshot, _waitfor
 from ._config import settings
 from ._describe import lock_refs
 from ._findings import Finding, LockRef, StackInfo
@@ -203,6 +203,44 @@ class Watchdog:
             _findings.apply_policy(finding, settings.on_hang)
             return finding
         return None
+
+
+def report_unproven(threads: list[ThreadState], weak: list[Any], seconds: float) -> None:
+    """Report a wait-for cycle that lockwise cannot prove, as a ``hang``.
+
+    Called by a thread of the cycle (``_waitfor.unproven_hook``) when the
+    cycle has lasted ``settings.unproven_after``. Never raises: each of the
+    ``weak`` locks may still be released by another thread (it was taken by a
+    bare ``acquire()``, or its owner has exited).
+    """
+    try:
+        stuck = [(ts, ts.changes) for ts in threads if ts.alive and ts.waiting is not None]
+        if not stuck:
+            return
+        finding = build_hang(stuck, seconds)
+        refs = lock_refs(weak)
+        why = ", ".join(f"{refs[id(lock)].name} ({refs[id(lock)].site})" for lock in weak)
+        names = [thread_name(ts.ident) for ts, _c in stuck]
+        exited = [ts for ts in threads if not ts.alive]
+        who = (f"{names[0]} waits for a lock held by {exited[0].name}, which has exited"
+               if exited else f"{', '.join(names)} wait for each other in a cycle")
+        finding.summary = (f"{who} for {seconds:.1f}s; not raised, because another thread "
+                           f"may still release {why}: taken by a bare acquire() (a hand-off)")
+        finding.details["rule"] = "unproven-cycle"
+        finding.details["may_be_released"] = [refs[id(lock)].to_dict() for lock in weak]
+        finding.key = ("unproven", frozenset((ts.uid, c) for ts, c in stuck))
+        finding.text = render_hang(finding)
+    except Exception as exc:
+        _findings.internal_error("reporting an unproven cycle", exc)
+        return
+    if _findings.record(finding):
+        try:
+            _findings.apply_policy(finding, settings.on_hang)  # "raise" acts as "log"
+        except Exception:
+            pass  # a warning filter set to "error": recorded, but never raised into a wait
+
+
+_waitfor.unproven_hook = report_unproven
 
 
 def settings_seconds(name: str, value: Any) -> float:
