@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 #: Names the C base types implement.
-C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__", "_is_owned"})
+C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__", "_is_owned",
+                       "_set_held_in_with"})
 _allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
 _SKIP = frozenset({"__slots__", "__dict__", "__weakref__", "__module__", "__qualname__",
                    "__annotations__"})

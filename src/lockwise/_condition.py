@@ -80,8 +80,8 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             site = lock._site
             self.acquire = lock.acquire
             self.release = lock.release
-            self._release_save = lock._release_save
-            self._acquire_restore = lock._acquire_restore
+            self._release_save = lock._release_save  # type: ignore[method-assign]
+            self._acquire_restore = lock._acquire_restore  # type: ignore[method-assign]
             self._is_owned = lock._is_owned
             self._waiters: _deque[Any] = _deque()
         else:
@@ -98,9 +98,46 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
     __enter__ = property(attrgetter("_lock.__enter__"))
     __exit__ = property(attrgetter("_lock.__exit__"))
 
+    # threading.Condition's own methods for a lock without _release_save and
+    # _acquire_restore (a Lock), keeping whether it was taken by `with`: the
+    # lock is held that way again after the wait (see Lock._held_in_with).
+
+    def _release_save(self) -> Any:
+        lock = self._lock
+        in_with = getattr(lock, "_held_in_with", False)
+        lock.release()
+        return in_with
+
+    def _acquire_restore(self, in_with: Any) -> None:
+        if in_with:
+            self._lock.__enter__()
+        else:
+            self._lock.acquire()
+
+    def _saved_state(self, ts: Any) -> Any:
+        """What ``_release_save`` will return, known before it runs, for
+        lockwise's Lock and RLock (None for other locks): with it, ``wait`` can
+        restore the lock after an exception that lost ``_release_save``'s
+        result (raised at its return)."""
+        lock = self._lock
+        if not hasattr(lock, "_acquire_slow"):
+            return None
+        if hasattr(lock, "_count"):
+            return (lock._count, ts.ident)
+        return bool(getattr(lock, "_held_in_with", False))
+
     def wait(self, timeout: Optional[float] = None) -> bool:
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
+        ts = current_state()
+        lock = self._lock
+        state = self._saved_state(ts)
+        if state is None:
+            return self._wait_foreign(ts, timeout)
+        # An exception (KeyboardInterrupt, a signal handler's) may come out of
+        # any call below; whatever it interrupts, the lock is held again by
+        # this thread when wait ends, as threading's restores it in a finally.
+        # Whether it was released is read from the lock: its owner.
         if timeout is not None and timeout <= 0:
             # wait(0) only polls (Semaphore.acquire(timeout=0) does it on every
             # call): the lock is released and taken back, so other threads get
@@ -108,6 +145,32 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             # and removed again, and a notify racing with that window may or
             # may not find it; returning False is the outcome of the notify
             # coming after the timeout, and leaves that notify to a real waiter.
+            try:
+                self._release_save()
+                return False
+            finally:
+                if lock._owner is not ts:
+                    self._acquire_restore(state)
+        waiter = _Waiter(self, _allocate_lock())
+        waiter.lock.acquire()
+        self._waiters.append(waiter)
+        gotit = False
+        try:
+            self._release_save()
+            gotit = block_on(ts, waiter, waiter.lock, timeout)
+            return gotit
+        finally:
+            if lock._owner is not ts:
+                self._acquire_restore(state)
+            if not gotit:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+
+    def _wait_foreign(self, ts: Any, timeout: Optional[float]) -> bool:
+        """``wait`` over a lock that is not lockwise's: threading's algorithm."""
+        if timeout is not None and timeout <= 0:
             saved_state = self._release_save()
             try:
                 return False
@@ -119,7 +182,7 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
         saved_state = self._release_save()
         gotit = False
         try:  # restore state no matter what (e.g., KeyboardInterrupt)
-            gotit = block_on(current_state(), waiter, waiter.lock, timeout)
+            gotit = block_on(ts, waiter, waiter.lock, timeout)
             return gotit
         finally:
             self._acquire_restore(saved_state)

@@ -39,7 +39,7 @@ import time
 from . import _order, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
-from ._primitives import _acquire_site, _check_acquire_args, _drop_held, _Introspection
+from ._primitives import _TRY, _acquire_site, _check_acquire_args, _drop_held, _Introspection
 from ._shared_store import (
     RECHECK,
     SQLiteStore,
@@ -127,35 +127,49 @@ class FileLock(_Introspection):
             if error is not None:
                 raise error
         deadline = None if (not blocking or timeout < 0) else _monotonic() + timeout
-        if not self._inner.acquire(False):
-            if not blocking:
-                return False
-            if not _waitfor.block_on(ts, self, self._inner, None if timeout < 0 else timeout):
-                return False
-        self._inner_owner = ts
-        frame = sys._getframe(1)
+        # Each take's result is stored from C as it returns (see _primitives.
+        # Lock.acquire): whatever asynchronous exception (KeyboardInterrupt, a
+        # signal handler's) comes out of a call below, the handler knows what
+        # this acquire holds and gives it back.
+        got: list[bool] = []  # the inner lock
+        filed: list[bool] = []  # the file lock
         try:
-            got = self._lock_file(ts, blocking, deadline, frame)
+            got[:] = map(self._inner.acquire, _TRY)
+            if not got[0]:
+                if not blocking:
+                    return False
+                _waitfor.block_on(ts, self, self._inner, None if timeout < 0 else timeout,
+                                  True, got)
+                if not got[-1]:
+                    return False
+            self._inner_owner = ts
+            frame = sys._getframe(1)
+            filed[:] = map(self._lock_file, (ts,), (blocking,), (deadline,), (frame,))
+            if not filed[0]:
+                self._inner_owner = None
+                del got[:]
+                self._inner.release()
+                return False
+            self._owner = ts
+            self._count = 1
+            self._acq = _acquire_site(frame)
+            shared = [h for h in ts.held if getattr(h, "_store", None) is self._store
+                      and h is not self and isinstance(h, FileLock)]
+            ts.held.append(self)
+            if forever and shared and self._store is not None and settings.lock_order:
+                error = self._note_order(shared)
+                if error is not None:
+                    raise error  # given back below, as after any exception
+            return True
         except BaseException:
-            self._inner_owner = None
-            self._inner.release()
+            try:
+                if filed and filed[0]:
+                    self._unlock_file(ts)
+            finally:
+                if got and got[-1]:
+                    self._inner_owner = None
+                    self._inner.release()
             raise
-        if not got:
-            self._inner_owner = None
-            self._inner.release()
-            return False
-        self._owner = ts
-        self._count = 1
-        self._acq = _acquire_site(frame)
-        shared = [h for h in ts.held if getattr(h, "_store", None) is self._store
-                  and h is not self and isinstance(h, FileLock)]
-        ts.held.append(self)
-        if forever and shared and self._store is not None and settings.lock_order:
-            error = self._note_order(shared)
-            if error is not None:
-                self.release()
-                raise error
-        return True
 
     __enter__ = acquire
 
@@ -168,16 +182,49 @@ class FileLock(_Introspection):
             return
         self._count = 0
         self._owner = None
-        _drop_held(ts, self)
-        try:
-            self._store_call("remove_holder", self._key)
+        try:  # both locks are given back whatever interrupts the bookkeeping
+            try:
+                _drop_held(ts, self)
+                self._store_call("remove_holder", self._key)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._inner_owner = None
             self._inner.release()
 
+    def _unlock_file(self, ts: ThreadState) -> None:
+        """Forget ``ts`` as the owner and unlock the file, in a finally: the
+        holder row goes first, so that no other process sees this one holding
+        a lock it may already have taken (a false cycle)."""
+        if self._owner is ts:
+            self._count = 0
+            self._owner = None
+        try:
+            _drop_held(ts, self)
+            self._store_call("remove_holder", self._key)
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def __exit__(self, *args: object) -> None:
-        self.release()
+        # release(), written out: one Python call less (its entry is an
+        # eval-breaker check, where an exception would leave the lock held).
+        ts = current_state()
+        if self._owner is not ts:
+            raise RuntimeError("cannot release un-acquired lock")
+        if self._count > 1:
+            self._count -= 1
+            return
+        self._count = 0
+        self._owner = None
+        try:
+            try:
+                _drop_held(ts, self)
+                self._store_call("remove_holder", self._key)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._inner_owner = None
+            self._inner.release()
 
     def locked(self) -> bool:
         """True if any thread of any process holds the lock now."""
@@ -237,6 +284,11 @@ class FileLock(_Introspection):
             return True
         except BlockingIOError:
             return False
+        except BaseException:
+            # Raised by flock (not locked), or asynchronously as it returned
+            # (locked): unlocking is harmless in the first case.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
 
     def _store_call(self, method: str, *args: Any) -> Any:
         store = self._store
@@ -260,9 +312,16 @@ class FileLock(_Introspection):
     def _lock_file(self, ts: ThreadState, blocking: bool, deadline: Optional[float],
                    frame: Any) -> bool:
         fd = self._file()
-        if self._try(fd):
-            self._publish(frame)
-            return True
+        locked: list[bool] = []  # stored from C: see acquire
+        try:
+            locked[:] = map(self._try, (fd,))
+            if locked[0]:
+                self._publish(frame)
+                return True
+        except BaseException:
+            if locked and locked[0]:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
         if not blocking:
             return False
         timed = deadline is not None
@@ -291,7 +350,8 @@ class FileLock(_Introspection):
                         if not used_links or pending == cycle:
                             self._deadlock(path, frame)
                         pending = cycle
-                if self._try(fd):
+                locked[:] = map(self._try, (fd,))
+                if locked[0]:
                     self._publish(frame)  # also drops the wait row
                     registered = False
                     return True
@@ -302,6 +362,10 @@ class FileLock(_Introspection):
                     pause = min(pause, max(next_check - now, 0.0))
                 time.sleep(pause)
                 delay = min(delay * 2, 0.01)
+        except BaseException:
+            if locked and locked[0]:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            raise
         finally:
             end_wait(ts)
             if registered:

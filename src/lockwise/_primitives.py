@@ -87,30 +87,54 @@ def _drop_held(owner: ThreadState, lock: Any) -> None:
         pass
 
 
+#: Arguments of a non-blocking try of an inner lock, as ``map`` takes them.
+_TRY = (False,)
+
+
 def _take(ts: ThreadState, lock: Any, blocking: bool, timeout: float,
-          frame: Optional[FrameType], waited: bool = False) -> bool:
+          frame: Optional[FrameType], waited: bool, got: list[Any]) -> None:
     """The slow path's take of the inner lock: a try, or the order check and a
-    wait. ``waited``: the accelerator already spent the quiet wait."""
+    wait. ``waited``: the accelerator already spent the quiet wait.
+
+    The outcome goes to ``got`` (taken when ``got and got[-1]``), stored by C
+    code as the inner acquire returns (see ``_waitfor.block_on``): when an
+    asynchronous exception (KeyboardInterrupt, a signal handler's) comes out of
+    here, the caller still knows whether it must give the inner lock back."""
     if not blocking:
-        return bool(lock._inner.acquire(False))
+        got[:] = map(lock._inner.acquire, _TRY)
+        return
     if timeout == -1 and ts.held and settings.lock_order:
         error = _order.note(ts, lock)
         if error is not None:
             raise error
-    return _wait(ts, lock, timeout, frame, waited)
+    _wait(ts, lock, timeout, frame, waited, got)
 
 
 def _wait(ts: ThreadState, lock: Any, timeout: float, frame: Optional[FrameType],
-          waited: bool = False) -> bool:
+          waited: bool, got: list[Any]) -> None:
     """Block for ``lock`` (through the profiler's hook when one is set)."""
     hook = wait_hook
     try:
         if hook is None:
-            return _waitfor.wait_lock(ts, lock, timeout, quiet=not waited)
-        return bool(hook(ts, lock, timeout, frame))
+            _waitfor.block_on(ts, lock, lock._inner, timeout, not waited, got)
+        else:
+            got[:] = map(hook, (ts,), (lock,), (timeout,), (frame,))
     except DeadlockError as exc:
         # Start the traceback here: the user's frames, not the detector's.
         raise exc.with_traceback(None) from None
+
+
+def _untake(lock: Any, ts: ThreadState) -> None:
+    """Give back the inner lock of ``lock``, taken by ``ts`` just now, whose
+    take an exception interrupted (its owner recorded or not yet).
+
+    Only for a take this thread made: the inner lock was free, so a recorded
+    owner ``ts`` is this take's. Callers inline the first steps where a second
+    interruption (this function's entry is an eval-breaker check) matters."""
+    if lock._owner is ts:
+        lock._owner = None
+    lock._inner.release()
+    _drop_held(ts, lock)
 
 
 class _Introspection:
@@ -192,7 +216,8 @@ class Lock(_Introspection):
     :class:`lockwise.DeadlockError` instead of blocking forever.
     """
 
-    __slots__ = ("_inner", "_owner", "_site", "_acq", "_serial", "__weakref__")
+    __slots__ = ("_inner", "_owner", "_site", "_acq", "_serial", "_held_in_with",
+                 "__weakref__")
 
     def __init__(self, name: Optional[str] = None) -> None:
         self._inner = self._new_inner()
@@ -200,39 +225,116 @@ class Lock(_Introspection):
         self._site = site_of(_getframe(1)) if name is None else named_site(name, _getframe(1))
         self._acq: Optional[tuple[Any, int]] = None
         self._serial = 0
+        #: True while the holder took the lock with ``with`` (``__enter__``):
+        #: its own ``__exit__`` releases it, so only it can. Read-only on the
+        #: C Lock: set through _set_held_in_with.
+        self._set_held_in_with(False)
+
+    # acquire and __enter__ are one algorithm, written out twice (the hot path
+    # pays no extra call): they differ in _held_in_with only. The try of the
+    # inner lock stores its result from C (``got[:] = map(...)``), so that an
+    # asynchronous exception raised at any eval-breaker check after it (a
+    # call's return) is seen with the lock taken, and the take undone.
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if timeout == -1:
-            if self._inner.acquire(False):
-                try:
-                    ts = _local.ts
-                except AttributeError:
-                    ts = new_state()
-                if blocking and ts.held and settings.lock_order:
+            try:
+                ts = _local.ts
+            except AttributeError:
+                ts = new_state()
+            got: list[Any] = []
+            try:
+                got[:] = map(self._inner.acquire, _TRY)
+                if got[0]:
+                    if blocking and ts.held and settings.lock_order:
+                        error = _order.note(ts, self)
+                        if error is not None:
+                            raise error
+                    self._held_in_with = False
+                    self._owner = ts
+                    self._acq = _acquire_site(_getframe(1))
+                    ts.held.append(self)
+                    return True
+            except BaseException:
+                if got and got[0]:
+                    if self._owner is ts:
+                        self._owner = None
+                    self._inner.release()
+                    _drop_held(ts, self)
+                raise
+            if not blocking:
+                return False
+        return self._slow_guarded(blocking, timeout, _getframe(1), False)
+
+    def __enter__(self) -> bool:
+        try:
+            ts = _local.ts
+        except AttributeError:
+            ts = new_state()
+        got: list[Any] = []
+        try:
+            got[:] = map(self._inner.acquire, _TRY)
+            if got[0]:
+                if ts.held and settings.lock_order:
                     error = _order.note(ts, self)
                     if error is not None:
-                        self._inner.release()
                         raise error
+                self._held_in_with = True
                 self._owner = ts
                 self._acq = _acquire_site(_getframe(1))
                 ts.held.append(self)
                 return True
-            if not blocking:
-                return False
-        return self._acquire_slow(blocking, timeout, _getframe(1))
+        except BaseException:
+            if got and got[0]:
+                if self._owner is ts:
+                    self._owner = None
+                self._inner.release()
+                _drop_held(ts, self)
+            raise
+        return self._slow_guarded(True, -1, _getframe(1), True)
 
-    __enter__ = acquire
+    def _slow_guarded(self, blocking: bool, timeout: float, frame: Optional[FrameType],
+                      in_with: bool) -> bool:
+        """``_acquire_slow`` for the pure acquire: on Python < 3.11 the return of a
+        Python call is an eval-breaker check too, so its True is stored from C."""
+        got: list[bool] = []
+        try:
+            got[:] = map(self._acquire_slow, (blocking,), (timeout,), (frame,), (False,),
+                         (in_with,))
+            return got[0]  # a bool: no call (an eval-breaker check) after the store
+        except BaseException:
+            if got and got[0]:
+                _untake(self, current_state())
+            raise
 
     def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType],
-                      waited: bool = False) -> bool:
+                      waited: bool = False, in_with: bool = False) -> bool:
+        """Everything but the uncontended untimed acquire (both implementations).
+        Returns True with the lock recorded as held, or False or raises with the
+        inner lock not taken, whatever exception interrupts it."""
         _check_acquire_args(blocking, timeout)
         ts = current_state()
-        got = _take(ts, self, blocking, timeout, frame, waited)
-        if got:
+        got: list[Any] = []
+        try:
+            _take(ts, self, blocking, timeout, frame, waited, got)
+            if not (got and got[-1]):
+                return False
+            self._set_held_in_with(in_with)
             self._owner = ts
             self._acq = _acquire_site(frame)
             ts.held.append(self)
-        return got
+            return True
+        except BaseException:
+            if got and got[-1]:
+                if self._owner is ts:
+                    self._owner = None
+                self._inner.release()
+                _drop_held(ts, self)
+            raise
+
+    def _set_held_in_with(self, value: bool) -> None:
+        # The C Lock exposes _held_in_with read-only and has its own setter.
+        self._held_in_with = value
 
     def release(self) -> None:
         owner = self._owner
@@ -242,13 +344,37 @@ class Lock(_Introspection):
             self._inner.release()
             return
         self._owner = None
-        _drop_held(owner, self)
-        if owner.ident != _get_ident():
-            self._site.signal = True
-        self._inner.release()
+        self._held_in_with = False
+        try:  # the inner lock is given back whatever interrupts the bookkeeping
+            held = owner.held
+            if held and held[-1] is self:
+                held.pop()
+            elif self in held:  # no Python call (an eval-breaker check) first
+                held.remove(self)
+            if owner.ident != _get_ident():
+                self._site.signal = True
+        finally:
+            self._inner.release()
 
     def __exit__(self, *args: object) -> None:
-        self.release()
+        # release(), written out: one Python call less (its entry is an
+        # eval-breaker check, where an exception would leave the lock held).
+        owner = self._owner
+        if owner is None:
+            self._inner.release()
+            return
+        self._owner = None
+        self._held_in_with = False
+        try:
+            held = owner.held
+            if held and held[-1] is self:
+                held.pop()
+            elif self in held:  # no Python call (an eval-breaker check) first
+                held.remove(self)
+            if owner.ident != _get_ident():
+                self._site.signal = True
+        finally:
+            self._inner.release()
 
     def _is_owned(self) -> bool:
         # What threading.Condition asks a lock without _is_owned, by trying
@@ -264,6 +390,7 @@ class Lock(_Introspection):
             _drop_held(owner, self)
         self._inner._at_fork_reinit()
         self._owner = None
+        self._set_held_in_with(False)
         self._acq = None
 
     def __repr__(self) -> str:
@@ -296,37 +423,77 @@ class RLock(_Introspection):
             if self._owner is ts:
                 self._count += 1
                 return True
-            if self._inner.acquire(False):
-                if blocking and ts.held and settings.lock_order:
-                    error = _order.note(ts, self)
-                    if error is not None:
-                        self._inner.release()
-                        raise error
-                self._owner = ts
-                self._count = 1
-                self._acq = _acquire_site(_getframe(1))
-                ts.held.append(self)
-                return True
+            got: list[Any] = []
+            try:  # the inner try's result stored from C: see Lock.acquire
+                got[:] = map(self._inner.acquire, _TRY)
+                if got[0]:
+                    if blocking and ts.held and settings.lock_order:
+                        error = _order.note(ts, self)
+                        if error is not None:
+                            raise error
+                    self._count = 1
+                    self._owner = ts
+                    self._acq = _acquire_site(_getframe(1))
+                    ts.held.append(self)
+                    return True
+            except BaseException:
+                if got and got[0]:
+                    if self._owner is ts:
+                        self._owner = None
+                        self._count = 0
+                    self._inner.release()
+                    _drop_held(ts, self)
+                raise
             if not blocking:
                 return False
-        return self._acquire_slow(blocking, timeout, _getframe(1))
+        return self._slow_guarded(blocking, timeout, _getframe(1))
 
     __enter__ = acquire
 
+    def _slow_guarded(self, blocking: bool, timeout: float, frame: Optional[FrameType]) -> bool:
+        """``_acquire_slow`` for the pure acquire, its True stored from C (see Lock's)."""
+        got: list[bool] = []
+        try:
+            got[:] = map(self._acquire_slow, (blocking,), (timeout,), (frame,))
+            return got[0]  # a bool: no call (an eval-breaker check) after the store
+        except BaseException:
+            if got and got[0]:
+                if self._count > 1:  # a re-entry: take back its count
+                    self._count -= 1
+                else:
+                    self._count = 0
+                    _untake(self, current_state())
+            raise
+
     def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType],
-                      waited: bool = False) -> bool:
+                      waited: bool = False, count: int = 1) -> bool:
+        """Everything but the uncontended untimed acquire (both implementations);
+        ``count``: the recursion count to take it with (a Condition's restore).
+        Returns True with the lock recorded as held, or False or raises with the
+        inner lock not taken, whatever exception interrupts it."""
         _check_acquire_args(blocking, timeout)
         ts = current_state()
         if self._owner is ts:
             self._count += 1
             return True
-        got = _take(ts, self, blocking, timeout, frame, waited)
-        if got:
+        got: list[Any] = []
+        try:
+            _take(ts, self, blocking, timeout, frame, waited, got)
+            if not (got and got[-1]):
+                return False
+            self._count = count
             self._owner = ts
-            self._count = 1
             self._acq = _acquire_site(frame)
             ts.held.append(self)
-        return got
+            return True
+        except BaseException:
+            if got and got[-1]:
+                if self._owner is ts:
+                    self._owner = None
+                    self._count = 0
+                self._inner.release()
+                _drop_held(ts, self)
+            raise
 
     def release(self) -> None:
         ts: ThreadState
@@ -342,11 +509,38 @@ class RLock(_Introspection):
             return
         self._count = 0
         self._owner = None
-        _drop_held(ts, self)
-        self._inner.release()
+        try:  # the inner lock is given back whatever interrupts the bookkeeping
+            held = ts.held
+            if held and held[-1] is self:
+                held.pop()
+            elif self in held:
+                held.remove(self)
+        finally:
+            self._inner.release()
 
     def __exit__(self, *args: object) -> None:
-        self.release()
+        # release(), written out: see Lock.__exit__.
+        ts: ThreadState
+        try:
+            ts = _local.ts
+        except AttributeError:
+            ts = new_state()
+        if self._owner is not ts:
+            raise RuntimeError("cannot release un-acquired lock")
+        count = self._count - 1
+        if count:
+            self._count = count
+            return
+        self._count = 0
+        self._owner = None
+        try:
+            held = ts.held
+            if held and held[-1] is self:
+                held.pop()
+            elif self in held:
+                held.remove(self)
+        finally:
+            self._inner.release()
 
     # The protocol threading.Condition uses to release an RLock fully for a wait.
 
@@ -363,13 +557,20 @@ class RLock(_Introspection):
         state = (self._count, ts.ident)
         self._count = 0
         self._owner = None
-        _drop_held(ts, self)
-        self._inner.release()
+        try:  # given back whatever interrupts the bookkeeping
+            held = ts.held
+            if held and held[-1] is self:
+                held.pop()
+            elif self in held:
+                held.remove(self)
+        finally:
+            self._inner.release()
         return state
 
     def _acquire_restore(self, state: tuple[int, Optional[int]]) -> None:
-        self._acquire_slow(True, -1, _getframe(1))
-        self._count = state[0]
+        # The count is set with the owner, in one take: an exception cannot
+        # leave the lock held with another count.
+        self._acquire_slow(True, -1, _getframe(1), False, state[0])
         hook = hold_hook
         if hook is not None:
             hook(self, True)

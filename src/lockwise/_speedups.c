@@ -46,6 +46,7 @@ typedef struct {
     PyObject *weakreflist;
     Py_ssize_t count;       /* RLock recursion count (unused by Lock) */
     int acq_lasti;          /* instruction offset that gave acq (-1: unknown) */
+    char held_in_with;      /* Lock: the holder took it by __enter__ (its __exit__ releases) */
 } LockObject;
 
 /* Set once by setup(); strong references, kept for the life of the process. */
@@ -907,23 +908,27 @@ parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     return 0;
 }
 
-/* self._acquire_slow(blocking, timeout, frame, waited): `waited` says that
- * the quiet wait was already spent here. */
+/* self._acquire_slow(blocking, timeout, frame, waited[, True]): `waited` says
+ * that the quiet wait was already spent here; `in_with` (Lock.__enter__ only)
+ * adds the argument saying so. The Python slow path returns True with the
+ * lock recorded, or False or raises with the inner lock not taken, whatever
+ * asynchronous exception interrupts it; its result comes back here, then to
+ * the caller, with no eval-breaker check in between. */
 static PyObject *
-call_slow(LockObject *self, PyObject *blocking, PyObject *timeout, int waited)
+call_slow(LockObject *self, PyObject *blocking, PyObject *timeout, int waited, int in_with)
 {
     PyObject *frame = (PyObject *)PyEval_GetFrame();
-    PyObject *stack[6] = {NULL, (PyObject *)self, blocking, timeout, frame ? frame : Py_None,
-                          waited ? Py_True : Py_False};
+    PyObject *stack[7] = {NULL, (PyObject *)self, blocking, timeout, frame ? frame : Py_None,
+                          waited ? Py_True : Py_False, Py_True};
     return PyObject_VectorcallMethod(
-        s_acquire_slow, stack + 1, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        s_acquire_slow, stack + 1, (in_with ? 6 : 5) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
 /* After the inner lock was taken without waiting: the lock-order check (for a
  * blocking acquire made while holding others), then record the owner.
  * On error the inner lock is released again. Returns 0 / -1. */
 static int
-take(LockObject *self, PyObject *ts, int blocking, int is_rlock)
+take(LockObject *self, PyObject *ts, int blocking, int is_rlock, int in_with)
 {
     PyObject *held = state_slot(ts, g_held_offset, s_held);
     if (held == NULL)
@@ -964,6 +969,7 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock)
     if (record_site(self) < 0)
         goto fail_held;
     PyObject *old_owner = self->owner;
+    self->held_in_with = (char)in_with;
     self->owner = Py_NewRef(ts);
     if (is_rlock)
         self->count = 1;
@@ -974,6 +980,7 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock)
         /* Out of memory: undo, as if the acquire had failed. */
         PyObject *o = self->owner;
         self->owner = Py_NewRef(Py_None);
+        self->held_in_with = 0;
         if (is_rlock)
             self->count = 0;
         Py_DECREF(o);
@@ -1004,7 +1011,8 @@ check_init(LockObject *self)
 /* --------------------------------------------------------------------- Lock */
 
 static PyObject *
-lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int fast)
+lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int fast,
+                  int in_with)
 {
     if (check_init(self) < 0)
         return NULL;
@@ -1020,20 +1028,20 @@ lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int f
                 Py_RETURN_FALSE;  /* a failed try, as the pure Lock answers it */
             got = inner_quiet_wait(self->inner);
             if (!got)
-                return call_slow(self, blocking, timeout, g_quiet_us > 0);
+                return call_slow(self, blocking, timeout, g_quiet_us > 0, in_with);
         }
         PyObject *ts = current_state();
         if (ts == NULL) {
             inner_release_keep_error(self->inner);
             return NULL;
         }
-        int rc = take(self, ts, blk, 0);
+        int rc = take(self, ts, blk, 0, in_with);
         Py_DECREF(ts);
         if (rc < 0)
             return NULL;
         Py_RETURN_TRUE;
     }
-    return call_slow(self, blocking, timeout, 0);
+    return call_slow(self, blocking, timeout, 0, in_with);
 }
 
 static PyObject *
@@ -1043,13 +1051,13 @@ lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     int fast;
     if (parse_args(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
         return NULL;
-    return lock_acquire_impl(self, blocking, timeout, fast);
+    return lock_acquire_impl(self, blocking, timeout, fast, 0);
 }
 
 static PyObject *
 lock_enter(LockObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return lock_acquire_impl(self, Py_True, s_minus_one, 1);
+    return lock_acquire_impl(self, Py_True, s_minus_one, 1, 1);
 }
 
 static PyObject *
@@ -1065,7 +1073,10 @@ lock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
             return NULL;
         Py_RETURN_NONE;
     }
+    self->held_in_with = 0;
     self->owner = Py_NewRef(Py_None);  /* we now own the old reference */
+    /* From here on the inner lock is given back whatever fails: the owner is
+     * cleared, so a lock left taken would be held by nobody, for ever. */
     if (drop_held(owner, (PyObject *)self) < 0)
         goto error;
     PyObject *ident = state_slot(owner, g_ident_offset, s_ident);
@@ -1088,6 +1099,7 @@ lock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
         return NULL;
     Py_RETURN_NONE;
 error:
+    inner_release_keep_error(self->inner);
     Py_DECREF(owner);
     return NULL;
 }
@@ -1151,16 +1163,16 @@ rlock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int 
             got = inner_quiet_wait(self->inner);
             if (!got) {
                 Py_DECREF(ts);
-                return call_slow(self, blocking, timeout, g_quiet_us > 0);
+                return call_slow(self, blocking, timeout, g_quiet_us > 0, 0);
             }
         }
-        int rc = take(self, ts, blk, 1);
+        int rc = take(self, ts, blk, 1, 0);
         Py_DECREF(ts);
         if (rc < 0)
             return NULL;
         Py_RETURN_TRUE;
     }
-    return call_slow(self, blocking, timeout, 0);
+    return call_slow(self, blocking, timeout, 0, 0);
 }
 
 static PyObject *
@@ -1202,6 +1214,10 @@ rlock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
     PyObject *owner = self->owner;  /* == ts; take over the field's reference */
     self->owner = Py_NewRef(Py_None);
     int rc = drop_held(ts, (PyObject *)self);
+    if (rc < 0) {
+        /* The owner is cleared: give the inner lock back all the same. */
+        inner_release_keep_error(self->inner);
+    }
     Py_DECREF(owner);
     Py_DECREF(ts);
     if (rc < 0)
@@ -1307,6 +1323,31 @@ static PyGetSetDef lock_getset[] = {
 };
 
 static PyObject *
+lock_get_held_in_with(LockObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->held_in_with);
+}
+
+/* Lock only: read-only for users; the shared Python code (slow path, fork)
+ * sets it through _set_held_in_with. */
+static PyGetSetDef plain_lock_getset[] = {
+    {"_acq", (getter)lock_get_acq, (setter)lock_set_acq, NULL, NULL},
+    {"_held_in_with", (getter)lock_get_held_in_with, NULL,
+     "True while the holder took the lock with `with` (__enter__).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyObject *
+lock_set_held_in_with(LockObject *self, PyObject *value)
+{
+    int v = PyObject_IsTrue(value);
+    if (v < 0)
+        return NULL;
+    self->held_in_with = (char)v;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 lock_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
 {
     LockObject *self = (LockObject *)type->tp_alloc(type, 0);
@@ -1322,6 +1363,8 @@ static PyMethodDef lock_methods[] = {
     {"release", (PyCFunction)lock_release, METH_NOARGS, "Release the lock."},
     {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL, "Release the lock."},
     {"_is_owned", (PyCFunction)lock_is_owned, METH_NOARGS, "Whether the lock is held."},
+    {"_set_held_in_with", (PyCFunction)lock_set_held_in_with, METH_O,
+     "Set _held_in_with (lockwise's slow path and Condition only)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1348,7 +1391,7 @@ static PyTypeObject LockBase_Type = {
     .tp_weaklistoffset = offsetof(LockObject, weakreflist),
     .tp_methods = lock_methods,
     .tp_members = lock_members,
-    .tp_getset = lock_getset,
+    .tp_getset = plain_lock_getset,
     .tp_new = lock_new,
 };
 

@@ -129,28 +129,43 @@ def wait_lock(ts: ThreadState, lock: Any, timeout: float, quiet: bool = True) ->
 
 
 def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float],
-             quiet: bool = True) -> bool:
+             quiet: bool = True, got: Optional[list[Any]] = None) -> bool:
     """Acquire ``raw`` while registered as waiting on ``resource``.
 
     ``timeout`` is None or negative for "forever". An untimed wait is checked
     for deadlock when it has lasted ``_QUIET_WAIT`` and after every sleep; it
     raises DeadlockError (and is then not acquired) when the wait can never
     end and the policy says so. ``quiet=False``: that quiet wait was spent.
+
+    ``got`` receives the result of every try of ``raw`` as the try returns:
+    ``got and got[-1]`` says whether ``raw`` is taken, also when an exception
+    (KeyboardInterrupt, a signal handler's) comes out of this call after the
+    take, which may happen at any call's return. The result is stored by C
+    code (``got[:] = map(raw.acquire, ...)``): no bytecode, so no eval-breaker
+    check, runs between the acquire and the store.
     """
+    if got is None:
+        got = []
     timed = timeout is not None and timeout >= 0
     since = _monotonic()
-    if not timed and quiet and raw.acquire(True, _QUIET_WAIT):
-        # Most contended waits are short. Waiting first, with the GIL released
-        # and nothing registered, lets the holder finish at once instead of
-        # waiting for the GIL while this thread registers and checks (which
-        # lengthens every critical section and turns contention into a
-        # convoy). A wait that closes a cycle is checked just as well, later.
-        return True
+    if not timed and quiet:
+        got[:] = map(raw.acquire, _BLOCK, (_QUIET_WAIT,))
+        if got[0]:
+            # Most contended waits are short. Waiting first, with the GIL released
+            # and nothing registered, lets the holder finish at once instead of
+            # waiting for the GIL while this thread registers and checks (which
+            # lengthens every critical section and turns contention into a
+            # convoy). A wait that closes a cycle is checked just as well, later.
+            return True
     begin_wait(ts, resource, timed, since)
     try:
         if timed:
             assert timeout is not None
-            return bool(raw.acquire(True, timeout) if timeout > 0 else raw.acquire(False))
+            if timeout > 0:
+                got[:] = map(raw.acquire, _BLOCK, (timeout,))
+            else:
+                got[:] = map(raw.acquire, _TRY)
+            return bool(got[0])
         blocked.add(ts)
         pending, settled = check(ts, None)
         while True:
@@ -160,7 +175,8 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float],
                 wait = settings.check_interval
             else:
                 wait = min(_RECHECK, settings.check_interval)
-            if raw.acquire(True, wait):
+            got[:] = map(raw.acquire, _BLOCK, (wait,))
+            if got[0]:
                 if ts.doom is not None:
                     if isinstance(resource, CondWaiter) and not resource.notified:
                         check(ts, None)  # raises the doom
@@ -170,6 +186,11 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float],
     finally:
         end_wait(ts)
         blocked.discard(ts)
+
+
+#: Arguments of the tries in ``block_on``, as ``map`` takes them.
+_BLOCK = (True,)
+_TRY = (False,)
 
 
 def waiters_of(resource: Any) -> list[int]:
