@@ -32,6 +32,19 @@ if TYPE_CHECKING:
 _get_ident = threading.get_ident
 
 
+def _thread_name_now(ident: int) -> str:
+    """The name of the thread ``ident``, also while it is still starting (its
+    first lock may be threading's own ``_active_limbo_lock``, taken before the
+    thread is listed in ``_active``)."""
+    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    if thread is None:
+        for starting in list(threading._limbo):  # type: ignore[attr-defined]
+            if getattr(starting, "_ident", None) == ident:
+                thread = starting
+                break
+    return thread.name if thread is not None else f"Thread-{ident}"
+
+
 class ThreadState:
     """Bookkeeping of one thread. Fields are written only as described above."""
 
@@ -44,8 +57,7 @@ class ThreadState:
         self.ident = ident
         #: The thread's name when the state was made; reports use the live
         #: name while the thread runs and this one after it has exited.
-        thread = threading._active.get(ident)  # type: ignore[attr-defined]
-        self.name = thread.name if thread is not None else f"Thread-{ident}"
+        self.name = _thread_name_now(ident)
         #: Locks held, in acquisition order (an RLock appears once).
         self.held: list[Any] = []
         #: What the thread is blocked on: a lock, a condition waiter or a join.
