@@ -299,6 +299,9 @@ _LOCK_METHODS = ("acquire", "release", "__enter__", "__exit__")
 
 def _lock_methods(cls: type, coll: _Collector) -> dict[str, Any]:
     orig_acquire: Callable[..., bool] = cls.acquire  # type: ignore[attr-defined]
+    # Through the class's own __enter__: it records that the lock is held in a
+    # with block, which the deadlock rules rely on (see _waitfor.release_evidence).
+    orig_enter: Callable[[Any], bool] = cls.__enter__  # type: ignore[attr-defined]
     orig_release: Callable[[Any], None] = cls.release  # type: ignore[attr-defined]
     acquired = coll.acquired
     releasing = coll.releasing
@@ -310,7 +313,7 @@ def _lock_methods(cls: type, coll: _Collector) -> dict[str, Any]:
         return False
 
     def __enter__(self: Any) -> bool:
-        if orig_acquire(self, True, -1):
+        if orig_enter(self):
             acquired(self)
             return True
         return False
