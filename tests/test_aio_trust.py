@@ -1,0 +1,389 @@
+"""asyncio: no DeadlockError where a wake-up may come from outside lockwise's view,
+and every real, provable deadlock raised (issue 19, sections 1 and 2).
+
+Programs that finish under plain asyncio are bounded by ``asyncio.wait_for`` on
+a task of their own. Programs that must raise cannot be bounded by anything on
+their loop (a timer that may cancel them makes the freeze unprovable, by design):
+pytest-timeout (SIGALRM, which lockwise does not count as a wake-up) bounds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+import threading
+import time
+import warnings
+from typing import Any, Awaitable, Callable
+
+import pytest
+
+import lockwise
+from lockwise import aio
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> Any:
+    lockwise.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lockwise.PotentialDeadlockWarning)
+        yield
+    lockwise.reset()
+
+
+def finishes(scenario: Callable[[], Awaitable[Any]], timeout: float = 10.0) -> Any:
+    """Run a program that must finish; a regression fails (timeout), never hangs."""
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(asyncio.ensure_future(scenario()), timeout)
+
+    return asyncio.run(bounded())
+
+
+def kinds() -> list[str]:
+    return [f.kind for f in lockwise.findings()]
+
+
+def deadlocks() -> list[Any]:
+    return lockwise.findings("deadlock")
+
+
+# ------------------------------------------- 1. a lock released by a non-owner
+
+
+def test_timer_releases_a_lock_its_owner_waits_for() -> None:
+    async def main() -> str:
+        lock = aio.Lock()
+        await lock.acquire()
+        asyncio.get_running_loop().call_later(0.05, lock.release)
+        await lock.acquire()  # released by the timer: a hand-off
+        lock.release()
+        return "ok"
+
+    assert finishes(main) == "ok"
+    assert deadlocks() == []
+
+
+def test_another_task_hands_the_lock_off() -> None:
+    async def main() -> str:
+        lock = aio.Lock()
+        await lock.acquire()
+
+        async def releaser() -> None:
+            await asyncio.sleep(0.05)
+            lock.release()
+
+        task = asyncio.ensure_future(releaser())
+        await lock.acquire()
+        await task
+        lock.release()
+        return "ok"
+
+    assert finishes(main) == "ok"
+    assert deadlocks() == []
+
+
+def test_ready_task_hands_the_lock_off() -> None:
+    # own shape: the releasing task is only scheduled (no timer at all)
+    async def main() -> str:
+        lock = aio.Lock()
+        await lock.acquire()
+
+        async def releaser() -> None:
+            lock.release()
+
+        task = asyncio.ensure_future(releaser())
+        await lock.acquire()
+        await task
+        lock.release()
+        return "ok"
+
+    assert finishes(main) == "ok"
+    assert deadlocks() == []
+
+
+def test_owner_awaits_child_while_a_callback_releases() -> None:
+    async def main() -> str:
+        lock = aio.Lock()
+        await lock.acquire()
+
+        async def child() -> str:
+            async with lock:
+                return "child"
+
+        asyncio.get_running_loop().call_later(0.05, lock.release)
+        return await asyncio.ensure_future(child())
+
+    assert finishes(main) == "child"
+    assert deadlocks() == []
+
+
+def test_thread_releases_via_call_soon_threadsafe() -> None:
+    # own shape: the release comes from a thread, through the loop
+    async def main() -> str:
+        lock = aio.Lock()
+        loop = asyncio.get_running_loop()
+        await lock.acquire()
+
+        def later() -> None:
+            time.sleep(0.05)
+            loop.call_soon_threadsafe(lock.release)
+
+        thread = threading.Thread(target=later)
+        thread.start()
+        await lock.acquire()
+        lock.release()
+        thread.join(5)
+        return "ok"
+
+    assert finishes(main) == "ok"
+    assert deadlocks() == []
+
+
+# ------------------------------------- 1. cancellations lockwise cannot decode
+
+
+def _parent_awaits_child(arm: Callable[[asyncio.Task[Any]], Any]) -> Callable[[], Awaitable[str]]:
+    async def main() -> str:
+        lock = aio.Lock()
+
+        async def child() -> None:
+            async with lock:
+                pass
+
+        async def parent() -> str:
+            async with lock:
+                task = asyncio.ensure_future(child())
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    return "cancelled"
+            return "done"
+
+        ptask = asyncio.ensure_future(parent())
+        arm(ptask)
+        return await ptask
+
+    return main
+
+
+def test_lambda_timer_cancels_parent() -> None:
+    def arm(task: Any) -> None:
+        asyncio.get_running_loop().call_later(0.05, lambda: task.cancel())
+
+    assert finishes(_parent_awaits_child(arm)) == "cancelled"
+    assert deadlocks() == []
+
+
+def test_partial_timer_cancels_parent() -> None:
+    def arm(task: Any) -> None:
+        asyncio.get_running_loop().call_later(0.05, functools.partial(task.cancel, "stop"))
+
+    assert finishes(_parent_awaits_child(arm)) == "cancelled"
+    assert deadlocks() == []
+
+
+def test_thread_cancels_parent() -> None:
+    threads: list[threading.Thread] = []
+
+    def arm(task: Any) -> None:
+        loop = asyncio.get_running_loop()
+
+        def later() -> None:
+            time.sleep(0.05)
+            loop.call_soon_threadsafe(task.cancel)
+
+        threads.append(threading.Thread(target=later))
+        threads[0].start()
+
+    assert finishes(_parent_awaits_child(arm)) == "cancelled"
+    threads[0].join(5)
+    assert deadlocks() == []
+
+
+def test_task_cancels_parent() -> None:
+    # own shape: another task, sleeping first, cancels the parent
+    def arm(task: Any) -> None:
+        async def canceller() -> None:
+            await asyncio.sleep(0.05)
+            task.cancel()
+
+        asyncio.ensure_future(canceller())
+
+    assert finishes(_parent_awaits_child(arm)) == "cancelled"
+    assert deadlocks() == []
+
+
+def test_grandparent_timeout_cancels_the_chain() -> None:
+    # own shape: the timer cancels a task that awaits the parent (it propagates)
+    async def main() -> str:
+        inner = _parent_awaits_child(lambda _t: None)
+        try:
+            return await asyncio.wait_for(asyncio.ensure_future(inner()), 0.05)
+        except asyncio.TimeoutError:
+            return "timed out"
+
+    assert finishes(main) in ("timed out", "cancelled")
+    assert deadlocks() == []
+
+
+@pytest.mark.parametrize("kind", ["move_on_after", "fail_after"])
+def test_anyio_scopes_cancel_parent(kind: str) -> None:
+    anyio = pytest.importorskip("anyio")
+
+    async def main() -> str:
+        lock = aio.Lock()
+
+        async def child() -> None:
+            async with lock:
+                pass
+
+        try:
+            with getattr(anyio, kind)(0.05):
+                async with lock:
+                    await asyncio.ensure_future(child())
+        except TimeoutError:
+            return "timed out"
+        return "moved on"
+
+    assert finishes(main) in ("timed out", "moved on")
+    assert deadlocks() == []
+
+
+# ------------------------------- 1. the loop thread and a thread-releasable lock
+
+
+def test_loop_thread_retakes_lock_a_worker_releases() -> None:
+    async def main() -> str:
+        tl = lockwise.Lock(name="handoff")
+        tl.acquire()
+
+        def worker() -> None:
+            time.sleep(0.05)
+            tl.release()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        tl.acquire()  # blocks the loop's thread until the worker releases
+        tl.release()
+        thread.join(5)
+        return "ok"
+
+    assert finishes(main) == "ok"
+    assert deadlocks() == []
+
+
+def test_loop_thread_retakes_lock_taken_by_an_earlier_task() -> None:
+    # own shape: the lock was taken by a task that has finished; a worker
+    # blocked on a plain Event releases it once set
+    async def main() -> str:
+        tl = lockwise.Lock(name="handoff2")
+        go = threading.Event()
+
+        async def taker() -> None:
+            tl.acquire()
+
+        await asyncio.ensure_future(taker())
+
+        def worker() -> None:
+            go.wait(5)
+            tl.release()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        threading.Timer(0.05, go.set).start()
+        tl.acquire()
+        tl.release()
+        thread.join(5)
+        return "ok"
+
+    assert finishes(main) == "ok"
+    assert deadlocks() == []
+
+
+def test_loop_thread_self_wait_with_no_other_thread_still_raises() -> None:
+    async def main() -> None:
+        tl = lockwise.Lock(name="registry")
+        holding = asyncio.Event()
+
+        async def holder() -> None:
+            with tl:
+                holding.set()
+                await asyncio.sleep(0.05)
+
+        task = asyncio.ensure_future(holder())
+        await holding.wait()
+        with pytest.raises(lockwise.DeadlockError):
+            tl.acquire()
+        await task
+
+    asyncio.run(main())
+
+
+# --------------------------------------- 1. lock order under a timeout is timed
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
+def test_inversion_under_asyncio_timeout_is_not_reported() -> None:
+    async def main() -> None:
+        a, b = aio.Lock(name="a"), aio.Lock(name="b")
+        async with a, b:
+            pass
+        async with asyncio.timeout(5):  # type: ignore[attr-defined]
+            async with b, a:
+                pass
+
+    finishes(main)
+    assert lockwise.findings("lock-order") == []
+
+
+def test_inversion_under_wait_for_timeout_is_not_reported() -> None:
+    # own shape: the timed side runs first, under wait_for(..., timeout)
+    async def main() -> None:
+        a, b = aio.Lock(name="a2"), aio.Lock(name="b2")
+
+        async def backward() -> None:
+            async with b, a:
+                pass
+
+        await asyncio.wait_for(backward(), 5)
+        async with a, b:
+            pass
+
+    finishes(main)
+    assert lockwise.findings("lock-order") == []
+
+
+def test_inversion_without_timeout_is_still_reported() -> None:
+    async def main() -> None:
+        a, b = aio.Lock(name="a3"), aio.Lock(name="b3")
+        async with a, b:
+            pass
+        async with b, a:
+            pass
+
+    asyncio.run(main())  # no deadline on the loop: untimed acquisitions
+    assert len(lockwise.findings("lock-order")) == 1
+
+
+# ------------------------------------------- real deadlocks still raise
+
+
+def test_parent_awaits_child_with_nothing_else_raises() -> None:
+    async def main() -> str:
+        lock = aio.Lock()
+
+        async def child() -> None:
+            async with lock:
+                pass
+
+        async with lock:
+            with pytest.raises(lockwise.DeadlockError):
+                await asyncio.ensure_future(child())
+        return "raised"
+
+    assert asyncio.run(main()) == "raised"
+    assert len(deadlocks()) == 1
