@@ -10,12 +10,14 @@ pytest-timeout (SIGALRM, which lockwise does not count as a wake-up) bounds them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
 import sys
 import threading
 import time
 import warnings
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -386,4 +388,311 @@ def test_parent_awaits_child_with_nothing_else_raises() -> None:
         return "raised"
 
     assert asyncio.run(main()) == "raised"
+    assert len(deadlocks()) == 1
+
+
+# ------------------------------ 2. every occurrence of a deadlock is raised
+
+
+def _opposite_order() -> Callable[[], Awaitable[list[Any]]]:
+    async def main() -> list[Any]:
+        a, b = aio.Lock(name="a"), aio.Lock(name="b")
+        ea, eb = asyncio.Event(), asyncio.Event()
+
+        async def one() -> None:
+            async with a:
+                ea.set()
+                await eb.wait()
+                async with b:
+                    pass
+
+        async def two() -> None:
+            async with b:
+                eb.set()
+                await ea.wait()
+                async with a:
+                    pass
+
+        return await asyncio.gather(one(), two(), return_exceptions=True)
+
+    return main
+
+
+def test_repeated_deadlock_with_reused_task_ids_raises_every_time() -> None:
+    for round_ in range(15):
+        results = asyncio.run(_opposite_order()())
+        assert sum(isinstance(r, lockwise.DeadlockError) for r in results) == 1, round_
+        gc.collect()  # free the tasks: the next round's may reuse their ids
+    assert len(deadlocks()) == 15
+
+
+def test_task_retrying_after_deadlock_error_raises_again() -> None:
+    async def main() -> int:
+        lock = aio.Lock()
+
+        async def child() -> int:
+            errors = 0
+            for _ in range(3):
+                try:
+                    async with lock:
+                        return errors
+                except lockwise.DeadlockError:
+                    errors += 1
+            return errors
+
+        async with lock:
+            return await asyncio.ensure_future(child())
+
+    assert asyncio.run(main()) == 3
+    assert len(deadlocks()) == 3
+
+
+def test_loop_thread_self_wait_raises_every_time() -> None:
+    # own shape: the loop rule's key was the lock's id and the thread's ident
+    async def main() -> int:
+        tl = lockwise.Lock(name="registry2")
+        holding = asyncio.Event()
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            with tl:
+                holding.set()
+                await release.wait()
+
+        task = asyncio.ensure_future(holder())
+        await holding.wait()
+        raised = 0
+        for _ in range(3):
+            try:
+                tl.acquire()
+            except lockwise.DeadlockError:
+                raised += 1
+        release.set()
+        await task
+        return raised
+
+    assert asyncio.run(main()) == 3
+
+
+# ------------------------------------------- 2. await cycles without locks
+
+
+def test_two_tasks_awaiting_each_other() -> None:
+    async def main() -> list[Any]:
+        tasks: dict[str, Any] = {}
+
+        async def a() -> None:
+            await asyncio.sleep(0)
+            await tasks["b"]
+
+        async def b() -> None:
+            await asyncio.sleep(0)
+            await tasks["a"]
+
+        tasks["a"] = asyncio.ensure_future(a())
+        tasks["b"] = asyncio.ensure_future(b())
+        return await asyncio.gather(tasks["a"], tasks["b"], return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, lockwise.DeadlockError) for r in results), results
+    assert len(deadlocks()) == 1
+    assert "wait for each other" in deadlocks()[0].summary
+
+
+def test_await_ring_through_gather() -> None:
+    # own shape: a awaits gather(b), b awaits c, c awaits a
+    async def main() -> list[Any]:
+        tasks: dict[str, Any] = {}
+
+        async def a() -> None:
+            await asyncio.sleep(0)
+            await asyncio.gather(tasks["b"])
+
+        async def b() -> None:
+            await asyncio.sleep(0)
+            await tasks["c"]
+
+        async def c() -> None:
+            await asyncio.sleep(0)
+            await tasks["a"]
+
+        for name, fn in (("a", a), ("b", b), ("c", c)):
+            tasks[name] = asyncio.ensure_future(fn())
+        return await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert any(isinstance(r, lockwise.DeadlockError) for r in results), results
+    assert len(deadlocks()) == 1
+
+
+def test_await_cycle_is_raised_once_pending_timers_have_run() -> None:
+    # own shape: while a timer is pending, the timer might cancel or release
+    # anything; once it has run and the loop goes idle, the cycle is provable
+    async def main() -> tuple[list[Any], float]:
+        tasks: dict[str, Any] = {}
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+
+        async def a() -> None:
+            await asyncio.sleep(0)
+            await tasks["b"]
+
+        async def b() -> None:
+            await asyncio.sleep(0)
+            await tasks["a"]
+
+        tasks["a"] = asyncio.ensure_future(a())
+        tasks["b"] = asyncio.ensure_future(b())
+        loop.call_later(0.1, lambda: fired.append(loop.time()))
+        start = loop.time()
+        results = await asyncio.gather(tasks["a"], tasks["b"], return_exceptions=True)
+        assert fired, "raised before the timer ran"
+        return results, loop.time() - start
+
+    results, elapsed = asyncio.run(main())
+    assert all(isinstance(r, lockwise.DeadlockError) for r in results)
+    assert elapsed >= 0.1
+
+
+# ------------------------- 2. thread locks held across await, indirectly
+
+
+class _Guard:
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    async def __aenter__(self) -> None:
+        self.lock.acquire()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.lock.release()
+
+
+def _held_across(kind: str) -> list[Any]:
+    async def main() -> None:
+        tl = lockwise.Lock(name=f"cache-{kind}")
+
+        @contextlib.asynccontextmanager
+        async def guarded() -> AsyncIterator[None]:
+            with tl:
+                yield
+
+        cm: Any = guarded() if kind == "acm" else _Guard(tl)
+        async with cm:
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    return [f for f in lockwise.findings("lock-order")
+            if f.details.get("rule") == "held-across-await"]
+
+
+def test_thread_lock_held_across_await_via_asynccontextmanager() -> None:
+    found = _held_across("acm")
+    assert len(found) == 1 and "cache-acm" in found[0].summary
+
+
+def test_thread_lock_held_across_await_via_custom_aenter() -> None:
+    found = _held_across("aenter")
+    assert len(found) == 1 and "cache-aenter" in found[0].summary
+
+
+def test_held_thread_lock_does_not_rescan_tasks_every_iteration() -> None:
+    async def main() -> float:
+        tl = lockwise.Lock(name="held-long")
+        stop = asyncio.Event()
+        idle = [asyncio.ensure_future(stop.wait()) for _ in range(3000)]
+        await asyncio.sleep(0)
+
+        @contextlib.asynccontextmanager
+        async def guarded() -> AsyncIterator[None]:
+            with tl:
+                yield
+
+        start = time.perf_counter()
+        async with guarded():
+            for _ in range(2000):
+                await asyncio.sleep(0)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        await asyncio.gather(*idle)
+        return elapsed
+
+    elapsed = asyncio.run(main())
+    assert elapsed < 2.0, elapsed  # plain asyncio: ~0.02 s; a scan per iteration: ~10 s
+
+
+# ------------------- 2. a DeadlockError never leaves a lock in a wrong state
+
+
+def test_deadlock_in_condition_wait_keeps_exclusion() -> None:
+    async def main() -> list[str]:
+        cond = aio.Condition()
+        log: list[str] = []
+        waiting = asyncio.Event()
+
+        async def a() -> str:
+            async with cond:
+                waiting.set()
+                await cond.wait()
+                log.append("a in")
+                await asyncio.sleep(0)
+                log.append("a out")
+            return "a"
+
+        async def b(task_a: Any) -> str:
+            await waiting.wait()
+            try:
+                async with cond:
+                    log.append("b in")
+                    cond.notify()
+                    await task_a  # a needs the lock b holds: deadlock
+                    log.append("b after a")
+            except lockwise.DeadlockError:
+                log.append("b raised")
+            return "b"
+
+        ta = asyncio.ensure_future(a())
+        tb = asyncio.ensure_future(b(ta))
+        results = await asyncio.gather(ta, tb, return_exceptions=True)
+        assert not cond.locked()
+        return [str(r) for r in results] + log
+
+    out = asyncio.run(main())
+    # b, the one whose raise releases what it holds, is the victim; a then
+    # re-acquires and runs its critical section alone
+    assert out == ["a", "b", "b in", "b raised", "a in", "a out"], out
+    assert len(deadlocks()) == 1
+
+
+def test_condition_reacquire_is_never_the_victim() -> None:
+    # own shape: the notifier holds the lock and waits on a lock the waiter holds
+    async def main() -> list[str]:
+        cond = aio.Condition()
+        other = aio.Lock(name="other")
+        log: list[str] = []
+        waiting = asyncio.Event()
+
+        async def a() -> None:
+            async with other:
+                async with cond:
+                    waiting.set()
+                    await cond.wait()
+                    log.append("a in")
+                    assert cond.locked() and cond.owner is asyncio.current_task()
+                log.append("a out")
+
+        async def b() -> None:
+            await waiting.wait()
+            try:
+                async with cond:
+                    cond.notify()
+                    async with other:  # a holds other and needs cond's lock
+                        log.append("b both")
+            except lockwise.DeadlockError:
+                log.append("b raised")
+
+        await asyncio.gather(a(), b(), return_exceptions=True)
+        return log
+
+    assert asyncio.run(main()) == ["b raised", "a in", "a out"]
     assert len(deadlocks()) == 1

@@ -52,8 +52,8 @@ class TaskState:
     drops the lock from ``held``), always on the loop's thread.
     """
 
-    __slots__ = ("task", "ident", "uid", "held", "waiting", "wait_serial", "quiet",
-                 "__weakref__")
+    __slots__ = ("task", "ident", "uid", "held", "waiting", "wait_serial", "cond_waits",
+                 "quiet", "__weakref__")
 
     def __init__(self, task: Any) -> None:
         self.task = task
@@ -68,6 +68,8 @@ class TaskState:
         #: New at every lock wait and every DeadlockError raised in the task:
         #: with ``uid``, it keys a deadlock to one formation (a retry is another).
         self.wait_serial = 0
+        #: > 0 while in ``Condition.wait``: never a victim (see ``victim_in``).
+        self.cond_waits = 0
         #: While > 0, lockwise itself is reporting: no order edges.
         self.quiet = 0
 
@@ -483,7 +485,8 @@ def build_finding(cycle: list[Any], victim: Any, key: Any) -> Finding:
     finding = Finding(
         kind="deadlock", summary=summary, threads=names, locks=list(refs.values()),
         stacks=stacks,
-        details={"rule": "task-cycle", "victim": task_name(victim), "threads": entries,
+        details={"rule": "task-cycle", "victim": task_name(victim) if victim is not None else None,
+                 "threads": entries,
                  "asyncio": True},
         key=key,
     )
@@ -526,12 +529,44 @@ def check_wait(task: Any, loop: Any, lock: Any) -> None:
         if task not in dead or loop_may_wake(loop) is not None:
             return
         cycle = cycle_from(task, dead, waits)
-        finding = report_deadlock(cycle, task)
+        victim = victim_in(cycle, task)
+        if victim is None:
+            return  # the idle re-check reports it once the task has queued
+        finding = report_deadlock(cycle, victim)
     except Exception as exc:
         _findings.internal_error("the asyncio deadlock check", exc)
         return
-    if finding is not None:
-        raise DeadlockError(str(finding), finding)
+    if finding is None:
+        return
+    error = DeadlockError(str(finding), finding)
+    if victim is task:
+        raise error
+    _raise_in(victim, error)
+
+
+def victim_in(cycle: list[Any], current: Any = None) -> Any:
+    """The task of ``cycle`` that raises: one whose error leaves every lock as is.
+
+    ``current`` (about to queue on a lock) first, then a task queued on a lock,
+    then a task awaiting a task or a gather (resumed with the error). Never a
+    task in ``Condition.wait``: its re-acquisition must succeed before wait()
+    returns, or the caller's release would free a lock another task holds.
+    None if every task of the cycle is such a waiter (nothing is raised; the
+    watchdog reports the hang).
+    """
+    def eligible(task: Any) -> bool:
+        ts = states.get(task)
+        return ts is None or not ts.cond_waits
+
+    if current is not None and eligible(current):
+        return current
+    for task in cycle:
+        if task is not current and eligible(task) and lock_wait(task) is not None:
+            return task
+    for task in cycle:
+        if task is not current and eligible(task) and _can_raise_in(task):
+            return task
+    return None
 
 
 # ---------------------------------------------------------------- re-checks
@@ -623,10 +658,11 @@ def on_idle(loop: Any) -> None:
         if task not in dead:
             continue
         cycle = cycle_from(task, dead, waits)
-        victim = next((t for t in cycle if lock_wait(t) is not None), None)
+        victim = victim_in(cycle)
         if victim is None:
-            victim = next((t for t in cycle if _can_raise_in(t)), None)
-        if victim is None:
+            key = cycle_key(cycle)
+            if key not in _findings._seen:  # recorded for the reports, raised nowhere
+                _findings.record(build_finding(cycle, None, key))
             continue
         finding = report_deadlock(cycle, victim)
         if finding is not None:

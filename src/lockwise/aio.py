@@ -16,30 +16,33 @@ when it can end only through other tasks:
   stuck when more than one is pending: one failing would end the gather).
 
 When a task is about to queue on a held lock, the tasks reachable through
-known waits are collected and the greatest fixpoint "stuck" set is computed
-(a wait is stuck when every task that could end it is stuck). That is only a
+known waits are collected and the greatest fixpoint "stuck" set is computed (a
+wait is stuck when every task that could end it is stuck). That is only a
 candidate: any lock may be released by another task or a callback (hand-off)
-and any task may be cancelled, by code lockwise does not follow. So a cycle
-is provable, and :class:`lockwise.DeadlockError` raised, only when nothing
-else may run on the loop (``_aio_wait.loop_may_wake``): no ready callback, no
-timer (whatever it calls), no watched file descriptor but the loop's own
-wake-up pipe, no signal handler (asyncio.run's Ctrl-C handler and timer
-signals excepted, as for threads), a loop not stopping, and no other thread
-that may run (every other thread blocked, untimed, on a wait lockwise
-validates; it could otherwise call ``call_soon_threadsafe``). The waiting task
-then raises at its ``await``, before it queues. A cycle can also close later
-without a lock call (the owner later ``await``s the waiter, two tasks
-``await`` each other): every change on a loop happens in one of its
-iterations, so the check runs again when the loop is about to go idle
-(nothing ready, no timer: the ``_run_once`` hook) and raises in one stuck
-task: a lock waiter's waiter future fails, or a task awaiting a task is
-resumed with the error (what it awaits is left alone). While lock waiters
-exist and only another thread stands in the way, a lockwise timer (not a
-wake-up) looks again every ``check_interval``. A cancelled waiter leaves
-asyncio's queue (asyncio's own code wakes the next one), so it leaves the
-relation too. Deadlocks are keyed by task uids and per-wait serials, never
-``id()``s: a new cycle of new tasks, or of tasks retrying after a
-DeadlockError, is raised again.
+and any task may be cancelled, by code lockwise does not follow. So a cycle is
+provable, and :class:`lockwise.DeadlockError` raised, only when nothing else
+may run on the loop (``_aio_wait.loop_may_wake``): no ready callback, no timer
+(whatever it calls), no watched file descriptor but the loop's own wake-up
+pipe, no signal handler (asyncio.run's Ctrl-C handler and timer signals
+excepted, as for threads), a loop not stopping, and no other thread that may
+run (every other thread blocked, untimed, on a wait lockwise validates; it
+could otherwise call ``call_soon_threadsafe``). The waiting task then raises
+at its ``await``, before it queues. A cycle can also close later without a
+lock call (the owner later ``await``s the waiter, two tasks ``await`` each
+other): every change on a loop happens in one of its iterations, so the check
+runs again when the loop is about to go idle (nothing ready, no timer: the
+``_run_once`` hook) and raises in one stuck task: a lock waiter's waiter
+future fails, or a task awaiting a task is resumed with the error (what it
+awaits is left alone). While lock waiters exist and only another thread stands
+in the way, a lockwise timer (not a wake-up) looks again every
+``check_interval``. A task inside ``Condition.wait`` is never the victim: its
+re-acquisition must succeed before ``wait()`` returns, or the caller's release
+would free the lock another task holds (the notifier awaiting it raises
+instead; with no other candidate, the cycle is recorded, not raised). A
+cancelled waiter leaves asyncio's queue (asyncio's own code wakes the next
+one), so it leaves the relation too. Deadlocks are keyed by task uids and
+per-wait serials, never ``id()``s: a new cycle of new tasks, or of tasks retrying
+after a DeadlockError, is raised again.
 
 Lock order: a task acquiring a lockwise asyncio Lock while holding others adds
 edges to the same order graph and chain cache as threads (``_order``), with the
@@ -47,10 +50,13 @@ task's name in the report. Semaphores add no order edges (as ``threading``'s).
 
 Mixed code (active once this module is imported):
 
-* a lockwise thread lock still held by the loop's thread at the end of a loop
-  iteration, acquired in a coroutine that is now suspended, is held across an
-  ``await``: a ``lock-order`` finding (rule ``held-across-await``), policy
-  ``on_lock_order``; a "raise" goes to the loop's exception handler;
+* a lockwise thread lock taken by the loop's thread during a loop iteration,
+  in async code (a coroutine, an ``@asynccontextmanager`` generator, an
+  ``__aenter__``), and still held at its end, is held across an ``await``: a
+  ``lock-order`` finding (rule ``held-across-await``), policy
+  ``on_lock_order``; a "raise" goes to the loop's exception handler. Locks
+  already held when the iteration began are not looked at again (O(1) per
+  iteration while one stays held);
 * a blocking, untimed acquire of a lockwise thread lock by the loop's thread
   while that thread already owns it (a task of the same loop holds it) and no
   other thread may run (one might release it: a hand-off) can never end:
@@ -342,6 +348,22 @@ class Condition(_Introspection, _AsyncioCondition):  # type: ignore[misc]
     def _contended(self) -> bool:
         return bool(self.locked())
 
+    async def wait(self) -> bool:
+        # While a task is in wait(), its only lock wait is the re-acquisition,
+        # which asyncio retries until it succeeds: a DeadlockError there would
+        # leave wait() without the lock, and the caller's release (``async
+        # with``'s exit) would release it under the task that holds it. Such
+        # a task is never the victim (``TaskState.cond_waits``).
+        task = current_task()
+        ts = state_for(task) if task is not None else None
+        if ts is not None:
+            ts.cond_waits += 1
+        try:
+            return bool(await super().wait())
+        finally:
+            if ts is not None:
+                ts.cond_waits -= 1
+
     async def __aenter__(self) -> None:
         await self.acquire()
 
@@ -522,21 +544,31 @@ def _loop_thread_check(ts: ThreadState) -> None:
         raise DeadlockError(str(finding), finding)
 
 
-def _held_across(loop: Any, ts: ThreadState) -> None:
+def _held_across(loop: Any, ts: ThreadState, before: Optional[list[Any]]) -> None:
+    """Thread locks taken in async code during this iteration and still held.
+
+    Only locks that were not held when the iteration began are looked at: a
+    lock held for many iterations costs nothing after the first. The code that
+    took it (a coroutine, an ``@asynccontextmanager`` generator, an
+    ``__aenter__``) has returned to the loop without releasing it, so whichever
+    task runs next on this loop and takes it blocks the loop's thread.
+    """
     for lock in list(ts.held):
+        if before and any(h is lock for h in before):
+            continue
         acq = lock._acq
         if acq is None or not _aio_wait.is_async_code(acq[0]):
             continue
         key = ("lock-order", "held-across-await", str(lock._site), acq[0].co_filename, acq[1])
         if key in _findings._seen:
             continue
+        # The task whose coroutine chain still runs the acquiring code (the
+        # direct form); an __aenter__ or a generator has left it: unnamed.
         holder = _aio_wait.task_holding(loop, acq[0])
-        if holder is None:
-            continue
         ref = lock_refs([lock])[id(lock)]
-        name = task_name(holder)
+        name = task_name(holder) if holder is not None else "a task of this loop"
         where = acquired_at(lock)
-        stack = _aio_wait.task_stack(holder)
+        stack = _aio_wait.task_stack(holder) if holder is not None else []
         finding = Finding(
             kind="lock-order",
             summary=f"thread lock {ref.name} held across an await by task {name}",
@@ -550,7 +582,8 @@ def _held_across(loop: Any, ts: ThreadState) -> None:
 
         finding.text = "\n".join(
             [f"lockwise: potential deadlock: {finding.summary}", "",
-             f"  Task {name} acquired the thread lock {ref.name} ({ref.site}) at {where}",
+             f"  {'Task ' if holder is not None else ''}{name} acquired the thread lock "
+             f"{ref.name} ({ref.site}) at {where}",
              "  and is suspended at an await while holding it. Any other task of this loop",
              "  that acquires it blocks the loop's thread, and the loop can never resume",
              f"  {name} to release it: the whole loop freezes. Use an asyncio.Lock, or",
@@ -579,11 +612,14 @@ def _run_once(self: Any) -> None:
             _aio_wait.on_idle(self)
         except Exception as exc:
             _findings.internal_error("the asyncio deadlock re-check", exc)
-    _original_run_once(self)
     ts = _thread_states.get(_get_ident())
+    before = ts.held[:] if ts is not None and ts.held else None
+    _original_run_once(self)
+    if ts is None:
+        ts = _thread_states.get(_get_ident())
     if ts is not None and ts.held:
         try:
-            _held_across(self, ts)
+            _held_across(self, ts, before)
         except Exception as exc:
             _findings.internal_error("the held-across-await check", exc)
 
