@@ -280,7 +280,7 @@ def _ours(handle: Any) -> bool:
     return getattr(getattr(handle, "_callback", None), "__self__", None) is _RECHECK_MARK
 
 
-def loop_may_wake(loop: Any, threads: bool = True) -> Optional[str]:
+def loop_may_wake(loop: Any, threads: bool = True, signals: bool = True) -> Optional[str]:
     """What, outside the task wait-for relation, may still run on ``loop``; None if nothing.
 
     Any pending callback or timer (whatever it calls: a release, a ``cancel``,
@@ -310,7 +310,7 @@ def loop_may_wake(loop: Any, threads: bool = True) -> Optional[str]:
             return "a watched file descriptor"
     except Exception:
         return "a selector lockwise cannot read"
-    if _signal_may_wake(loop):
+    if signals and _signal_may_wake(loop):
         return "a signal handler"
     if threads and _threads_may_run():
         return "another thread"
@@ -638,7 +638,7 @@ def on_idle(loop: Any) -> None:
     only when nothing at all can wake the loop (it is about to sleep forever).
     """
     w = _waiters.get(loop)
-    if loop_may_wake(loop, threads=False) is not None:
+    if loop_may_wake(loop, threads=False, signals=False) is not None:
         return
     roots = [t for t in w.tasks if lock_wait(t) is not None] if w is not None else []
     if not roots:
@@ -648,7 +648,7 @@ def on_idle(loop: Any) -> None:
         if not roots:
             return
     dead, waits = dead_tasks(roots, loop)
-    if not dead:
+    if not dead or _signal_may_wake(loop):
         return
     if _threads_may_run():
         if w is not None and w.handle is None:
