@@ -696,3 +696,118 @@ def test_condition_reacquire_is_never_the_victim() -> None:
 
     assert asyncio.run(main()) == ["b raised", "a in", "a out"]
     assert len(deadlocks()) == 1
+
+
+# --------------------- 2. the watchdog reports tasks stuck on untimed awaits
+
+
+def _hang_of(build: Callable[[], list[Any]], timeout: float = 0.2) -> list[Any]:
+    """Start the tasks ``build`` makes, wait (on a timer) for the watchdog to report
+    a hang, cancel them; the task hang findings."""
+
+    async def main() -> None:
+        tasks = build()
+        end = time.monotonic() + 10
+        while not lockwise.findings("hang") and time.monotonic() < end:
+            await asyncio.sleep(0.02)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with lockwise.watchdog(timeout, interval=0.02):  # type: ignore[union-attr]
+        asyncio.run(main())
+    lockwise.watchdog(None)
+    return [f for f in lockwise.findings("hang") if f.details.get("asyncio")]
+
+
+def test_watchdog_reports_queue_cycle() -> None:
+    def build() -> list[Any]:
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+        holder: dict[str, Any] = {}
+
+        async def producer() -> None:
+            for i in range(3):
+                await queue.put(i)  # blocks on the second item: queue full
+
+        async def consumer() -> None:
+            await holder["producer"]  # waits for the producer before consuming
+            while not queue.empty():
+                queue.get_nowait()
+
+        holder["producer"] = asyncio.ensure_future(producer())
+        return [holder["producer"], asyncio.ensure_future(consumer())]
+
+    [hang] = _hang_of(build)
+    assert "Queue.put" in hang.summary and "Task-" in hang.summary
+    assert len(hang.threads) == 2
+
+
+def test_watchdog_reports_event_never_set() -> None:
+    def build() -> list[Any]:
+        event = asyncio.Event()
+        return [asyncio.ensure_future(event.wait())]
+
+    [hang] = _hang_of(build)
+    assert "Event.wait" in hang.summary
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TaskGroup is 3.11+")
+def test_watchdog_reports_taskgroup_waiting_on_stuck_child() -> None:
+    def build() -> list[Any]:
+        event = asyncio.Event()
+
+        async def group() -> None:
+            async with asyncio.TaskGroup() as tg:  # type: ignore[attr-defined]
+                tg.create_task(event.wait())
+
+        return [asyncio.ensure_future(group())]
+
+    hangs = _hang_of(build)
+    assert hangs and "TaskGroup" in hangs[0].summary
+
+
+def test_watchdog_reports_lock_cycle_kept_unprovable_by_a_heartbeat() -> None:
+    # own shape: a real lock cycle, but a heartbeat timer could act: no
+    # DeadlockError, and the watchdog reports the two tasks
+    def build() -> list[Any]:
+        a, b = aio.Lock(name="wa"), aio.Lock(name="wb")
+        ea, eb = asyncio.Event(), asyncio.Event()
+
+        async def one() -> None:
+            async with a:
+                ea.set()
+                await eb.wait()
+                async with b:
+                    pass
+
+        async def two() -> None:
+            async with b:
+                eb.set()
+                await ea.wait()
+                async with a:
+                    pass
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(0.01)
+
+        return [asyncio.ensure_future(c()) for c in (one, two, heartbeat)]
+
+    [hang] = _hang_of(build)
+    assert len(hang.threads) == 2 and deadlocks() == []
+
+
+def test_watchdog_ignores_sleeps_and_deadlines() -> None:
+    async def main() -> None:
+        event = asyncio.Event()
+        tasks = [asyncio.ensure_future(asyncio.sleep(5)),
+                 asyncio.ensure_future(asyncio.wait_for(event.wait(), 5))]
+        await asyncio.sleep(0.4)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with lockwise.watchdog(0.1, interval=0.02):  # type: ignore[union-attr]
+        asyncio.run(main())
+    lockwise.watchdog(None)
+    assert lockwise.findings("hang") == []

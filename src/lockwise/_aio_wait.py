@@ -12,6 +12,8 @@ import functools
 import os
 import sys
 import threading
+import time
+import weakref
 from types import CodeType, FrameType
 
 from . import _findings
@@ -637,6 +639,8 @@ def on_idle(loop: Any) -> None:
     plus O(tasks reachable from lock waiters); the whole task list is read
     only when nothing at all can wake the loop (it is about to sleep forever).
     """
+    if loop not in loops:
+        loops.add(loop)
     w = _waiters.get(loop)
     if loop_may_wake(loop, threads=False, signals=False) is not None:
         return
@@ -715,3 +719,119 @@ def is_async_code(code: CodeType) -> bool:
 
 def thread_name_of_loop() -> str:
     return threading.current_thread().name
+
+
+# ---------------------------------------------------------------- the watchdog
+#
+# Run by the watchdog's thread (``_watchdog.Watchdog.poll``), never on a loop:
+# it only reads. A task counts as hung when it has stayed suspended on the
+# same future for ``timeout`` seconds, the wait is of a kind lockwise follows
+# for tasks (a lockwise lock, ``await task``, gather, or asyncio's Event,
+# Queue, Condition, Semaphore, Barrier, TaskGroup: the freezes the deadlock
+# check cannot prove), and no timer acts on it (``asyncio.sleep``, a
+# deadline). Each wait is reported once. Cost per poll: O(tasks + timers) for
+# each loop that has gone idle at least once (``loops``).
+
+#: Loops seen by the idle hook, for the watchdog.
+loops: Any = weakref.WeakSet()
+#: task -> (the future it waits on, since when): the identity of one wait.
+_since: Any = weakref.WeakKeyDictionary()
+_FOLLOWED = {os.path.join(_ASYNCIO_DIR, name)
+             for name in ("locks.py", "queues.py", "taskgroups.py", "mixins.py")}
+
+
+def _followed_wait(task: Any, fut: Any) -> Optional[str]:
+    """What ``task`` waits for, if it is a wait the watchdog follows."""
+    frames = coro_frames(task)
+    user = [f for f in frames if f.f_code.co_filename not in INTERNAL_FILES]
+    where = f" at {user[-1].f_code.co_filename}:{user[-1].f_lineno}" if user else ""
+    if isinstance(fut, _Task):
+        return f"task {task_name(fut)}{where}"
+    if _GatheringFuture is not None and isinstance(fut, _GatheringFuture):
+        return f"gather{where}"
+    for frame in reversed(frames):
+        code = frame.f_code
+        if code.co_filename in _FOLLOWED:
+            name = getattr(code, "co_qualname", code.co_name)
+            return f"asyncio {name}{where}"
+    return None
+
+
+def _timer_targets(loop: Any) -> set[int]:
+    targets: set[int] = set()
+    for handle in list(getattr(loop, "_scheduled", None) or ()):
+        if not handle._cancelled and not _ours(handle):
+            targets.update(id(o) for o in _decode(handle._callback, handle._args))
+    return targets
+
+
+def _acted_on(task: Any, fut: Any, targets: set[int]) -> bool:
+    """Does a timer (``targets``) act on ``task``, its future, or one awaiting it?"""
+    seen: set[int] = set()
+    todo = [task, fut]
+    while todo and len(seen) < 200:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if id(obj) in targets:
+            return True
+        for entry in list(getattr(obj, "_callbacks", None) or ()):
+            cb = entry[0] if isinstance(entry, tuple) else entry
+            todo.extend(o for o in _decode(cb, ()) if isinstance(o, asyncio.Future))
+    return False
+
+
+def hung_tasks(timeout: float, reported: set[Any],
+               now: Optional[float] = None) -> list[tuple[Any, str, float, Any]]:
+    """Tasks hung for ``timeout`` seconds, not in ``reported``: (task, label, seconds, key)."""
+    now = time.monotonic() if now is None else now
+    out: list[tuple[Any, str, float, Any]] = []
+    for loop in list(loops):
+        try:
+            if loop.is_closed():
+                continue
+            tasks = list(asyncio.all_tasks(loop))
+        except Exception:
+            continue
+        targets: Optional[set[int]] = None
+        for task in tasks:
+            fut = getattr(task, "_fut_waiter", None)
+            if fut is None or task.done():
+                _since.pop(task, None)
+                continue
+            seen = _since.get(task)
+            if seen is None or seen[0] is not fut:
+                _since[task] = (fut, now, new_uid())
+                continue
+            if now - seen[1] < timeout or seen[2] in reported:
+                continue
+            label = _followed_wait(task, fut)
+            if label is None:
+                continue
+            if targets is None:
+                targets = _timer_targets(loop)
+            if _acted_on(task, fut, targets):
+                continue
+            out.append((task, label, now - seen[1], seen[2]))
+    return out
+
+
+def build_task_hang(hung: list[tuple[Any, str, float, Any]], timeout: float) -> Finding:
+    from ._report import render_hang
+
+    names = [task_name(task) for task, _l, _s, _k in hung]
+    entries = [{"thread": name, "task": name, "waits_for": label, "seconds": round(secs, 3),
+                "holds": []} for name, (_t, label, secs, _k) in zip(names, hung)]
+    stacks = [StackInfo(name, f"suspended for {secs:.1f}s on {label}", task_stack(task))
+              for name, (task, label, secs, _k) in zip(names, hung)]
+    finding = Finding(
+        kind="hang",
+        summary=f"tasks blocked for more than {timeout:g}s: " + "; ".join(
+            f"{name} waits for {label}" for name, (_t, label, _s, _k) in zip(names, hung)),
+        threads=names, locks=[], stacks=stacks,
+        details={"timeout": timeout, "stuck": entries, "table": [], "asyncio": True},
+        key=("hang", "tasks", frozenset(k for _t, _l, _s, k in hung)),
+    )
+    finding.text = render_hang(finding)
+    return finding

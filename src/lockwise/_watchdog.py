@@ -12,8 +12,12 @@ its ``changes`` counter, which moves whenever the thread stops waiting);
 waits that become stuck at the same poll share one finding.
 
 Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not
-reported: they end by themselves. The watchdog's own thread is registered in
-``_state.internal_threads`` so the deadlock rules never count it.
+reported: they end by themselves. asyncio tasks suspended too long on a wait
+lockwise follows (its locks, ``await task``, gather, asyncio's Event, Queue,
+Condition, Semaphore, Barrier, TaskGroup), with no timer acting on them, are
+reported the same way, once ``lockwise.aio`` is in use (see ``_aio_wait``).
+The watchdog's own thread is registered in ``_state.internal_threads`` so the
+deadlock rules never count it.
 Policy: ``settings.on_hang`` (``"raise"`` cannot raise into another thread
 and acts like ``"log"``). The watchdog watches the process that started it;
 a forked child has none unless it starts one.
@@ -150,6 +154,7 @@ class Watchdog:
         self._stop = _thread.allocate_lock()
         self._thread: Optional[threading.Thread] = None
         self._reported: set[tuple[int, int]] = set()
+        self._reported_tasks: set[int] = set()
 
     @property
     def running(self) -> bool:
@@ -192,13 +197,30 @@ class Watchdog:
             internal_threads.discard(me)
 
     def poll(self) -> Optional[Finding]:
-        """One check now; returns the new ``hang`` finding, if any."""
+        """One check now; returns the new ``hang`` finding, if any (threads first)."""
+        found = self._poll_tasks()
         stuck = [(ts, c) for ts, c in stuck_waits(self.timeout)
                  if (ts.ident, c) not in self._reported]
         if not stuck:
-            return None
+            return found
         self._reported.update((ts.ident, c) for ts, c in stuck)
         finding = build_hang(stuck, self.timeout)
+        if _findings.record(finding):
+            _findings.apply_policy(finding, settings.on_hang)
+            return finding
+        return found
+
+    def _poll_tasks(self) -> Optional[Finding]:
+        """asyncio tasks hung on a wait lockwise follows (``_aio_wait.hung_tasks``),
+        once ``lockwise.aio`` is in use (looked up, not imported)."""
+        aio_wait = sys.modules.get("lockwise._aio_wait")
+        if aio_wait is None:
+            return None
+        hung = aio_wait.hung_tasks(self.timeout, self._reported_tasks)
+        if not hung:
+            return None
+        self._reported_tasks.update(key for _t, _l, _s, key in hung)
+        finding: Finding = aio_wait.build_task_hang(hung, self.timeout)
         if _findings.record(finding):
             _findings.apply_policy(finding, settings.on_hang)
             return finding

@@ -75,7 +75,9 @@ when nothing at all can wake the loop).
 
 Limits. Waits lockwise cannot attribute to tasks (Events, Queues, plain
 futures, I/O, ``asyncio.wait``, TaskGroups, a Condition wait for a notify) count
-as able to end, so freezes through them are not reported. A loop with a timer,
+as able to end, so freezes through them are not raised; the watchdog reports
+a task suspended on one of asyncio's primitives, a lock, a task or a gather
+past its timeout with no timer acting on it (``_aio_wait.hung_tasks``). A loop with a timer,
 a ready callback or watched I/O (a server's listening socket), or a process
 with another thread that may run, never gets a DeadlockError: any of them may
 release or cancel (the watchdog reports the hang). A cycle of ``await``s with
