@@ -525,6 +525,43 @@ def test_await_ring_through_gather() -> None:
     assert len(deadlocks()) == 1
 
 
+def test_await_cycle_beside_a_live_lock_wait_is_raised() -> None:
+    # own shape: a lock waiter that is not stuck (its owner waits on an Event
+    # set later) must not hide an await cycle elsewhere on the loop
+    async def main() -> list[Any]:
+        tasks: dict[str, Any] = {}
+        lock = aio.Lock()
+        go = asyncio.Event()
+
+        async def owner() -> None:
+            async with lock:
+                await go.wait()
+
+        async def waiter() -> None:
+            async with lock:
+                pass
+
+        async def a() -> None:
+            await asyncio.sleep(0)
+            await tasks["b"]
+
+        async def b() -> None:
+            await asyncio.sleep(0)
+            await tasks["a"]
+
+        side = [asyncio.ensure_future(owner()), asyncio.ensure_future(waiter())]
+        await asyncio.sleep(0)
+        tasks["a"] = asyncio.ensure_future(a())
+        tasks["b"] = asyncio.ensure_future(b())
+        results = await asyncio.gather(tasks["a"], tasks["b"], return_exceptions=True)
+        go.set()
+        await asyncio.gather(*side)
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, lockwise.DeadlockError) for r in results), results
+
+
 def test_await_cycle_is_raised_once_pending_timers_have_run() -> None:
     # own shape: while a timer is pending, the timer might cancel or release
     # anything; once it has run and the loop goes idle, the cycle is provable

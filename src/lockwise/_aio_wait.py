@@ -645,13 +645,14 @@ def on_idle(loop: Any) -> None:
     if loop_may_wake(loop, threads=False, signals=False) is not None:
         return
     roots = [t for t in w.tasks if lock_wait(t) is not None] if w is not None else []
-    if not roots:
+    dead, waits = dead_tasks(roots, loop) if roots else (set(), {})
+    if not dead:
+        # No lock waiter is stuck: a cycle of awaits only, looked for among all
+        # tasks when the loop is about to sleep with no thread that may wake it.
         if _threads_may_run():
             return
         roots = _all_waiting(loop)
-        if not roots:
-            return
-    dead, waits = dead_tasks(roots, loop)
+        dead, waits = dead_tasks(roots, loop)
     if not dead or _signal_may_wake(loop):
         return
     if _threads_may_run():
