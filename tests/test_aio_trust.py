@@ -848,3 +848,53 @@ def test_watchdog_ignores_sleeps_and_deadlines() -> None:
         asyncio.run(main())
     lockwise.watchdog(None)
     assert lockwise.findings("hang") == []
+
+
+# ------------------------------------------------- other loops and libraries
+
+
+def _busy_program() -> Callable[[], Awaitable[int]]:
+    async def main() -> int:
+        lock, sem = aio.Lock(), aio.Semaphore(2)
+        cond = aio.Condition()
+        done = 0
+
+        async def worker(i: int) -> None:
+            nonlocal done
+            async with sem, lock:
+                await asyncio.sleep(0)
+                done += 1
+            async with cond:
+                cond.notify_all()
+
+        await asyncio.gather(*(worker(i) for i in range(20)))
+        await lock.acquire()
+        asyncio.get_running_loop().call_soon(lock.release)
+        await lock.acquire()  # a hand-off through a callback
+        lock.release()
+        return done
+
+    return main
+
+
+def test_uvloop_program_runs() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(_busy_program()(), 10)) == 20
+    finally:
+        loop.close()
+    assert kinds() == []
+
+
+def test_anyio_program_runs() -> None:
+    anyio = pytest.importorskip("anyio")
+
+    async def main() -> int:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(asyncio.sleep, 0)
+        with anyio.fail_after(10):
+            return await _busy_program()()
+
+    assert anyio.run(main) == 20
+    assert kinds() == []
