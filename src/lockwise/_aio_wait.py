@@ -753,7 +753,11 @@ def _followed_wait(task: Any, fut: Any) -> Optional[str]:
     for frame in reversed(frames):
         code = frame.f_code
         if code.co_filename in _FOLLOWED:
-            name = getattr(code, "co_qualname", code.co_name)
+            name = getattr(code, "co_qualname", None)  # 3.11+
+            if name is None:
+                owner = frame.f_locals.get("self")
+                name = f"{type(owner).__name__}.{code.co_name}" if owner is not None \
+                    else code.co_name
             return f"asyncio {name}{where}"
     return None
 
