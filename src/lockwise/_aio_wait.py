@@ -3,6 +3,9 @@
 See :mod:`lockwise.aio` for the algorithm. Everything here runs on the event
 loop's thread, between two steps of tasks, so the relation cannot change while
 it is read: no locking is needed, and a check is exact for the moment it runs.
+Other threads can change under it: their waits are read twice
+(``_threads_may_run``). The watchdog's part (``hung_tasks``, at the end) runs
+on the watchdog's thread and only reads.
 """
 
 from __future__ import annotations

@@ -148,13 +148,16 @@ def _note(ts: TaskState, lock: Any, task: Any) -> Optional[BaseException]:
     An acquisition under a deadline (``asyncio.timeout``, ``wait_for`` with a
     timeout, a cancel scope with a deadline, on this task or one awaiting it)
     is timed, and like a timed thread acquisition records no order: it cannot
-    wait forever. A chain already validated costs one set lookup; the timer
-    scan (``under_timer``) runs only for a chain not seen before.
+    wait forever. With no timer on the loop this costs one test; otherwise a
+    chain already validated costs one set lookup, and the timer scan
+    (``under_timer``) runs only for a chain not seen before.
     """
-    chain = tuple(map(_site_of, ts.held))
-    if (lock._site in chain or (chain, lock._site) not in _known) \
-            and _aio_wait.under_timer(task, task.get_loop()):
-        return None
+    loop = task.get_loop()
+    if getattr(loop, "_scheduled", None):  # no timer at all: untimed, one test
+        chain = tuple(map(_site_of, ts.held))
+        if (lock._site in chain or (chain, lock._site) not in _known) \
+                and _aio_wait.under_timer(task, loop):
+            return None
     return _order.note(ts, lock)  # type: ignore[arg-type]
 
 
