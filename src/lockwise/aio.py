@@ -80,7 +80,10 @@ a task suspended on one of asyncio's primitives, a lock, a task or a gather
 past its timeout with no timer acting on it (``_aio_wait.hung_tasks``). A loop with a timer,
 a ready callback or watched I/O (a server's listening socket), or a process
 with another thread that may run, never gets a DeadlockError: any of them may
-release or cancel (the watchdog reports the hang). A cycle of ``await``s with
+release or cancel (the watchdog reports the hang). A thread waiting in C counts
+as able to run, as in ``_waitfor``: so does an idle ``ThreadPoolExecutor``
+worker (in ``SimpleQueue.get``), left by ``run_in_executor``,
+``asyncio.to_thread`` or ``getaddrinfo`` until the executor shuts down. A cycle of ``await``s with
 no lock waiter is re-checked only when no other thread may run. Locks
 acquired outside a task, or whose owner task finished, have no owner that can
 be waited for. Loops that are not asyncio's selector loops (uvloop, the
