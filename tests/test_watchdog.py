@@ -126,3 +126,34 @@ def test_background_watchdog_records_hang() -> None:
 def test_bad_timeout(bad: object) -> None:
     with pytest.raises(ValueError, match="positive number of seconds"):
         _watchdog.Watchdog(bad)  # type: ignore[arg-type]
+
+
+def test_hang_of_a_thread_reusing_a_reported_ident_is_reported() -> None:
+    # issue 19, 4: hangs were keyed by (ident, changes); a new thread that gets
+    # a reported thread's ident starts with the same changes count
+    wd = _watchdog.Watchdog(0.05)
+    seen: dict[int, int] = {}
+    found = []
+    for attempt in range(20):
+        never = lockwise.Event()
+        started = threading.Event()
+
+        def waiter(started: threading.Event = started, never: lockwise.Event = never) -> None:
+            started.set()
+            never.wait()
+
+        t = threading.Thread(target=waiter, name=f"reuser-{attempt}")
+        t.start()
+        assert started.wait(10)
+        hang = _poll_until(wd)
+        never.set()
+        t.join(10)
+        assert hang is not None, f"attempt {attempt}: a hang of a new thread was missed"
+        found.append(hang)
+        assert t.ident is not None
+        seen[t.ident] = seen.get(t.ident, 0) + 1
+        if seen[t.ident] >= 2:
+            break
+    else:
+        pytest.skip("no thread ident was reused in 20 threads")
+    assert len(lockwise.findings("hang")) == len(found)

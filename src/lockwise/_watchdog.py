@@ -8,7 +8,8 @@ timeout on a lockwise lock, Condition (so Event, Semaphore, Barrier, queue)
 or join for longer than ``timeout`` seconds, records one ``hang`` finding
 with every thread's user stack and the table of who holds and who waits for
 what. Each stuck wait is reported once (it is identified by the thread and
-its ``changes`` counter, which moves whenever the thread stops waiting);
+its ``changes`` counter, which moves whenever the thread stops waiting, and
+by the thread's ``uid``, not its ident, which a new thread may reuse);
 waits that become stuck at the same poll share one finding.
 
 Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not
@@ -133,7 +134,7 @@ def build_hang(stuck: list[tuple[ThreadState, int]], timeout: float) -> Finding:
         summary=f"blocked for more than {timeout:g}s: " + "; ".join(parts),
         threads=names, locks=list(refs.values()), stacks=stacks,
         details={"timeout": timeout, "stuck": entries, "table": table},
-        key=("hang", frozenset((ts.ident, c) for ts, c in stuck)),
+        key=("hang", frozenset((ts.uid, c) for ts, c in stuck)),
     )
     finding.text = render_hang(finding)
     return finding
@@ -200,10 +201,10 @@ class Watchdog:
         """One check now; returns the new ``hang`` finding, if any (threads first)."""
         found = self._poll_tasks()
         stuck = [(ts, c) for ts, c in stuck_waits(self.timeout)
-                 if (ts.ident, c) not in self._reported]
+                 if (ts.uid, c) not in self._reported]
         if not stuck:
             return found
-        self._reported.update((ts.ident, c) for ts, c in stuck)
+        self._reported.update((ts.uid, c) for ts, c in stuck)
         finding = build_hang(stuck, self.timeout)
         if _findings.record(finding):
             _findings.apply_policy(finding, settings.on_hang)
