@@ -157,3 +157,75 @@ def test_hang_of_a_thread_reusing_a_reported_ident_is_reported() -> None:
     else:
         pytest.skip("no thread ident was reused in 20 threads")
     assert len(lockwise.findings("hang")) == len(found)
+
+
+def test_join_of_a_running_thread_is_not_a_hang() -> None:
+    # issue 19, 4: a join() on a CPU-busy thread was reported as a hang
+    stop = threading.Event()
+    busy_started = threading.Event()
+    result: list[object] = []
+
+    def busy() -> None:
+        busy_started.set()
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    def joiner(target: threading.Thread) -> None:
+        target.join()
+        result.append("joined")
+
+    b = threading.Thread(target=busy, name="busy")
+    b.start()
+    assert busy_started.wait(10)
+    j = threading.Thread(target=joiner, args=(b,), name="joiner")
+    wd = _watchdog.Watchdog(0.05)
+    with lockwise.installed():
+        j.start()
+        deadline = threading.Event()
+        deadline.wait(0.3)
+        try:
+            assert wd.poll() is None
+        finally:
+            stop.set()
+            j.join(10)
+            b.join(10)
+    assert result == ["joined"] and lockwise.findings("hang") == []
+
+
+def test_lock_wait_on_a_running_owner_is_not_a_hang_but_on_a_stuck_one_is() -> None:
+    guard = lockwise.Lock(name="guard")
+    never = lockwise.Event()
+    stop = threading.Event()
+    holding = threading.Event()
+    mode: list[str] = ["busy"]
+
+    def owner() -> None:
+        with guard:
+            holding.set()
+            while not stop.is_set():
+                if mode[0] == "stuck":
+                    never.wait()
+        # released here
+
+    def waiter() -> None:
+        with guard:
+            pass
+
+    o = threading.Thread(target=owner, name="owner")
+    o.start()
+    assert holding.wait(10)
+    w = threading.Thread(target=waiter, name="lock-waiter")
+    w.start()
+    try:
+        wd = _watchdog.Watchdog(0.05)
+        threading.Event().wait(0.3)
+        assert wd.poll() is None  # the owner computes: contention, not a hang
+        mode[0] = "stuck"
+        found = _poll_until(wd)
+        assert found is not None and "lock-waiter" in found.threads
+    finally:
+        stop.set()
+        never.set()
+        o.join(10)
+        w.join(10)

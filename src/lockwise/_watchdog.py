@@ -12,11 +12,14 @@ its ``changes`` counter, which moves whenever the thread stops waiting, and
 by the thread's ``uid``, not its ident, which a new thread may reuse);
 waits that become stuck at the same poll share one finding.
 
-Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not
-reported: they end by themselves. asyncio tasks suspended too long on a wait
-lockwise follows (its locks, ``await task``, gather, asyncio's Event, Queue,
-Condition, Semaphore, Barrier, TaskGroup), with no timer acting on them, are
-reported the same way, once ``lockwise.aio`` is in use (see ``_aio_wait``).
+Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not reported:
+they end by themselves. Nor is a join of a thread that is running, or a wait
+on a lock whose owner is running (``_ender_runs``): the one thread that can
+end it is making progress (a join of a CPU-busy thread is not a hang). asyncio
+tasks suspended too long on a wait lockwise follows (its locks, ``await
+task``, gather, asyncio's Event, Queue, Condition, Semaphore, Barrier,
+TaskGroup), with no timer acting on them, are reported the same way, once
+``lockwise.aio`` is in use (see ``_aio_wait``).
 The watchdog's own thread is registered in ``_state.internal_threads`` so the
 deadlock rules never count it.
 Policy: ``settings.on_hang`` (``"raise"`` cannot raise into another thread
@@ -55,6 +58,36 @@ def _wait_label(res: Any, refs: dict[int, LockRef]) -> str:
     return f"{ref.name} ({ref.site})" if ref else repr(res)
 
 
+def _ender_runs(ts: ThreadState, res: Any) -> bool:
+    """Is the one thread that can end this wait running (so the wait is not a hang)?
+
+    A join can end only through the joined thread, a lock wait through the
+    owner (unless the lock was used as a signal: anyone may release it). That
+    thread runs when it is not blocked, untimed, on a wait lockwise sees: it
+    computes, waits with a timeout, or waits in C (a socket, ``time.sleep``),
+    like a thread the deadlock rules count as able to run. A Condition wait
+    (Event, queue...) can end through any thread and is not decided here.
+    """
+    if isinstance(res, CondWaiter):
+        return False
+    if isinstance(res, JoinWait):
+        ident = res.thread.ident
+        if ident is None or not res.thread.is_alive():
+            return False
+        other = states.get(ident)
+        if other is None:
+            return True  # never waited on anything lockwise sees: running
+    else:
+        if res._site.signal:
+            return False
+        other = res._owner
+        if other is None:
+            return False
+    if other is ts or not other.alive:
+        return False
+    return other.waiting is None or other.wait_timed
+
+
 def stuck_waits(timeout: float, now: Optional[float] = None) -> list[tuple[ThreadState, int]]:
     """Threads blocked without a timeout for at least ``timeout`` seconds, with their
     ``changes`` counter (the identity of the wait)."""
@@ -68,7 +101,7 @@ def stuck_waits(timeout: float, now: Optional[float] = None) -> list[tuple[Threa
         if res is None or ts.wait_timed or now - ts.wait_since < timeout:
             continue
         try:
-            if not _valid(res):
+            if not _valid(res) or _ender_runs(ts, res):
                 continue
         except Exception:
             continue
