@@ -898,3 +898,31 @@ def test_anyio_program_runs() -> None:
 
     assert anyio.run(main) == 20
     assert kinds() == []
+
+
+def test_watchdog_ignores_a_lock_wait_while_the_owner_runs() -> None:
+    # own shape: the owner holds the lock across timed sleeps (it is making
+    # progress): the waiter is contended, not hung, as for threads
+    async def main() -> None:
+        lock = aio.Lock(name="slow")
+        held = asyncio.Event()
+
+        async def owner() -> None:
+            async with lock:
+                held.set()
+                for _ in range(20):
+                    await asyncio.sleep(0.02)
+
+        async def waiter() -> None:
+            async with lock:
+                pass
+
+        tasks = [asyncio.ensure_future(owner())]
+        await held.wait()
+        tasks.append(asyncio.ensure_future(waiter()))
+        await asyncio.gather(*tasks)
+
+    with lockwise.watchdog(0.1, interval=0.02):  # type: ignore[union-attr]
+        asyncio.run(main())
+    lockwise.watchdog(None)
+    assert lockwise.findings("hang") == []

@@ -732,8 +732,10 @@ def thread_name_of_loop() -> str:
 # same future for ``timeout`` seconds, the wait is of a kind lockwise follows
 # for tasks (a lockwise lock, ``await task``, gather, or asyncio's Event,
 # Queue, Condition, Semaphore, Barrier, TaskGroup: the freezes the deadlock
-# check cannot prove), and no timer acts on it (``asyncio.sleep``, a
-# deadline). Each wait is reported once. Cost per poll: O(tasks + timers) for
+# check cannot prove), no timer acts on it (``asyncio.sleep``, a deadline),
+# and the task that can end it, if only one kind can (the owner of the lock,
+# the awaited task), is not running (``_ender_runs``). Each wait is reported
+# once. Cost per poll: O(tasks + timers) for
 # each loop that has gone idle at least once (``loops``).
 
 #: Loops seen by the idle hook, for the watchdog.
@@ -790,6 +792,36 @@ def _acted_on(task: Any, fut: Any, targets: set[int]) -> bool:
     return False
 
 
+def _ender_runs(task: Any, fut: Any, targets: set[int]) -> bool:
+    """Is a task that can end this wait running (so it is not a hang)?
+
+    As for threads (``_watchdog._ender_runs``): a lock wait ends through the
+    owner (any holder of a semaphore), ``await task`` and gather through the
+    awaited tasks. Such a task runs when it is not suspended on an untimed
+    wait the watchdog follows (it is ready, sleeps, waits for I/O). Waits on
+    Events, Queues, Conditions can end through any task: not decided here.
+    """
+    lock = lock_wait(task)
+    if lock is not None:
+        if lock._site.signal:
+            return False
+        enders = list(lock._holder_tasks())
+    elif isinstance(fut, _Task):
+        enders = [fut]
+    elif _GatheringFuture is not None and isinstance(fut, _GatheringFuture):
+        enders = [c for c in getattr(fut, "_children", None) or () if isinstance(c, _Task)]
+    else:
+        return False
+    for other in enders:
+        if other is task or other.done():
+            continue
+        ofut = getattr(other, "_fut_waiter", None)
+        if ofut is None or _followed_wait(other, ofut) is None \
+                or _acted_on(other, ofut, targets):
+            return True
+    return False
+
+
 def hung_tasks(timeout: float, reported: set[Any],
                now: Optional[float] = None) -> list[tuple[Any, str, float, Any]]:
     """Tasks hung for ``timeout`` seconds, not in ``reported``: (task, label, seconds, key)."""
@@ -814,12 +846,15 @@ def hung_tasks(timeout: float, reported: set[Any],
                 continue
             if now - seen[1] < timeout or seen[2] in reported:
                 continue
-            label = _followed_wait(task, fut)
-            if label is None:
-                continue
-            if targets is None:
-                targets = _timer_targets(loop)
-            if _acted_on(task, fut, targets):
+            try:
+                label = _followed_wait(task, fut)
+                if label is None:
+                    continue
+                if targets is None:
+                    targets = _timer_targets(loop)
+                if _acted_on(task, fut, targets) or _ender_runs(task, fut, targets):
+                    continue
+            except RuntimeError:  # a deque or set changed under this thread: next poll
                 continue
             out.append((task, label, now - seen[1], seen[2]))
     return out
