@@ -110,12 +110,14 @@ def test_background_watchdog_records_hang() -> None:
         never.wait()
 
     t = threading.Thread(target=waiter, name="bg-waiter")
-    with _watchdog.Watchdog(0.05, interval=0.02):
+    with _watchdog.Watchdog(0.05, interval=0.02), lockwise.installed():
         t.start()
         assert started.wait(10)
         end = time.monotonic() + 10
         while not lockwise.findings("hang") and time.monotonic() < end:
-            threading.Event().wait(0.02)
+            # a timed join of the stuck thread: main only waits for it (were
+            # main running otherwise, it could set ``never``: not a hang)
+            t.join(0.02)
     never.set()
     t.join(10)
     [hang] = lockwise.findings("hang")
@@ -229,3 +231,38 @@ def test_lock_wait_on_a_running_owner_is_not_a_hang_but_on_a_stuck_one_is() -> N
         never.set()
         o.join(10)
         w.join(10)
+
+
+def test_idle_consumer_while_the_producer_runs_is_not_a_hang() -> None:
+    # issue 19, 4: an idle consumer on queue.get() by design was a "hang"
+    import queue
+
+    with lockwise.installed():
+        jobs: queue.Queue[int] = queue.Queue()
+        stop = threading.Event()
+        got: list[int] = []
+
+        def consumer() -> None:
+            while True:
+                item = jobs.get()
+                if item < 0:
+                    return
+                got.append(item)
+
+        def producer() -> None:
+            for i in range(3):
+                stop.wait(0.15)  # between jobs: a plain (C-level) wait
+                jobs.put(i)
+            jobs.put(-1)
+
+        threads = [threading.Thread(target=consumer, name="consumer"),
+                   threading.Thread(target=producer, name="producer")]
+        wd = _watchdog.Watchdog(0.05, interval=0.02)
+        with wd:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+    lockwise.watchdog(None)
+    assert got == [0, 1, 2]
+    assert lockwise.findings("hang") == []

@@ -1,8 +1,8 @@
 """The watchdog: reports threads blocked on lockwise primitives for too long.
 
 Deadlock rules catch freezes that are certain; the watchdog catches the rest
-(a thread blocked on a full queue whose consumer waits on a socket, a wait
-that something outside lockwise could still end...). A daemon thread polls
+(a producer blocked on a full queue whose consumer only retries, with a
+timeout, a lock the producer holds...). A daemon thread polls
 every thread's ``ThreadState`` and, when a thread has been blocked without a
 timeout on a lockwise lock, Condition (so Event, Semaphore, Barrier, queue)
 or join for longer than ``timeout`` seconds, records one ``hang`` finding
@@ -13,13 +13,15 @@ by the thread's ``uid``, not its ident, which a new thread may reuse);
 waits that become stuck at the same poll share one finding.
 
 Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not reported:
-they end by themselves. Nor is a join of a thread that is running, or a wait
-on a lock whose owner is running (``_ender_runs``): the one thread that can
-end it is making progress (a join of a CPU-busy thread is not a hang). asyncio
-tasks suspended too long on a wait lockwise follows (its locks, ``await
-task``, gather, asyncio's Event, Queue, Condition, Semaphore, Barrier,
-TaskGroup), with no timer acting on them, are reported the same way, once
-``lockwise.aio`` is in use (see ``_aio_wait``).
+they end by themselves. A wait is a hang only when nothing that could end it
+runs (``_stuck_threads``): not a join of a running thread (a CPU-busy one),
+not a lock wait whose owner runs, not an idle consumer in ``queue.get()``
+while a producer runs (computes, sleeps, reads a socket). Such waits are
+only "waiting" (``lockwise.snapshot()`` shows them). asyncio tasks suspended
+too long on a wait lockwise follows (its locks, ``await task``, gather,
+asyncio's Event, Queue, Condition, Semaphore, Barrier, TaskGroup), with no
+timer acting on them and no task that can end them running, are reported the
+same way, once ``lockwise.aio`` is in use (see ``_aio_wait``).
 The watchdog's own thread is registered in ``_state.internal_threads`` so the
 deadlock rules never count it.
 Policy: ``settings.on_hang`` (``"raise"`` cannot raise into another thread
@@ -41,7 +43,7 @@ from ._findings import Finding, LockRef, StackInfo
 from ._report import render_hang
 from ._sites import thread_name, user_stack
 from ._state import ThreadState, internal_threads, states
-from ._waitfor import CondWaiter, JoinWait, _valid
+from ._waitfor import CondWaiter, JoinWait, _in_shutdown, _valid
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -58,34 +60,92 @@ def _wait_label(res: Any, refs: dict[int, LockRef]) -> str:
     return f"{ref.name} ({ref.site})" if ref else repr(res)
 
 
-def _ender_runs(ts: ThreadState, res: Any) -> bool:
-    """Is the one thread that can end this wait running (so the wait is not a hang)?
+_JOIN_CODES = {getattr(threading.Thread, name).__code__
+               for name in ("join", "_wait_for_tstate_lock") if hasattr(threading.Thread, name)
+               and hasattr(getattr(threading.Thread, name), "__code__")}
+_JOIN_CODES |= {getattr(getattr(threading.Thread.join, "__wrapped__", None), "__code__", None)}
 
-    A join can end only through the joined thread, a lock wait through the
-    owner (unless the lock was used as a signal: anyone may release it). That
-    thread runs when it is not blocked, untimed, on a wait lockwise sees: it
-    computes, waits with a timeout, or waits in C (a socket, ``time.sleep``),
-    like a thread the deadlock rules count as able to run. A Condition wait
-    (Event, queue...) can end through any thread and is not decided here.
+
+def _joining(frame: Any) -> Optional[int]:
+    """The ident of the thread that a thread in ``Thread.join`` (timed: not
+    registered) waits for, read from its innermost frame; None otherwise."""
+    if frame is None or frame.f_code not in _JOIN_CODES:
+        return None
+    try:
+        thread = frame.f_locals.get("self")
+    except Exception:
+        return None
+    ident = getattr(thread, "ident", None)
+    return ident if isinstance(ident, int) else None
+
+
+def _stuck_threads() -> set[int]:
+    """Threads whose wait nothing that runs can end (idents; greatest fixpoint).
+
+    A candidate is a thread blocked on a wait lockwise sees: a lock or a join
+    (timed too: a retry loop on a stuck lock or thread makes no progress),
+    ended only by the owner or the joined thread (``"one"``); an untimed
+    Condition wait (Event, queue...) or a lock used as a signal, ended by
+    any thread (``"any"``); the main thread waiting in ``threading._shutdown``
+    (``"any"``); a thread in a timed ``Thread.join`` (in C, read from its frame:
+``"one"``). Every other thread runs: it computes, waits with a timeout
+    on a Condition (a periodic producer), or waits in C (a socket, a sleep),
+    and may end any ``"any"`` wait. Then candidates are dropped while the
+    thread that can end their wait is not a candidate left. The thread that
+    polls is the watchdog: it counts for nothing. Cost: O(threads) per round.
     """
-    if isinstance(res, CondWaiter):
-        return False
-    if isinstance(res, JoinWait):
-        ident = res.thread.ident
-        if ident is None or not res.thread.is_alive():
-            return False
-        other = states.get(ident)
-        if other is None:
-            return True  # never waited on anything lockwise sees: running
-    else:
-        if res._site.signal:
-            return False
-        other = res._owner
-        if other is None:
-            return False
-    if other is ts or not other.alive:
-        return False
-    return other.waiting is None or other.wait_timed
+    me = threading.get_ident()
+    main_ident = threading.main_thread().ident
+    frames = sys._current_frames()
+    alive: set[int] = set()
+    cand: dict[int, tuple[str, Optional[int]]] = {}
+    for ident, frame in frames.items():
+        if ident == me or ident in internal_threads:
+            continue
+        alive.add(ident)
+        ts = states.get(ident)
+        res = ts.waiting if ts is not None and ts.alive else None
+        if res is None:
+            if ident == main_ident and _in_shutdown(frame):
+                cand[ident] = ("any", None)
+            else:
+                joined = _joining(frame)
+                if joined is not None:  # a timed join, in C: waits for that thread only
+                    cand[ident] = ("one", joined)
+            continue
+        assert ts is not None
+        try:
+            if not _valid(res):
+                continue
+        except Exception:
+            continue
+        if isinstance(res, CondWaiter):
+            if not ts.wait_timed:
+                cand[ident] = ("any", None)
+        elif isinstance(res, JoinWait):
+            cand[ident] = ("one", res.thread.ident)
+        elif res._site.signal or res._owner is ts:
+            if not ts.wait_timed:
+                cand[ident] = ("any", None)  # anyone may release it (a hand-off)
+        else:
+            owner = res._owner
+            cand[ident] = ("one", owner.ident if owner is not None else None)
+    frames.clear()  # it holds this frame: no reference cycle (see _waitfor._scan)
+    stuck = set(cand)
+    changed = True
+    while changed:
+        changed = False
+        for ident in list(stuck):
+            mode, target = cand[ident]
+            if mode == "one":
+                ended = target is not None and target not in stuck and (
+                    target in alive or target == me)
+            else:
+                ended = any(other not in stuck for other in alive if other != ident)
+            if ended:
+                stuck.discard(ident)
+                changed = True
+    return stuck
 
 
 def stuck_waits(timeout: float, now: Optional[float] = None) -> list[tuple[ThreadState, int]]:
@@ -93,6 +153,7 @@ def stuck_waits(timeout: float, now: Optional[float] = None) -> list[tuple[Threa
     ``changes`` counter (the identity of the wait)."""
     now = time.monotonic() if now is None else now
     stuck = []
+    hung = _stuck_threads()
     for ts in list(states.values()):
         if not ts.alive or ts.ident in internal_threads:
             continue
@@ -100,8 +161,10 @@ def stuck_waits(timeout: float, now: Optional[float] = None) -> list[tuple[Threa
         res = ts.waiting
         if res is None or ts.wait_timed or now - ts.wait_since < timeout:
             continue
+        if ts.ident not in hung:
+            continue
         try:
-            if not _valid(res) or _ender_runs(ts, res):
+            if not _valid(res):
                 continue
         except Exception:
             continue
@@ -248,13 +311,15 @@ class Watchdog:
         """asyncio tasks hung on a wait lockwise follows (``_aio_wait.hung_tasks``),
         once ``lockwise.aio`` is in use (looked up, not imported)."""
         aio_wait = sys.modules.get("lockwise._aio_wait")
-        if aio_wait is None:
+        hung_tasks = getattr(aio_wait, "hung_tasks", None)  # None while being imported
+        build = getattr(aio_wait, "build_task_hang", None)
+        if hung_tasks is None or build is None:
             return None
-        hung = aio_wait.hung_tasks(self.timeout, self._reported_tasks)
+        hung = hung_tasks(self.timeout, self._reported_tasks)
         if not hung:
             return None
         self._reported_tasks.update(key for _t, _l, _s, key in hung)
-        finding: Finding = aio_wait.build_task_hang(hung, self.timeout)
+        finding: Finding = build(hung, self.timeout)
         if _findings.record(finding):
             _findings.apply_policy(finding, settings.on_hang)
             return finding
