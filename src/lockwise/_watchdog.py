@@ -92,7 +92,8 @@ def _stuck_threads() -> set[int]:
     on a Condition (a periodic producer), or waits in C (a socket, a sleep),
     and may end any ``"any"`` wait. Then candidates are dropped while the
     thread that can end their wait is not a candidate left. The thread that
-    polls is the watchdog: it counts for nothing. Cost: O(threads) per round.
+    polls is the watchdog: it counts for nothing. Cost: O(threads) per round of
+    the fixpoint, rounds bounded by the length of the longest wait chain.
     """
     me = threading.get_ident()
     main_ident = threading.main_thread().ident
@@ -140,8 +141,8 @@ def _stuck_threads() -> set[int]:
             if mode == "one":
                 ended = target is not None and target not in stuck and (
                     target in alive or target == me)
-            else:
-                ended = any(other not in stuck for other in alive if other != ident)
+            else:  # some thread runs: stuck is a subset of alive, and holds ident
+                ended = len(stuck) < len(alive)
             if ended:
                 stuck.discard(ident)
                 changed = True
