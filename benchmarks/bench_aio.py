@@ -66,7 +66,7 @@ CASES: list[tuple[str, Case, Any, Any, str]] = [
     ("asyncio Lock nested (known order)", _nested, asyncio.Lock, aio.Lock,
      "two locks, same order each time: chain-cache hit"),
     ("asyncio Lock contended (4 tasks)", _contended, asyncio.Lock, aio.Lock,
-     "each hold yields once: waits, deadlock checks, re-check timer"),
+     "each hold yields once: waits and deadlock checks"),
     ("asyncio Semaphore(2) uncontended", _semaphore, asyncio.Semaphore, aio.Semaphore,
      "holder bookkeeping"),
     ("asyncio Condition acquire+notify", _condition, asyncio.Condition, aio.Condition,

@@ -129,3 +129,24 @@ def test_stdlib_suites_same_results_under_lockwise(tmp_path: Path) -> None:
     assert not unexpected, (
         "tests that differ under lockwise (plain -> lockwise); explain them in "
         f"EXPECTED and docs/stdlib-suites.md or fix lockwise: {unexpected}")
+
+
+#: CPython's asyncio suites that exercise locks, queues, task groups, timeouts,
+#: wait_for and tasks: the asyncio half of the bar (issue 19).
+ASYNCIO_SUITES = ["test_asyncio.test_locks", "test_asyncio.test_queues",
+                  "test_asyncio.test_taskgroups", "test_asyncio.test_timeouts",
+                  "test_asyncio.test_waitfor", "test_asyncio.test_tasks"]
+
+
+@pytest.mark.timeout(3 * RUN_TIMEOUT)
+def test_asyncio_suites_pass_under_lockwise_with_no_finding(tmp_path: Path) -> None:
+    present = [s for s in ASYNCIO_SUITES
+               if (Path(sys.modules["test"].__file__ or "").parent
+                   / s.replace(".", "/")).with_suffix(".py").exists()]
+    if not present:
+        pytest.skip("this Python ships none of the asyncio suites")
+    lw, findings = regrtest(tmp_path, "asyncio", [], lockwise=True, suites=present)
+    assert len(lw) > 300, "the suites did not run"
+    assert not [f for f in findings if f.get("kind") in ("deadlock", "lock-order", "hang")]
+    failed = {t: r for t, r in lw.items() if r in ("FAIL", "ERROR")}
+    assert not failed, failed

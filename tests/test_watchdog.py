@@ -110,12 +110,14 @@ def test_background_watchdog_records_hang() -> None:
         never.wait()
 
     t = threading.Thread(target=waiter, name="bg-waiter")
-    with _watchdog.Watchdog(0.05, interval=0.02):
+    with _watchdog.Watchdog(0.05, interval=0.02), lockwise.installed():
         t.start()
         assert started.wait(10)
         end = time.monotonic() + 10
         while not lockwise.findings("hang") and time.monotonic() < end:
-            threading.Event().wait(0.02)
+            # a timed join of the stuck thread: main only waits for it (were
+            # main running otherwise, it could set ``never``: not a hang)
+            t.join(0.02)
     never.set()
     t.join(10)
     [hang] = lockwise.findings("hang")
@@ -126,3 +128,141 @@ def test_background_watchdog_records_hang() -> None:
 def test_bad_timeout(bad: object) -> None:
     with pytest.raises(ValueError, match="positive number of seconds"):
         _watchdog.Watchdog(bad)  # type: ignore[arg-type]
+
+
+def test_hang_of_a_thread_reusing_a_reported_ident_is_reported() -> None:
+    # issue 19, 4: hangs were keyed by (ident, changes); a new thread that gets
+    # a reported thread's ident starts with the same changes count
+    wd = _watchdog.Watchdog(0.05)
+    seen: dict[int, int] = {}
+    found = []
+    for attempt in range(20):
+        never = lockwise.Event()
+        started = threading.Event()
+
+        def waiter(started: threading.Event = started, never: lockwise.Event = never) -> None:
+            started.set()
+            never.wait()
+
+        t = threading.Thread(target=waiter, name=f"reuser-{attempt}")
+        t.start()
+        assert started.wait(10)
+        hang = _poll_until(wd)
+        never.set()
+        t.join(10)
+        assert hang is not None, f"attempt {attempt}: a hang of a new thread was missed"
+        found.append(hang)
+        assert t.ident is not None
+        seen[t.ident] = seen.get(t.ident, 0) + 1
+        if seen[t.ident] >= 2:
+            break
+    else:
+        pytest.skip("no thread ident was reused in 20 threads")
+    assert len(lockwise.findings("hang")) == len(found)
+
+
+def test_join_of_a_running_thread_is_not_a_hang() -> None:
+    # issue 19, 4: a join() on a CPU-busy thread was reported as a hang
+    stop = threading.Event()
+    busy_started = threading.Event()
+    result: list[object] = []
+
+    def busy() -> None:
+        busy_started.set()
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    def joiner(target: threading.Thread) -> None:
+        target.join()
+        result.append("joined")
+
+    b = threading.Thread(target=busy, name="busy")
+    b.start()
+    assert busy_started.wait(10)
+    j = threading.Thread(target=joiner, args=(b,), name="joiner")
+    wd = _watchdog.Watchdog(0.05)
+    with lockwise.installed():
+        j.start()
+        deadline = threading.Event()
+        deadline.wait(0.3)
+        try:
+            assert wd.poll() is None
+        finally:
+            stop.set()
+            j.join(10)
+            b.join(10)
+    assert result == ["joined"] and lockwise.findings("hang") == []
+
+
+def test_lock_wait_on_a_running_owner_is_not_a_hang_but_on_a_stuck_one_is() -> None:
+    guard = lockwise.Lock(name="guard")
+    never = lockwise.Event()
+    stop = threading.Event()
+    holding = threading.Event()
+    mode: list[str] = ["busy"]
+
+    def owner() -> None:
+        with guard:
+            holding.set()
+            while not stop.is_set():
+                if mode[0] == "stuck":
+                    never.wait()
+        # released here
+
+    def waiter() -> None:
+        with guard:
+            pass
+
+    o = threading.Thread(target=owner, name="owner")
+    o.start()
+    assert holding.wait(10)
+    w = threading.Thread(target=waiter, name="lock-waiter")
+    w.start()
+    try:
+        wd = _watchdog.Watchdog(0.05)
+        threading.Event().wait(0.3)
+        assert wd.poll() is None  # the owner computes: contention, not a hang
+        mode[0] = "stuck"
+        found = _poll_until(wd)
+        assert found is not None and "lock-waiter" in found.threads
+    finally:
+        stop.set()
+        never.set()
+        o.join(10)
+        w.join(10)
+
+
+def test_idle_consumer_while_the_producer_runs_is_not_a_hang() -> None:
+    # issue 19, 4: an idle consumer on queue.get() by design was a "hang"
+    import queue
+
+    with lockwise.installed():
+        jobs: queue.Queue[int] = queue.Queue()
+        stop = threading.Event()
+        got: list[int] = []
+
+        def consumer() -> None:
+            while True:
+                item = jobs.get()
+                if item < 0:
+                    return
+                got.append(item)
+
+        def producer() -> None:
+            for i in range(3):
+                stop.wait(0.15)  # between jobs: a plain (C-level) wait
+                jobs.put(i)
+            jobs.put(-1)
+
+        threads = [threading.Thread(target=consumer, name="consumer"),
+                   threading.Thread(target=producer, name="producer")]
+        wd = _watchdog.Watchdog(0.05, interval=0.02)
+        with wd:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+    lockwise.watchdog(None)
+    assert got == [0, 1, 2]
+    assert lockwise.findings("hang") == []

@@ -3,14 +3,20 @@
 See :mod:`lockwise.aio` for the algorithm. Everything here runs on the event
 loop's thread, between two steps of tasks, so the relation cannot change while
 it is read: no locking is needed, and a check is exact for the moment it runs.
+Other threads can change under it: their waits are read twice
+(``_threads_may_run``). The watchdog's part (``hung_tasks``, at the end) runs
+on the watchdog's thread and only reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import threading
+import time
+import weakref
 from types import CodeType, FrameType
 
 from . import _findings
@@ -19,7 +25,8 @@ from ._describe import acquired_at, lock_refs
 from ._errors import DeadlockError
 from ._findings import Finding, FrameInfo, StackInfo
 from ._sites import INTERNAL_FILES, frame_info
-from ._state import new_uid
+from ._state import internal_threads, new_uid
+from ._state import states as thread_states
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -47,7 +54,8 @@ class TaskState:
     drops the lock from ``held``), always on the loop's thread.
     """
 
-    __slots__ = ("task", "ident", "uid", "held", "waiting", "quiet", "__weakref__")
+    __slots__ = ("task", "ident", "uid", "held", "waiting", "wait_serial", "cond_waits",
+                 "quiet", "__weakref__")
 
     def __init__(self, task: Any) -> None:
         self.task = task
@@ -59,6 +67,11 @@ class TaskState:
         self.held: list[Any] = []
         #: The lockwise asyncio lock or semaphore this task waits for, if any.
         self.waiting: Any = None
+        #: New at every lock wait and every DeadlockError raised in the task:
+        #: with ``uid``, it keys a deadlock to one formation (a retry is another).
+        self.wait_serial = 0
+        #: > 0 while in ``Condition.wait``: never a victim (see ``victim_in``).
+        self.cond_waits = 0
         #: While > 0, lockwise itself is reporting: no order edges.
         self.quiet = 0
 
@@ -211,40 +224,143 @@ def wait_of(task: Any, assumed: Optional[dict[Any, Any]] = None) -> Optional[Wai
     return None
 
 
-def _timed_tasks(loop: Any, tasks: set[Any]) -> set[Any]:
-    """Tasks among ``tasks`` that a scheduled timer or ready callback may wake or cancel.
+def _threads_may_run() -> bool:
+    """Could a thread other than this one run (and call into the loop)?
 
-    A handle counts when its callback is bound to the task (``task.cancel``) or
-    to an object whose ``_task`` is the task, or when its arguments hold the
-    task or the future it awaits.
+    A thread counts as unable to run only when it is blocked, untimed, on a
+    wait lockwise sees and validates (as the stall rule of ``_waitfor``); its
+    wait is read twice, so one woken in between counts as running. Threads
+    blocked in C (sockets, ``time.sleep``, ``SimpleQueue.get``) can run.
+    """
+    if getattr(threading, "_limbo", None):
+        return True
+    me = threading.get_ident()
+    idents = [i for i in sys._current_frames() if i != me and i not in internal_threads]
+    if not idents:
+        return False
+    from ._waitfor import _valid
 
-    Recognised: ``asyncio.timeout``/``wait_for`` (3.11+: the timer's callback is
-    bound to an object whose ``_task`` is the task), ``wait_for`` before 3.12
-    and ``sleep`` (the timer's arguments hold the future the task awaits). A
-    loop whose timers cannot be read (not asyncio's) counts every task as timed.
+    first: list[tuple[Any, int, Any]] = []
+    for ident in idents:
+        ts = thread_states.get(ident)
+        if ts is None or not ts.alive:
+            return True
+        changes, res = ts.changes, ts.waiting
+        if res is None or ts.wait_timed or not _valid(res):
+            return True
+        first.append((ts, changes, res))
+    return any(ts.changes != changes or ts.waiting is not res for ts, changes, res in first)
+
+
+def _signal_may_wake(loop: Any) -> bool:
+    """A signal handler that may act on the loop (see ``_waitfor.signal_may_wake``)."""
+    if getattr(loop, "_signal_handlers", None):
+        return True  # loop.add_signal_handler: a callback run on the loop
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    from ._waitfor import signal_may_wake
+
+    return signal_may_wake()
+
+
+def _ours(handle: Any) -> bool:
+    return getattr(getattr(handle, "_callback", None), "__self__", None) is _RECHECK_MARK
+
+
+def loop_may_wake(loop: Any, threads: bool = True, signals: bool = True) -> Optional[str]:
+    """What, outside the task wait-for relation, may still run on ``loop``; None if nothing.
+
+    Any pending callback or timer (whatever it calls: a release, a ``cancel``,
+    a ``set_result`` that resumes a task which may do either), a watched file
+    descriptor other than the loop's own wake-up pipe, a signal handler, a
+    stopping loop, or another thread that may run (and call
+    ``call_soon_threadsafe``). A loop whose internals differ from asyncio's
+    selector loop (uvloop, the proactor) may always wake.
+    """
+    ready = getattr(loop, "_ready", None)
+    scheduled = getattr(loop, "_scheduled", None)
+    selector = getattr(loop, "_selector", None)
+    if ready is None or scheduled is None or selector is None:
+        return "an event loop whose callbacks lockwise cannot read"
+    if getattr(loop, "_stopping", False):
+        return "the loop is stopping"
+    for handle in ready:
+        if not handle._cancelled and not _ours(handle):
+            return "a ready callback"
+    for handle in scheduled:
+        if not handle._cancelled and not _ours(handle):
+            return "a timer"
+    try:
+        fds = selector.get_map()
+        own = loop._ssock.fileno() if getattr(loop, "_ssock", None) is not None else None
+        if any(key.fd != own for key in list(fds.values())):
+            return "a watched file descriptor"
+    except Exception:
+        return "a selector lockwise cannot read"
+    if signals and _signal_may_wake(loop):
+        return "a signal handler"
+    if threads and _threads_may_run():
+        return "another thread"
+    return None
+
+
+def _decode(callback: Any, args: Any) -> list[Any]:
+    """Objects a callback may act on: its arguments, bound object, partial's and closure's."""
+    out: list[Any] = list(args or ())
+    for _ in range(8):
+        if isinstance(callback, functools.partial):
+            out.extend(callback.args)
+            out.extend((callback.keywords or {}).values())
+            callback = callback.func
+            continue
+        owner = getattr(callback, "__self__", None)
+        if owner is not None and not isinstance(owner, type(sys)):
+            out.append(owner)
+            for attr in ("_task", "_host_task"):  # asyncio.timeout; anyio's CancelScope
+                target = getattr(owner, attr, None)
+                if target is not None:
+                    out.append(target)
+        for cell in getattr(callback, "__closure__", None) or ():
+            try:
+                out.append(cell.cell_contents)
+            except ValueError:
+                pass
+        break
+    return out
+
+
+def under_timer(task: Any, loop: Any) -> bool:
+    """Does a scheduled timer act on ``task`` or on something awaiting it?
+
+    Used to treat acquisitions under ``asyncio.timeout``, ``wait_for(...,
+    timeout)`` or a cancel scope with a deadline as timed (no order edges), as
+    timed thread acquisitions. Climbs from the task through done callbacks
+    (whoever awaits it: a task's wake-up, gather, ``wait_for``'s waiter), so a
+    deadline on an outer task counts, since its cancellation propagates.
+    Cost: O(timers + awaiting depth), only when the loop has timers.
     """
     scheduled = getattr(loop, "_scheduled", None)
-    ready = getattr(loop, "_ready", None)
-    if scheduled is None or ready is None:
-        return set(tasks)
-    futs = {id(getattr(t, "_fut_waiter", None)): t for t in tasks}
-    ids = {id(t): t for t in tasks}
-    timed: set[Any] = set()
-    for handle in list(scheduled) + list(ready):
-        if getattr(handle, "_cancelled", False):
+    if not scheduled:
+        return False
+    targets: set[int] = set()
+    for handle in list(scheduled):
+        if not handle._cancelled and not _ours(handle):
+            targets.update(id(o) for o in _decode(handle._callback, handle._args))
+    if not targets:
+        return False
+    seen: set[int] = set()
+    todo = [task]
+    while todo and len(seen) < 200:
+        obj = todo.pop()
+        if id(obj) in seen:
             continue
-        callback = getattr(handle, "_callback", None)
-        owner = getattr(callback, "__self__", None)
-        target = getattr(owner, "_task", None)
-        if target is not None and id(target) in ids:
-            timed.add(ids[id(target)])
-        if owner is not None and id(owner) in ids:
-            timed.add(ids[id(owner)])
-        for arg in getattr(handle, "_args", None) or ():
-            hit = futs.get(id(arg)) or ids.get(id(arg))
-            if hit is not None:
-                timed.add(hit)
-    return timed
+        seen.add(id(obj))
+        if id(obj) in targets:
+            return True
+        for entry in getattr(obj, "_callbacks", None) or ():
+            cb = entry[0] if isinstance(entry, tuple) else entry
+            todo.extend(o for o in _decode(cb, ()) if isinstance(o, asyncio.Future))
+    return False
 
 
 def dead_tasks(starts: list[Any], loop: Any,
@@ -266,25 +382,16 @@ def dead_tasks(starts: list[Any], loop: Any,
         waits[task] = wait
         todo.extend(t for t in wait[1] if t not in waits)
     dead = set(waits)
-    if not dead:
-        return dead, waits
-    for _ in range(2):
-        changed = True
-        while changed:
-            changed = False
-            for task in list(dead):
-                mode, succ = waits[task]
-                stuck = (all(s in dead for s in succ) if mode == "all"
-                         else any(s in dead for s in succ))
-                if not stuck:
-                    dead.discard(task)
-                    changed = True
-        if not dead:
-            break
-        timed = _timed_tasks(loop, dead)
-        if not timed:
-            break
-        dead -= timed
+    changed = True
+    while changed and dead:
+        changed = False
+        for task in list(dead):
+            mode, succ = waits[task]
+            stuck = (all(s in dead for s in succ) if mode == "all"
+                     else any(s in dead for s in succ))
+            if not stuck:
+                dead.discard(task)
+                changed = True
     return dead, waits
 
 
@@ -365,7 +472,8 @@ def build_finding(cycle: list[Any], victim: Any, key: Any) -> Finding:
     finding = Finding(
         kind="deadlock", summary=summary, threads=names, locks=list(refs.values()),
         stacks=stacks,
-        details={"rule": "task-cycle", "victim": task_name(victim), "threads": entries,
+        details={"rule": "task-cycle", "victim": task_name(victim) if victim is not None else None,
+                 "threads": entries,
                  "asyncio": True},
         key=key,
     )
@@ -373,15 +481,26 @@ def build_finding(cycle: list[Any], victim: Any, key: Any) -> Finding:
     return finding
 
 
+def cycle_key(cycle: list[Any]) -> Any:
+    """The key of one formation of a deadlock: task uids and their wait serials.
+
+    Never ``id()``s (reused once a task is freed): a new deadlock of new tasks,
+    or the same tasks retrying after a DeadlockError, gets a new key.
+    """
+    return ("deadlock", "tasks",
+            frozenset((ts.uid, ts.wait_serial) for ts in map(state_for, cycle)))
+
+
 def report_deadlock(cycle: list[Any], victim: Any) -> Optional[Finding]:
     """Record the deadlock once; return it if the victim must raise (policy)."""
-    key = ("deadlock", "tasks", frozenset(id(t) for t in cycle))
+    key = cycle_key(cycle)
     if key in _findings._seen:
         return None
     finding = build_finding(cycle, victim, key)
     if not _findings.record(finding):
         return None
     if _findings.apply_policy(finding, settings.on_deadlock):
+        state_for(victim).wait_serial = new_uid()
         return finding
     return None
 
@@ -389,105 +508,192 @@ def report_deadlock(cycle: list[Any], victim: Any) -> Optional[Finding]:
 def check_wait(task: Any, loop: Any, lock: Any) -> None:
     """The check made when ``task`` is about to queue on ``lock``.
 
-    Raises DeadlockError (policy ``raise``) if this wait closes a cycle.
+    Raises DeadlockError (policy ``raise``) if this wait closes a cycle that
+    nothing outside the task wait-for relation may break (``loop_may_wake``).
     """
     try:
         dead, waits = dead_tasks([task], loop, {task: lock})
-        if task not in dead:
+        if task not in dead or loop_may_wake(loop) is not None:
             return
         cycle = cycle_from(task, dead, waits)
-        finding = report_deadlock(cycle, task)
+        victim = victim_in(cycle, task)
+        if victim is None:
+            return  # the idle re-check reports it once the task has queued
+        finding = report_deadlock(cycle, victim)
     except Exception as exc:
         _findings.internal_error("the asyncio deadlock check", exc)
         return
-    if finding is not None:
-        raise DeadlockError(str(finding), finding)
+    if finding is None:
+        return
+    error = DeadlockError(str(finding), finding)
+    if victim is task:
+        raise error
+    _raise_in(victim, error)
+
+
+def victim_in(cycle: list[Any], current: Any = None) -> Any:
+    """The task of ``cycle`` that raises: one whose error leaves every lock as is.
+
+    ``current`` (about to queue on a lock) first, then a task queued on a lock,
+    then a task awaiting a task or a gather (resumed with the error). Never a
+    task in ``Condition.wait``: its re-acquisition must succeed before wait()
+    returns, or the caller's release would free a lock another task holds.
+    None if every task of the cycle is such a waiter (nothing is raised; the
+    watchdog reports the hang).
+    """
+    def eligible(task: Any) -> bool:
+        ts = states.get(task)
+        return ts is None or not ts.cond_waits
+
+    if current is not None and eligible(current):
+        return current
+    for task in cycle:
+        if task is not current and eligible(task) and lock_wait(task) is not None:
+            return task
+    for task in cycle:
+        if task is not current and eligible(task) and _can_raise_in(task):
+            return task
+    return None
 
 
 # ---------------------------------------------------------------- re-checks
+#
+# A cycle can close after its last lock call (the owner later ``await``s the
+# waiter; two tasks ``await`` each other). Every change on a loop happens in
+# one of its iterations, so the check runs again when the loop is about to go
+# idle: nothing ready, no timer (``on_idle``, called by ``lockwise.aio``'s
+# ``_run_once``). Only a thread can change things without waking the loop (it
+# exits, or blocks): while lock waiters exist and only threads stand in the
+# way, a lockwise timer wakes the loop every ``check_interval`` to look again.
 
 
-class _Watch:
-    """Re-checks the waits of one loop while some task waits on a lockwise lock.
+class _Waiters:
+    """The tasks of one loop queued on lockwise locks (the roots of the re-check)."""
 
-    A wait can turn into a deadlock after it began without any lockwise call:
-    the owner of the awaited lock later ``await``s the waiting task. So while
-    waits exist, a timer re-runs the check, from the owners of contended locks,
-    every ``check_interval`` at most (starting at 1 ms, doubling).
-    """
+    __slots__ = ("tasks", "handle")
 
-    def __init__(self, loop: Any) -> None:
-        self.loop = loop
-        self.waiting: dict[Any, TaskState] = {}
+    def __init__(self) -> None:
+        self.tasks: dict[Any, TaskState] = {}
         self.handle: Any = None
-        self.interval = 0.001
-
-    def add(self, ts: TaskState) -> None:
-        self.waiting[ts.task] = ts
-        self.interval = 0.001
-        if self.handle is None:
-            self.handle = self.loop.call_later(self.interval, self.tick)
-
-    def discard(self, ts: TaskState) -> None:
-        self.waiting.pop(ts.task, None)
-
-    def tick(self) -> None:
-        self.handle = None
-        try:
-            self._tick()
-        except Exception as exc:
-            _findings.internal_error("the asyncio deadlock re-check", exc)
-        if self.waiting and not self.loop.is_closed():
-            self.interval = min(self.interval * 2, settings.check_interval)
-            self.handle = self.loop.call_later(self.interval, self.tick)
-        else:
-            _watches.pop(self.loop, None)
-
-    def _tick(self) -> None:
-        owners: dict[int, Any] = {}
-        waiters: list[Any] = []
-        for task, ts in list(self.waiting.items()):
-            lock = lock_wait(task)
-            if lock is None:
-                if ts.waiting is None or task.done():
-                    self.waiting.pop(task, None)
-                continue
-            waiters.append(task)
-            for owner in lock._holder_tasks():
-                owners[id(owner)] = owner
-        if not owners:
-            return
-        dead, waits = dead_tasks(list(owners.values()), self.loop)
-        if not dead:
-            return
-        for task in waiters:
-            if task not in dead:
-                continue
-            # The victim: a stuck lock waiter on the cycle; raise at its await.
-            cycle = cycle_from(task, dead, waits)
-            victim = next((t for t in cycle if lock_wait(t) is not None), task)
-            finding = report_deadlock(cycle, victim)
-            if finding is not None:
-                fut = victim._fut_waiter
-                if fut is not None and not fut.done():
-                    fut.set_exception(DeadlockError(str(finding), finding))
-            return
 
 
-_watches: dict[Any, _Watch] = {}
+_waiters: dict[Any, _Waiters] = {}
 
 
 def watch(loop: Any, ts: TaskState) -> None:
-    w = _watches.get(loop)
+    w = _waiters.get(loop)
     if w is None:
-        w = _watches[loop] = _Watch(loop)
-    w.add(ts)
+        w = _waiters[loop] = _Waiters()
+    w.tasks[ts.task] = ts
 
 
 def unwatch(loop: Any, ts: TaskState) -> None:
-    w = _watches.get(loop)
+    w = _waiters.get(loop)
     if w is not None:
-        w.discard(ts)
+        w.tasks.pop(ts.task, None)
+        if not w.tasks and w.handle is None:
+            del _waiters[loop]
+
+
+class _RecheckMark:
+    """The ``__self__`` of lockwise's own re-check timer: not a wake-up."""
+
+    def recheck(self, loop: Any) -> None:
+        w = _waiters.get(loop)
+        if w is not None:
+            w.handle = None
+            if not w.tasks:
+                del _waiters[loop]
+
+
+_RECHECK_MARK = _RecheckMark()
+
+
+def _all_waiting(loop: Any) -> list[Any]:
+    try:
+        return [t for t in asyncio.all_tasks(loop)
+                if getattr(t, "_fut_waiter", None) is not None]
+    except Exception:
+        return []
+
+
+def on_idle(loop: Any) -> None:
+    """The loop has nothing ready and no timer: is one of its task cycles provable?
+
+    Cost when it is not: O(1) for a loop waiting on I/O, O(threads) otherwise,
+    plus O(tasks reachable from lock waiters); the whole task list is read
+    only when nothing at all can wake the loop (it is about to sleep forever).
+    """
+    if loop not in loops:
+        loops.add(loop)
+    w = _waiters.get(loop)
+    if loop_may_wake(loop, threads=False, signals=False) is not None:
+        return
+    roots = [t for t in w.tasks if lock_wait(t) is not None] if w is not None else []
+    dead, waits = dead_tasks(roots, loop) if roots else (set(), {})
+    if not dead:
+        # No lock waiter is stuck: a cycle of awaits only, looked for among all
+        # tasks when the loop is about to sleep with no thread that may wake it.
+        if _threads_may_run():
+            return
+        roots = _all_waiting(loop)
+        dead, waits = dead_tasks(roots, loop)
+    if not dead or _signal_may_wake(loop):
+        return
+    if _threads_may_run():
+        if w is not None and w.handle is None:
+            w.handle = loop.call_later(settings.check_interval, _RECHECK_MARK.recheck, loop)
+        return
+    for task in roots:
+        if task not in dead:
+            continue
+        cycle = cycle_from(task, dead, waits)
+        victim = victim_in(cycle)
+        if victim is None:
+            key = cycle_key(cycle)
+            if key not in _findings._seen:  # recorded for the reports, raised nowhere
+                _findings.record(build_finding(cycle, None, key))
+            continue
+        finding = report_deadlock(cycle, victim)
+        if finding is not None:
+            _raise_in(victim, DeadlockError(str(finding), finding))
+        return
+
+
+def _wakeup_of(task: Any, fut: Any) -> Any:
+    """The done callback of ``fut`` that resumes ``task`` (its wake-up), with its context."""
+    for entry in list(getattr(fut, "_callbacks", None) or ()):
+        cb = entry[0] if isinstance(entry, tuple) else entry
+        if getattr(cb, "__self__", None) is task:
+            return entry
+    return None
+
+
+def _can_raise_in(task: Any) -> bool:
+    fut = getattr(task, "_fut_waiter", None)
+    return fut is not None and not fut.done() and _wakeup_of(task, fut) is not None
+
+
+def _raise_in(task: Any, error: BaseException) -> None:
+    """Make ``task`` raise ``error`` at the ``await`` it is suspended in.
+
+    A lock waiter: its waiter future fails (asyncio's ``acquire`` then leaves
+    the queue as for any error). A task awaiting a task or a gather: its
+    wake-up is detached from what it awaits and called with a failed future,
+    so the awaited task is left running, untouched.
+    """
+    fut = task._fut_waiter
+    if lock_wait(task) is not None:
+        fut.set_exception(error)
+        return
+    entry = _wakeup_of(task, fut)
+    if entry is None:
+        return
+    cb, ctx = entry if isinstance(entry, tuple) else (entry, None)
+    fut.remove_done_callback(cb)
+    failed = task.get_loop().create_future()
+    failed.set_exception(error)
+    task.get_loop().call_soon(cb, failed, context=ctx)
 
 
 # ------------------------------------------------- thread locks and the loop
@@ -499,3 +705,158 @@ def is_async_code(code: CodeType) -> bool:
 
 def thread_name_of_loop() -> str:
     return threading.current_thread().name
+
+
+# ---------------------------------------------------------------- the watchdog
+#
+# Run by the watchdog's thread (``_watchdog.Watchdog.poll``), never on a loop:
+# it only reads. A task counts as hung when it has stayed suspended on the
+# same future for ``timeout`` seconds, the wait is of a kind lockwise follows
+# for tasks (a lockwise lock, ``await task``, gather, or asyncio's Event,
+# Queue, Condition, Semaphore, Barrier, TaskGroup: the freezes the deadlock
+# check cannot prove), no timer acts on it (``asyncio.sleep``, a deadline),
+# and the task that can end it, if only one kind can (the owner of the lock,
+# the awaited task), is not running (``_ender_runs``). Each wait is reported
+# once. Cost per poll: O(tasks + timers) for
+# each loop that has gone idle at least once (``loops``).
+
+#: Loops seen by the idle hook, for the watchdog.
+loops: Any = weakref.WeakSet()
+#: task -> (the future it waits on, since when): the identity of one wait.
+_since: Any = weakref.WeakKeyDictionary()
+_FOLLOWED = {os.path.join(_ASYNCIO_DIR, name)
+             for name in ("locks.py", "queues.py", "taskgroups.py", "mixins.py")}
+
+
+def _followed_wait(task: Any, fut: Any) -> Optional[str]:
+    """What ``task`` waits for, if it is a wait the watchdog follows."""
+    frames = coro_frames(task)
+    user = [f for f in frames if f.f_code.co_filename not in INTERNAL_FILES]
+    where = f" at {user[-1].f_code.co_filename}:{user[-1].f_lineno}" if user else ""
+    if isinstance(fut, _Task):
+        return f"task {task_name(fut)}{where}"
+    if _GatheringFuture is not None and isinstance(fut, _GatheringFuture):
+        return f"gather{where}"
+    for frame in reversed(frames):
+        code = frame.f_code
+        if code.co_filename in _FOLLOWED:
+            name = getattr(code, "co_qualname", None)  # 3.11+
+            if name is None:
+                owner = frame.f_locals.get("self")
+                name = f"{type(owner).__name__}.{code.co_name}" if owner is not None \
+                    else code.co_name
+            return f"asyncio {name}{where}"
+    return None
+
+
+def _timer_targets(loop: Any) -> set[int]:
+    targets: set[int] = set()
+    for handle in list(getattr(loop, "_scheduled", None) or ()):
+        if not handle._cancelled and not _ours(handle):
+            targets.update(id(o) for o in _decode(handle._callback, handle._args))
+    return targets
+
+
+def _acted_on(task: Any, fut: Any, targets: set[int]) -> bool:
+    """Does a timer (``targets``) act on ``task``, its future, or one awaiting it?"""
+    seen: set[int] = set()
+    todo = [task, fut]
+    while todo and len(seen) < 200:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if id(obj) in targets:
+            return True
+        for entry in list(getattr(obj, "_callbacks", None) or ()):
+            cb = entry[0] if isinstance(entry, tuple) else entry
+            todo.extend(o for o in _decode(cb, ()) if isinstance(o, asyncio.Future))
+    return False
+
+
+def _ender_runs(task: Any, fut: Any, targets: set[int]) -> bool:
+    """Is a task that can end this wait running (so it is not a hang)?
+
+    As for threads (``_watchdog._ender_runs``): a lock wait ends through the
+    owner (any holder of a semaphore), ``await task`` and gather through the
+    awaited tasks. Such a task runs when it is not suspended on an untimed
+    wait the watchdog follows (it is ready, sleeps, waits for I/O). Waits on
+    Events, Queues, Conditions can end through any task: not decided here.
+    """
+    lock = lock_wait(task)
+    if lock is not None:
+        if lock._site.signal:
+            return False
+        enders = list(lock._holder_tasks())
+    elif isinstance(fut, _Task):
+        enders = [fut]
+    elif _GatheringFuture is not None and isinstance(fut, _GatheringFuture):
+        enders = [c for c in getattr(fut, "_children", None) or () if isinstance(c, _Task)]
+    else:
+        return False
+    for other in enders:
+        if other is task or other.done():
+            continue
+        ofut = getattr(other, "_fut_waiter", None)
+        if ofut is None or _followed_wait(other, ofut) is None \
+                or _acted_on(other, ofut, targets):
+            return True
+    return False
+
+
+def hung_tasks(timeout: float, reported: set[Any],
+               now: Optional[float] = None) -> list[tuple[Any, str, float, Any]]:
+    """Tasks hung for ``timeout`` seconds, not in ``reported``: (task, label, seconds, key)."""
+    now = time.monotonic() if now is None else now
+    out: list[tuple[Any, str, float, Any]] = []
+    for loop in list(loops):
+        try:
+            if loop.is_closed():
+                continue
+            tasks = list(asyncio.all_tasks(loop))
+        except Exception:
+            continue
+        targets: Optional[set[int]] = None
+        for task in tasks:
+            fut = getattr(task, "_fut_waiter", None)
+            if fut is None or task.done():
+                _since.pop(task, None)
+                continue
+            seen = _since.get(task)
+            if seen is None or seen[0] is not fut:
+                _since[task] = (fut, now, new_uid())
+                continue
+            if now - seen[1] < timeout or seen[2] in reported:
+                continue
+            try:
+                label = _followed_wait(task, fut)
+                if label is None:
+                    continue
+                if targets is None:
+                    targets = _timer_targets(loop)
+                if _acted_on(task, fut, targets) or _ender_runs(task, fut, targets):
+                    continue
+            except RuntimeError:  # a deque or set changed under this thread: next poll
+                continue
+            out.append((task, label, now - seen[1], seen[2]))
+    return out
+
+
+def build_task_hang(hung: list[tuple[Any, str, float, Any]], timeout: float) -> Finding:
+    from ._report import render_hang
+
+    names = [task_name(task) for task, _l, _s, _k in hung]
+    entries = [{"thread": name, "task": name, "waits_for": label, "seconds": round(secs, 3),
+                "holds": []} for name, (_t, label, secs, _k) in zip(names, hung)]
+    stacks = [StackInfo(name, f"suspended for {secs:.1f}s on {label}", task_stack(task))
+              for name, (task, label, secs, _k) in zip(names, hung)]
+    finding = Finding(
+        kind="hang",
+        summary=f"tasks blocked for more than {timeout:g}s: " + "; ".join(
+            f"{name} waits for {label}" for name, (_t, label, _s, _k) in zip(names, hung)),
+        threads=names, locks=[], stacks=stacks,
+        details={"timeout": timeout, "stuck": entries, "table": [], "asyncio": True},
+        key=("hang", "tasks", frozenset(k for _t, _l, _s, k in hung)),
+    )
+    finding.text = render_hang(finding)
+    return finding

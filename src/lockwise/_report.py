@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 _RULE = {
     "cycle": "each thread waits for a lock held by the next one",
     "task-cycle": "each task waits for a lock held by the next one, or awaits it, and "
-                  "no timer can wake or cancel any of them",
+                  "nothing else can run on the loop (no ready callback, timer, watched "
+                  "I/O or signal handler, and no other thread that may run) to release "
+                  "a lock or cancel a task",
     "loop": "the thread runs the event loop that must resume the holder, and it is blocked",
     "stall": "every live thread is blocked on a lockwise primitive without a timeout, "
              "so none is left to release or notify",

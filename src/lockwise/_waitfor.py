@@ -395,13 +395,20 @@ def _ownership_cycle(me: ThreadState) -> Optional[list[ThreadState]]:
     return [ts for ts, _changes in first]
 
 
-def _only_fails_a_test(handler: Any) -> bool:
-    """A handler known to wake nothing: it only fails the running test.
+def _wakes_nothing(handler: Any) -> bool:
+    """A handler known to wake nothing: it only interrupts or fails.
 
-    pytest-timeout's SIGALRM handler (``timeout_method = "signal"``) raises in
-    the main thread to fail a test that ran too long; it never releases,
-    sets or notifies anything the program waits for.
+    Ctrl-C's: ``default_int_handler`` and asyncio.run's ``Runner._on_sigint``
+    (a person stopping a frozen program, not a wake-up the program relies
+    on). pytest-timeout's SIGALRM handler (``timeout_method = "signal"``)
+    raises in the main thread to fail a test that ran too long; it never
+    releases, sets or notifies anything the program waits for.
     """
+    if handler is signal.default_int_handler:
+        return True
+    func = getattr(getattr(handler, "func", handler), "__func__", None)
+    if func is not None and getattr(func, "__qualname__", "") == "Runner._on_sigint":
+        return True
     return getattr(handler, "__module__", None) == "pytest_timeout"
 
 
@@ -412,8 +419,7 @@ def signal_may_wake() -> bool:
     wait (the wait is made of short timed waits, between which handlers run),
     and can set an Event, notify a Condition or release a Lock that any thread
     waits for: the SIGTERM handler that sets a stop Event, a SIGALRM timer
-    armed with ``signal.setitimer``. ``default_int_handler`` (Ctrl-C) is a
-    person stopping a frozen program, not a wake-up the program relies on.
+    armed with ``signal.setitimer``. See ``_wakes_nothing`` for the exceptions.
     """
     if not settings.signals_wake_main:
         return False
@@ -422,8 +428,7 @@ def signal_may_wake() -> bool:
             handler = signal.getsignal(sig)
         except (ValueError, OSError):
             continue
-        if callable(handler) and handler is not signal.default_int_handler \
-                and not _only_fails_a_test(handler):
+        if callable(handler) and not _wakes_nothing(handler):
             return True
     return False
 

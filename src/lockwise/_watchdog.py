@@ -1,19 +1,29 @@
 """The watchdog: reports threads blocked on lockwise primitives for too long.
 
 Deadlock rules catch freezes that are certain; the watchdog catches the rest
-(a thread blocked on a full queue whose consumer waits on a socket, a wait
-that something outside lockwise could still end...). A daemon thread polls
+(a producer blocked on a full queue whose consumer only retries, with a
+timeout, a lock the producer holds...). A daemon thread polls
 every thread's ``ThreadState`` and, when a thread has been blocked without a
 timeout on a lockwise lock, Condition (so Event, Semaphore, Barrier, queue)
 or join for longer than ``timeout`` seconds, records one ``hang`` finding
 with every thread's user stack and the table of who holds and who waits for
 what. Each stuck wait is reported once (it is identified by the thread and
-its ``changes`` counter, which moves whenever the thread stops waiting);
+its ``changes`` counter, which moves whenever the thread stops waiting, and
+by the thread's ``uid``, not its ident, which a new thread may reuse);
 waits that become stuck at the same poll share one finding.
 
-Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not
-reported: they end by themselves. The watchdog's own thread is registered in
-``_state.internal_threads`` so the deadlock rules never count it.
+Timed waits (``acquire(timeout=...)``, ``Event.wait(5)``...) are not reported:
+they end by themselves. A wait is a hang only when nothing that could end it
+runs (``_stuck_threads``): not a join of a running thread (a CPU-busy one),
+not a lock wait whose owner runs, not an idle consumer in ``queue.get()``
+while a producer runs (computes, sleeps, reads a socket). Such waits are
+only "waiting" (``lockwise.snapshot()`` shows them). asyncio tasks suspended
+too long on a wait lockwise follows (its locks, ``await task``, gather,
+asyncio's Event, Queue, Condition, Semaphore, Barrier, TaskGroup), with no
+timer acting on them and no task that can end them running, are reported the
+same way, once ``lockwise.aio`` is in use (see ``_aio_wait``).
+The watchdog's own thread is registered in ``_state.internal_threads`` so the
+deadlock rules never count it.
 Policy: ``settings.on_hang`` (``"raise"`` cannot raise into another thread
 and acts like ``"log"``). The watchdog watches the process that started it;
 a forked child has none unless it starts one.
@@ -33,7 +43,7 @@ from ._findings import Finding, LockRef, StackInfo
 from ._report import render_hang
 from ._sites import thread_name, user_stack
 from ._state import ThreadState, internal_threads, states
-from ._waitfor import CondWaiter, JoinWait, _valid
+from ._waitfor import CondWaiter, JoinWait, _in_shutdown, _valid
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -50,17 +60,109 @@ def _wait_label(res: Any, refs: dict[int, LockRef]) -> str:
     return f"{ref.name} ({ref.site})" if ref else repr(res)
 
 
+_JOIN_CODES = {getattr(threading.Thread, name).__code__
+               for name in ("join", "_wait_for_tstate_lock") if hasattr(threading.Thread, name)
+               and hasattr(getattr(threading.Thread, name), "__code__")}
+_JOIN_CODES |= {getattr(getattr(threading.Thread.join, "__wrapped__", None), "__code__", None)}
+
+
+def _joining(frame: Any) -> Optional[int]:
+    """The ident of the thread that a thread in ``Thread.join`` (timed: not
+    registered) waits for, read from its innermost frame; None otherwise."""
+    if frame is None or frame.f_code not in _JOIN_CODES:
+        return None
+    try:
+        thread = frame.f_locals.get("self")
+    except Exception:
+        return None
+    ident = getattr(thread, "ident", None)
+    return ident if isinstance(ident, int) else None
+
+
+def _stuck_threads() -> set[int]:
+    """Threads whose wait nothing that runs can end (idents; greatest fixpoint).
+
+    A candidate is a thread blocked on a wait lockwise sees: a lock or a join
+    (timed too: a retry loop on a stuck lock or thread makes no progress),
+    ended only by the owner or the joined thread (``"one"``); an untimed
+    Condition wait (Event, queue...) or a lock used as a signal, ended by
+    any thread (``"any"``); the main thread waiting in ``threading._shutdown``
+    (``"any"``); a thread in a timed ``Thread.join`` (in C, read from its frame:
+``"one"``). Every other thread runs: it computes, waits with a timeout
+    on a Condition (a periodic producer), or waits in C (a socket, a sleep),
+    and may end any ``"any"`` wait. Then candidates are dropped while the
+    thread that can end their wait is not a candidate left. The thread that
+    polls is the watchdog: it counts for nothing. Cost: O(threads) per round of
+    the fixpoint, rounds bounded by the length of the longest wait chain.
+    """
+    me = threading.get_ident()
+    main_ident = threading.main_thread().ident
+    frames = sys._current_frames()
+    alive: set[int] = set()
+    cand: dict[int, tuple[str, Optional[int]]] = {}
+    for ident, frame in frames.items():
+        if ident == me or ident in internal_threads:
+            continue
+        alive.add(ident)
+        ts = states.get(ident)
+        res = ts.waiting if ts is not None and ts.alive else None
+        if res is None:
+            if ident == main_ident and _in_shutdown(frame):
+                cand[ident] = ("any", None)
+            else:
+                joined = _joining(frame)
+                if joined is not None:  # a timed join, in C: waits for that thread only
+                    cand[ident] = ("one", joined)
+            continue
+        assert ts is not None
+        try:
+            if not _valid(res):
+                continue
+        except Exception:
+            continue
+        if isinstance(res, CondWaiter):
+            if not ts.wait_timed:
+                cand[ident] = ("any", None)
+        elif isinstance(res, JoinWait):
+            cand[ident] = ("one", res.thread.ident)
+        elif res._site.signal or res._owner is ts:
+            if not ts.wait_timed:
+                cand[ident] = ("any", None)  # anyone may release it (a hand-off)
+        else:
+            owner = res._owner
+            cand[ident] = ("one", owner.ident if owner is not None else None)
+    frames.clear()  # it holds this frame: no reference cycle (see _waitfor._scan)
+    stuck = set(cand)
+    changed = True
+    while changed:
+        changed = False
+        for ident in list(stuck):
+            mode, target = cand[ident]
+            if mode == "one":
+                ended = target is not None and target not in stuck and (
+                    target in alive or target == me)
+            else:  # some thread runs: stuck is a subset of alive, and holds ident
+                ended = len(stuck) < len(alive)
+            if ended:
+                stuck.discard(ident)
+                changed = True
+    return stuck
+
+
 def stuck_waits(timeout: float, now: Optional[float] = None) -> list[tuple[ThreadState, int]]:
     """Threads blocked without a timeout for at least ``timeout`` seconds, with their
     ``changes`` counter (the identity of the wait)."""
     now = time.monotonic() if now is None else now
     stuck = []
+    hung = _stuck_threads()
     for ts in list(states.values()):
         if not ts.alive or ts.ident in internal_threads:
             continue
         changes = ts.changes
         res = ts.waiting
         if res is None or ts.wait_timed or now - ts.wait_since < timeout:
+            continue
+        if ts.ident not in hung:
             continue
         try:
             if not _valid(res):
@@ -129,7 +231,7 @@ def build_hang(stuck: list[tuple[ThreadState, int]], timeout: float) -> Finding:
         summary=f"blocked for more than {timeout:g}s: " + "; ".join(parts),
         threads=names, locks=list(refs.values()), stacks=stacks,
         details={"timeout": timeout, "stuck": entries, "table": table},
-        key=("hang", frozenset((ts.ident, c) for ts, c in stuck)),
+        key=("hang", frozenset((ts.uid, c) for ts, c in stuck)),
     )
     finding.text = render_hang(finding)
     return finding
@@ -150,6 +252,7 @@ class Watchdog:
         self._stop = _thread.allocate_lock()
         self._thread: Optional[threading.Thread] = None
         self._reported: set[tuple[int, int]] = set()
+        self._reported_tasks: set[int] = set()
 
     @property
     def running(self) -> bool:
@@ -192,13 +295,32 @@ class Watchdog:
             internal_threads.discard(me)
 
     def poll(self) -> Optional[Finding]:
-        """One check now; returns the new ``hang`` finding, if any."""
+        """One check now; returns the new ``hang`` finding, if any (threads first)."""
+        found = self._poll_tasks()
         stuck = [(ts, c) for ts, c in stuck_waits(self.timeout)
-                 if (ts.ident, c) not in self._reported]
+                 if (ts.uid, c) not in self._reported]
         if not stuck:
-            return None
-        self._reported.update((ts.ident, c) for ts, c in stuck)
+            return found
+        self._reported.update((ts.uid, c) for ts, c in stuck)
         finding = build_hang(stuck, self.timeout)
+        if _findings.record(finding):
+            _findings.apply_policy(finding, settings.on_hang)
+            return finding
+        return found
+
+    def _poll_tasks(self) -> Optional[Finding]:
+        """asyncio tasks hung on a wait lockwise follows (``_aio_wait.hung_tasks``),
+        once ``lockwise.aio`` is in use (looked up, not imported)."""
+        aio_wait = sys.modules.get("lockwise._aio_wait")
+        hung_tasks = getattr(aio_wait, "hung_tasks", None)  # None while being imported
+        build = getattr(aio_wait, "build_task_hang", None)
+        if hung_tasks is None or build is None:
+            return None
+        hung = hung_tasks(self.timeout, self._reported_tasks)
+        if not hung:
+            return None
+        self._reported_tasks.update(key for _t, _l, _s, key in hung)
+        finding: Finding = build(hung, self.timeout)
         if _findings.record(finding):
             _findings.apply_policy(finding, settings.on_hang)
             return finding

@@ -16,17 +16,33 @@ when it can end only through other tasks:
   stuck when more than one is pending: one failing would end the gather).
 
 When a task is about to queue on a held lock, the tasks reachable through
-known waits are collected and the greatest fixpoint "stuck" set is computed
-(a wait is stuck when every task that could end it is stuck); tasks that a
-scheduled timer may wake or cancel (``asyncio.timeout``, ``wait_for`` with a
-timeout, ``sleep``) are removed. If the waiting task is stuck, its wait closes
-a cycle: :class:`lockwise.DeadlockError` is raised at its ``await``, before it
-queues. A cycle can also close later without a lock call (the owner later
-``await``s the waiter), so while lockwise waits exist a per-loop timer re-runs
-the check from the owners of contended locks (1 ms, doubling to
-``check_interval``); it raises in one stuck lock waiter by setting the
-exception of the future it awaits. A cancelled waiter leaves asyncio's queue
-(asyncio's own code wakes the next one), so it leaves the relation too.
+known waits are collected and the greatest fixpoint "stuck" set is computed (a
+wait is stuck when every task that could end it is stuck). That is only a
+candidate: any lock may be released by another task or a callback (hand-off)
+and any task may be cancelled, by code lockwise does not follow. So a cycle is
+provable, and :class:`lockwise.DeadlockError` raised, only when nothing else
+may run on the loop (``_aio_wait.loop_may_wake``): no ready callback, no timer
+(whatever it calls), no watched file descriptor but the loop's own wake-up
+pipe, no signal handler (asyncio.run's Ctrl-C handler and timer signals
+excepted, as for threads), a loop not stopping, and no other thread that may
+run (every other thread blocked, untimed, on a wait lockwise validates; it
+could otherwise call ``call_soon_threadsafe``). The waiting task then raises
+at its ``await``, before it queues. A cycle can also close later without a
+lock call (the owner later ``await``s the waiter, two tasks ``await`` each
+other): every change on a loop happens in one of its iterations, so the check
+runs again when the loop is about to go idle (nothing ready, no timer: the
+``_run_once`` hook) and raises in one stuck task: a lock waiter's waiter
+future fails, or a task awaiting a task is resumed with the error (what it
+awaits is left alone). While lock waiters exist and only another thread stands
+in the way, a lockwise timer (not a wake-up) looks again every
+``check_interval``. A task inside ``Condition.wait`` is never the victim: its
+re-acquisition must succeed before ``wait()`` returns, or the caller's release
+would free the lock another task holds (the notifier awaiting it raises
+instead; with no other candidate, the cycle is recorded, not raised). A
+cancelled waiter leaves asyncio's queue (asyncio's own code wakes the next
+one), so it leaves the relation too. Deadlocks are keyed by task uids and
+per-wait serials, never ``id()``s: a new cycle of new tasks, or of tasks retrying
+after a DeadlockError, is raised again.
 
 Lock order: a task acquiring a lockwise asyncio Lock while holding others adds
 edges to the same order graph and chain cache as threads (``_order``), with the
@@ -34,27 +50,45 @@ task's name in the report. Semaphores add no order edges (as ``threading``'s).
 
 Mixed code (active once this module is imported):
 
-* a lockwise thread lock still held by the loop's thread at the end of a loop
-  iteration, acquired in a coroutine that is now suspended, is held across an
-  ``await``: a ``lock-order`` finding (rule ``held-across-await``), policy
-  ``on_lock_order``; a "raise" goes to the loop's exception handler;
+* a lockwise thread lock taken by the loop's thread during a loop iteration,
+  in async code (a coroutine, an ``@asynccontextmanager`` generator, an
+  ``__aenter__``), and still held at its end, is held across an ``await``: a
+  ``lock-order`` finding (rule ``held-across-await``), policy
+  ``on_lock_order``; a "raise" goes to the loop's exception handler. Locks
+  already held when the iteration began are not looked at again (O(1) per
+  iteration while one stays held);
 * a blocking, untimed acquire of a lockwise thread lock by the loop's thread
-  while that thread already owns it (a task of the same loop holds it) can
-  never end: ``DeadlockError`` (rule ``loop``), policy ``on_deadlock``.
+  while that thread already owns it (a task of the same loop holds it) and no
+  other thread may run (one might release it: a hand-off) can never end:
+  ``DeadlockError`` (rule ``loop``), policy ``on_deadlock``. With other
+  threads, the stall rule of ``_waitfor`` decides, as outside a loop.
 
 Cost. Uncontended ``acquire``: asyncio's own fast-path test, one dict lookup for
-the task's state, three stores; nested acquisitions add the chain-cache lookup.
-A contended acquire runs the check: O(tasks reachable through known waits)
-plus one scan of the loop's timers when a candidate cycle is found. While
-tasks wait, the re-check costs O(waiting tasks) per tick.
+the task's state, three stores; nested acquisitions add the chain-cache lookup
+(a chain not seen before also scans the loop's timers: an acquisition under a
+deadline is timed and records no order, as a timed thread acquisition). A
+contended acquire runs the check: O(tasks reachable through known waits),
+then O(callbacks + timers + threads) when a candidate cycle is found. A loop
+about to go idle pays O(1) when it has a timer or watched I/O; otherwise
+O(threads) plus the tasks reachable from lock waiters (the whole task list only
+when nothing at all can wake the loop).
 
 Limits. Waits lockwise cannot attribute to tasks (Events, Queues, plain
 futures, I/O, ``asyncio.wait``, TaskGroups, a Condition wait for a notify) count
-as able to end, so freezes through them are not reported. A task cancelled by
-another task that is not a timer is not foreseen. Locks acquired outside a
-task, or whose owner task finished, have no owner that can be waited for. Loops
-that are not asyncio's (uvloop) expose no timers: every task counts as timed
-and no task deadlock is reported, and the held-across-await check needs
+as able to end, so freezes through them are not raised; the watchdog reports
+a task suspended on one of asyncio's primitives, a lock, a task or a gather
+past its timeout with no timer acting on it (``_aio_wait.hung_tasks``). A loop with a timer,
+a ready callback or watched I/O (a server's listening socket), or a process
+with another thread that may run, never gets a DeadlockError: any of them may
+release or cancel (the watchdog reports the hang). A thread waiting in C counts
+as able to run, as in ``_waitfor``: so does an idle ``ThreadPoolExecutor``
+worker (in ``SimpleQueue.get``), left by ``run_in_executor``,
+``asyncio.to_thread`` or ``getaddrinfo`` until the executor shuts down. A cycle of ``await``s with
+no lock waiter is re-checked only when no other thread may run. Locks
+acquired outside a task, or whose owner task finished, have no owner that can
+be waited for. Loops that are not asyncio's selector loops (uvloop, the
+proactor) expose no callbacks lockwise can read: no task deadlock is reported,
+and the idle re-check and the held-across-await check need
 ``BaseEventLoop._run_once``. A thread lock acquired in a plain function called
 from a coroutine is not seen as held across an await.
 """
@@ -92,6 +126,8 @@ if TYPE_CHECKING:
 __all__ = ["BoundedSemaphore", "Condition", "Lock", "Semaphore", "install", "uninstall"]
 
 _getframe = sys._getframe
+_site_of = _order._site_of
+_known = _order._known
 _AsyncioLock: Any = asyncio.Lock
 _AsyncioCondition: Any = asyncio.Condition
 _AsyncioSemaphore: Any = asyncio.Semaphore
@@ -107,6 +143,25 @@ def _check_loop(prim: Any) -> None:
     get_loop = getattr(prim, "_get_loop", None)  # 3.10+; 3.9 binds the loop at creation
     if get_loop is not None:
         get_loop()
+
+
+def _note(ts: TaskState, lock: Any, task: Any) -> Optional[BaseException]:
+    """Lock order of a task's nested acquisition (``_order.note``), unless timed.
+
+    An acquisition under a deadline (``asyncio.timeout``, ``wait_for`` with a
+    timeout, a cancel scope with a deadline, on this task or one awaiting it)
+    is timed, and like a timed thread acquisition records no order: it cannot
+    wait forever. With no timer on the loop this costs one test; otherwise a
+    chain already validated costs one set lookup, and the timer scan
+    (``under_timer``) runs only for a chain not seen before.
+    """
+    loop = task.get_loop()
+    if getattr(loop, "_scheduled", None):  # no timer at all: untimed, one test
+        chain = tuple(map(_site_of, ts.held))
+        if (lock._site in chain or (chain, lock._site) not in _known) \
+                and _aio_wait.under_timer(task, loop):
+            return None
+    return _order.note(ts, lock)  # type: ignore[arg-type]
 
 
 class _Introspection:
@@ -213,7 +268,7 @@ class Lock(_Introspection, _AsyncioLock):  # type: ignore[misc]
             if task is not None:
                 ts = states.get(task) or state_for(task)
                 if ts.held and settings.lock_order:
-                    error = _order.note(ts, self)  # type: ignore[arg-type]
+                    error = _note(ts, self, task)
                     if error is not None:
                         self._locked = False
                         raise error
@@ -230,7 +285,7 @@ class Lock(_Introspection, _AsyncioLock):  # type: ignore[misc]
             return True
         ts = state_for(task)
         if ts.held and settings.lock_order:
-            error = _order.note(ts, self)  # type: ignore[arg-type]
+            error = _note(ts, self, task)
             if error is not None:
                 raise error
         _check_loop(self)
@@ -300,6 +355,22 @@ class Condition(_Introspection, _AsyncioCondition):  # type: ignore[misc]
 
     def _contended(self) -> bool:
         return bool(self.locked())
+
+    async def wait(self) -> bool:
+        # While a task is in wait(), its only lock wait is the re-acquisition,
+        # which asyncio retries until it succeeds: a DeadlockError there would
+        # leave wait() without the lock, and the caller's release (``async
+        # with``'s exit) would release it under the task that holds it. Such
+        # a task is never the victim (``TaskState.cond_waits``).
+        task = current_task()
+        ts = state_for(task) if task is not None else None
+        if ts is not None:
+            ts.cond_waits += 1
+        try:
+            return bool(await super().wait())
+        finally:
+            if ts is not None:
+                ts.cond_waits -= 1
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -439,7 +510,9 @@ def _loop_thread_check(ts: ThreadState) -> None:
     loop = _aio_wait._get_running_loop()
     if loop is None or not res._inner.locked():
         return
-    key = ("deadlock", "loop", id(res), ts.ident)
+    if _aio_wait._threads_may_run():
+        return  # another thread may release it (a hand-off): the stall rule decides
+    key = ("deadlock", "loop", ts.uid, ts.changes)
     if key in _findings._seen:
         return
     acq = res._acq
@@ -479,21 +552,31 @@ def _loop_thread_check(ts: ThreadState) -> None:
         raise DeadlockError(str(finding), finding)
 
 
-def _held_across(loop: Any, ts: ThreadState) -> None:
+def _held_across(loop: Any, ts: ThreadState, before: Optional[list[Any]]) -> None:
+    """Thread locks taken in async code during this iteration and still held.
+
+    Only locks that were not held when the iteration began are looked at: a
+    lock held for many iterations costs nothing after the first. The code that
+    took it (a coroutine, an ``@asynccontextmanager`` generator, an
+    ``__aenter__``) has returned to the loop without releasing it, so whichever
+    task runs next on this loop and takes it blocks the loop's thread.
+    """
     for lock in list(ts.held):
+        if before and any(h is lock for h in before):
+            continue
         acq = lock._acq
         if acq is None or not _aio_wait.is_async_code(acq[0]):
             continue
         key = ("lock-order", "held-across-await", str(lock._site), acq[0].co_filename, acq[1])
         if key in _findings._seen:
             continue
+        # The task whose coroutine chain still runs the acquiring code (the
+        # direct form); an __aenter__ or a generator has left it: unnamed.
         holder = _aio_wait.task_holding(loop, acq[0])
-        if holder is None:
-            continue
         ref = lock_refs([lock])[id(lock)]
-        name = task_name(holder)
+        name = task_name(holder) if holder is not None else "a task of this loop"
         where = acquired_at(lock)
-        stack = _aio_wait.task_stack(holder)
+        stack = _aio_wait.task_stack(holder) if holder is not None else []
         finding = Finding(
             kind="lock-order",
             summary=f"thread lock {ref.name} held across an await by task {name}",
@@ -507,7 +590,8 @@ def _held_across(loop: Any, ts: ThreadState) -> None:
 
         finding.text = "\n".join(
             [f"lockwise: potential deadlock: {finding.summary}", "",
-             f"  Task {name} acquired the thread lock {ref.name} ({ref.site}) at {where}",
+             f"  {'Task ' if holder is not None else ''}{name} acquired the thread lock "
+             f"{ref.name} ({ref.site}) at {where}",
              "  and is suspended at an await while holding it. Any other task of this loop",
              "  that acquires it blocks the loop's thread, and the loop can never resume",
              f"  {name} to release it: the whole loop freezes. Use an asyncio.Lock, or",
@@ -531,11 +615,19 @@ _thread_states = _state.states
 
 
 def _run_once(self: Any) -> None:
-    _original_run_once(self)
+    if not self._ready:
+        try:
+            _aio_wait.on_idle(self)
+        except Exception as exc:
+            _findings.internal_error("the asyncio deadlock re-check", exc)
     ts = _thread_states.get(_get_ident())
+    before = ts.held[:] if ts is not None and ts.held else None
+    _original_run_once(self)
+    if ts is None:
+        ts = _thread_states.get(_get_ident())
     if ts is not None and ts.held:
         try:
-            _held_across(self, ts)
+            _held_across(self, ts, before)
         except Exception as exc:
             _findings.internal_error("the held-across-await check", exc)
 
