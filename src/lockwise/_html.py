@@ -25,6 +25,7 @@ import math
 import os
 from html import escape
 
+from ._files import atomic_write
 from ._findings import Finding, StackInfo
 from ._report import format_ns, format_stack, profile_header, render
 
@@ -458,16 +459,7 @@ def render_page(data: dict[str, Any], findings: list[Finding], source: str = "")
 
 
 def write(path: str, data: dict[str, Any], findings: list[Finding], source: str = "") -> None:
-    """Write the HTML report of ``data`` (a loaded JSON report) to ``path``."""
+    """Write the HTML report of ``data`` (a loaded JSON report) to ``path``
+    (atomically, through a private temporary file: see ``_files``)."""
     page = render_page(data, findings, source)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(page))

@@ -26,6 +26,7 @@ import os
 import threading
 
 from . import _findings
+from ._files import atomic_write
 from ._findings import Finding
 
 try:
@@ -38,24 +39,6 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
 FORMAT = 1
-
-
-def make_temp(directory: Optional[str], prefix: str, suffix: str) -> tuple[int, str]:
-    """``tempfile.mkstemp`` without importing tempfile, which costs ~6 ms of
-    every run's start-up (random, shutil...): a new file, readable and
-    writable by its owner only, under a name no other file has. ``directory``
-    None: $TMPDIR, $TEMP, $TMP, /tmp, /var/tmp, else the current directory."""
-    if directory is None:
-        candidates = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
-        directory = next((d for d in candidates + ["/tmp", "/var/tmp"] if d and os.path.isdir(d)),
-                         os.getcwd())
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    while True:
-        path = os.path.join(directory, f"{prefix}{os.urandom(8).hex()}{suffix}")
-        try:
-            return os.open(path, flags, 0o600), path
-        except FileExistsError:  # 64 random bits taken already: draw again
-            continue
 
 
 class ReportError(Exception):
@@ -217,17 +200,9 @@ class JsonWriter:
                 os.close(dir_fd)  # releases the flock
 
     def _write(self, data: dict[str, Any]) -> None:
-        directory, base = os.path.split(self.path)
-        fd, tmp = make_temp(directory, f".{base}.", ".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, default=str)
-                f.write("\n")
-            os.replace(tmp, self.path)
-            self._stamp = _file_stamp(self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        def dump(f: Any) -> None:
+            json.dump(data, f, indent=1, default=str)
+            f.write("\n")
+
+        atomic_write(self.path, dump)
+        self._stamp = _file_stamp(self.path)

@@ -32,7 +32,7 @@ import threading
 import time
 import types
 
-from . import _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
+from . import _files, _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
 from ._config import settings
 from ._findings import KINDS, Finding, Record
 from ._state import in_main_interpreter
@@ -181,7 +181,7 @@ class Session:
         global _active
         path = self.options.json
         if path is None and not self.child:
-            fd, path = _jsonreport.make_temp(None, "lockwise-", ".json")
+            fd, path = _files.make_temp(None, "lockwise-", ".json")
             os.close(fd)
             self._temp_json = path
         if path is not None:
