@@ -8,10 +8,25 @@ that calls ``os.setuid``; they need root (as CI runs) and skip otherwise.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import sqlite3
+import stat
+import tempfile
+import time
+import traceback
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
-from lockwise import _html, _jsonreport
+import pytest
+
+import lockwise
+from lockwise import _findings, _html, _jsonreport, _shared_store
+
+from .runner_helpers import clean_env
+from .runner_helpers import lockwise as lockwise_cmd
 
 
 def test_html_writer_does_not_follow_a_planted_temporary_symlink(tmp_path: Path) -> None:
@@ -27,3 +42,221 @@ def test_html_writer_does_not_follow_a_planted_temporary_symlink(tmp_path: Path)
     assert out.read_text().startswith("<!DOCTYPE html>")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".report.html")]
     assert leftovers == []
+
+
+# ---------------------------------------------------------------- the shared store's directory
+
+NOBODY = 65534
+
+
+def second_user() -> tuple[int, int]:
+    """(uid, gid) of a second local user to act as the attacker; skip without root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("needs root to act as a second local user (CI runs as root)")
+    import pwd
+
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user to act as a second local user")
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_user(user: tuple[int, int], step: Callable[[], None], timeout: float = 10.0) -> int:
+    """Run ``step`` as ``user`` in a forked child; its exit status (0: step returned)."""
+    pid = os.fork()
+    if pid == 0:  # the child: become the other user, run the step, leave
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(user[1])
+            os.setuid(user[0])
+            step()
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) if hasattr(
+                os, "waitstatus_to_exitcode") else status >> 8
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the step as uid {user[0]} did not end within {timeout}s")
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A sticky, world-writable directory, as /tmp is (tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="lockwise-world-", dir="/tmp"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def default_store_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Point the default store directory at $TMPDIR (no XDG_RUNTIME_DIR, no override)."""
+    monkeypatch.delenv("LOCKWISE_SHARED_DIR", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    lockwise.configure(shared_dir=None)
+
+    def use(tmpdir: Path) -> None:
+        monkeypatch.setenv("TMPDIR", str(tmpdir))
+
+    return use
+
+
+def refused(lock_dir: Path, store_dir: Optional[str], capsys: pytest.CaptureFixture[str],
+            problem: str) -> None:
+    """A FileLock whose store directory is unfit: it still excludes, detection
+    across processes is off, and one line on stderr (and a note) says why."""
+    path = str(lock_dir / "a.lock")
+    lock = lockwise.FileLock(path, shared_dir=store_dir)
+    other = lockwise.FileLock(path, detect=False)
+    assert lock.acquire(timeout=5)
+    assert not other.acquire(timeout=0.05)  # mutual exclusion holds
+    lock.release()
+    assert other.acquire(timeout=5)
+    other.release()
+    assert lock.acquire(timeout=5)  # said once, not at every acquire
+    lock.release()
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 1, err
+    assert err[0].startswith("lockwise: warning: ") and problem in err[0]
+    assert "detection across processes is off" in err[0]
+    assert [n for n in _findings.notes() if problem in n]
+    assert lock.holder() is None
+
+
+def test_store_dir_writable_by_others_is_refused(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o777)
+    refused(tmp_path, str(store), capsys, "writable by group or others")
+    assert list(store.iterdir()) == []
+
+
+def test_store_dir_that_is_a_symlink_is_refused(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    (tmp_path / "store").symlink_to(target)
+    refused(tmp_path, str(tmp_path / "store"), capsys, "is a symbolic link")
+    assert list(target.iterdir()) == []
+
+
+def test_store_dir_owned_by_another_user_is_refused(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown a directory to another user")
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    os.chown(store, NOBODY, NOBODY)
+    refused(tmp_path, str(store), capsys, f"owned by uid {NOBODY}")
+    assert list(store.iterdir()) == []
+
+
+def test_store_file_that_is_a_symlink_is_not_followed(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    other_db = tmp_path / "app.sqlite3"
+    conn = sqlite3.connect(other_db)
+    conn.execute("CREATE TABLE precious(x)")
+    conn.commit()
+    conn.close()
+    store = tmp_path / "store"
+    store.mkdir(mode=0o700)
+    (store / "waitfor.sqlite3").symlink_to(other_db)
+    refused(tmp_path, str(store), capsys, "waitfor.sqlite3")
+    conn = sqlite3.connect(other_db)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    assert tables == {"precious"} and mode == "delete"
+
+
+def test_store_prefers_a_private_xdg_runtime_dir(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("LOCKWISE_SHARED_DIR", raising=False)
+    lockwise.configure(shared_dir=None)
+    assert _shared_store.default_dir() == str(runtime / "lockwise")
+    lock = lockwise.FileLock(tmp_path / "a.lock")
+    with lock:
+        assert lock.holder() is not None
+    assert (runtime / "lockwise" / "waitfor.sqlite3").exists()
+    runtime.chmod(0o777)  # not private: not used
+    assert _shared_store.default_dir() != str(runtime / "lockwise")
+
+
+def test_another_users_store_dir_in_tmp_is_refused(
+        world_tmp: Path, default_store_env: Callable[[Path], None],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The attack: another user creates the predictable $TMPDIR/lockwise-<uid>
+    first, open to all, to read and rewrite the victim's wait-for records."""
+    user = second_user()
+    default_store_env(world_tmp)
+    planted = world_tmp / f"lockwise-{os.geteuid()}"
+
+    def plant() -> None:
+        os.mkdir(planted)
+        os.chmod(planted, 0o777)
+
+    assert as_user(user, plant) == 0
+    refused(world_tmp, None, capsys, f"owned by uid {user[0]}")
+    assert list(planted.iterdir()) == []
+
+
+def test_another_user_cannot_read_the_store(world_tmp: Path,
+                                            default_store_env: Callable[[Path], None]) -> None:
+    user = second_user()
+    default_store_env(world_tmp)
+    lock = lockwise.FileLock(world_tmp / "a.lock", name="secret-name")
+    with lock:
+        assert lock.holder() is not None
+    store = world_tmp / f"lockwise-{os.geteuid()}"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+
+    def snoop() -> None:
+        try:
+            os.listdir(store)
+        except PermissionError:
+            pass
+        else:
+            raise AssertionError("the other user listed the store directory")
+        try:
+            open(store / "waitfor.sqlite3", "rb").close()
+        except PermissionError:
+            return
+        raise AssertionError("the other user opened the store")
+
+    assert as_user(user, snoop) == 0
+
+
+def test_refused_store_is_noted_in_the_report(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    store.chmod(0o777)
+    (tmp_path / "prog.py").write_text(
+        "import lockwise\n"
+        "with lockwise.FileLock('a.lock'):\n"
+        "    pass\n")
+    result = lockwise_cmd("run", "--json", "run.json", "prog.py", cwd=tmp_path,
+                          env=clean_env(LOCKWISE_SHARED_DIR=str(store)))
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "writable by group or others" in warned[0]
+    notes = json.loads((tmp_path / "run.json").read_text())["notes"]
+    assert len(notes) == 1 and "writable by group or others" in notes[0]
+    shown = lockwise_cmd("report", "run.json", cwd=tmp_path)
+    assert shown.returncode == 0
+    assert "lockwise: note: not using" in shown.stdout

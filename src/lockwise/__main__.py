@@ -234,6 +234,9 @@ def cmd_report(ns: argparse.Namespace) -> int:
         sys.stderr.write(f"lockwise: HTML report written to {ns.html}\n")
         return 0
     out = sys.stdout
+    notes = data.get("notes")
+    for note in notes if isinstance(notes, list) else []:
+        out.write(f"lockwise: note: {note}\n")
     for finding in found:
         out.write(_report.render(finding) + "\n\n")
     profile = data.get("profile")

@@ -197,10 +197,10 @@ class FileLock(_Introspection):
             self._inner.release()
 
     def holder(self) -> Optional[dict[str, Any]]:
-        """Who holds the lock according to the shared store (host, pid, thread, site)."""
-        if self._store is None:
-            return None
-        return self._store.holder(self._key)
+        """Who holds the lock according to the shared store (host, pid, thread,
+        site); None when nobody does or the store is not used."""
+        result: Optional[dict[str, Any]] = self._store_call("holder", self._key)
+        return result
 
     def __repr__(self) -> str:
         state = "locked" if self._inner.locked() else "unlocked"
@@ -243,7 +243,7 @@ class FileLock(_Introspection):
         if store is None or self._broken:
             return None
         try:
-            return getattr(store, method)(*args)
+            return store.call(method, *args)
         except Exception as exc:
             from ._findings import internal_error
 
@@ -278,7 +278,7 @@ class FileLock(_Introspection):
                 if doom is not None:
                     ts.doom = None
                     raise DeadlockError(str(doom), doom)
-                if self._store is not None and now >= next_check:
+                if self._store is not None and self._store.off is None and now >= next_check:
                     registered = True
                     result = self._store_call("wait", self._key, self.name, str(self._site),
                                               timed, self)

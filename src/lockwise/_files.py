@@ -156,17 +156,19 @@ def default_user_dir(configured: Optional[str] = None) -> str:
 _checked: dict[str, Optional[str]] = {}
 
 
-def user_dir(configured: Optional[str] = None) -> tuple[str, Optional[str]]:
-    """The per-user directory and what makes it unfit (None: use it).
-
-    Created if missing. Checked once per process and path; a refusal is
-    remembered, so it is reported once.
-    """
-    path = default_user_dir(configured)
+def checked_dir(path: str) -> Optional[str]:
+    """:func:`ensure_private_dir`, once per process and path (None: use it)."""
     key = f"{os.getpid()}:{path}"
     if key not in _checked:
         _checked[key] = ensure_private_dir(path)
-    return path, _checked[key]
+    return _checked[key]
+
+
+def user_dir(configured: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """The per-user directory and what makes it unfit (None: use it); created
+    if missing, checked once per process."""
+    path = default_user_dir(configured)
+    return path, checked_dir(path)
 
 
 def open_private(path: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:

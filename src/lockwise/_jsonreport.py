@@ -2,7 +2,9 @@
 
 Besides ``findings``, a report may hold sections written by the process that
 started the run: ``"order_graph"`` (the lock-order graph, ``_order.graph_data()``)
-and ``"profile"`` (with ``lockwise run --profile``, ``Profiler.to_dict()``).
+and ``"profile"`` (with ``lockwise run --profile``, ``Profiler.to_dict()``);
+and ``"notes"``: one line for each check that ran degraded in any process of
+the run (``_findings.note``: e.g. no detection across processes).
 
 A :class:`JsonWriter` is a findings listener: every new finding rewrites the
 file atomically (write a temporary file in the same directory, then
@@ -192,6 +194,11 @@ class JsonWriter:
             known = {_identity(d) for d in merged}
             merged += [d for d in mine if _identity(d) not in known]
             data.update(extra)
+            notes = data.get("notes")
+            notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+            notes += [n for n in _findings.notes() if n not in notes]
+            if notes:
+                data["notes"] = notes
             data["format"] = FORMAT
             data["findings"] = merged
             self._write(data)

@@ -207,6 +207,7 @@ class Session:
             self.stderr = sys.stderr
         if self.writer is not None:
             _findings.add_listener(self.writer)
+            _findings.add_note_listener(self.writer.flush)
         _findings.add_listener(self._print_finding)
         # The stderr report (or --quiet) says it: no warning, and no copy through
         # the program's root logger (handlers set on "lockwise" still get them).
@@ -257,6 +258,7 @@ class Session:
             self.profiler.stop()
         if self.writer is not None:
             _findings.remove_listener(self.writer)
+            _findings.remove_note_listener(self.writer.flush)
         _findings.remove_listener(self._print_finding)
         _install.uninstall()
         if _active is self:
