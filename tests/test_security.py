@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -260,3 +261,42 @@ def test_refused_store_is_noted_in_the_report(tmp_path: Path) -> None:
     shown = lockwise_cmd("report", "run.json", cwd=tmp_path)
     assert shown.returncode == 0
     assert "lockwise: note: not using" in shown.stdout
+
+
+def test_a_stalled_store_degrades_quickly_and_visibly(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A process stopped inside a store transaction (or anyone holding one)
+    must not stall FileLock.acquire for long, nor switch detection off silently."""
+    store = tmp_path / "store"
+    path = str(tmp_path / "a.lock")
+    lock = lockwise.FileLock(path, shared_dir=str(store))
+    with lock:
+        pass
+    blocker = sqlite3.connect(str(store / "waitfor.sqlite3"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    took: list[float] = []
+    excluded: list[bool] = []
+
+    def take() -> None:
+        start = time.monotonic()
+        with lock:
+            took.append(time.monotonic() - start)
+            excluded.append(not lockwise.FileLock(path, detect=False).acquire(timeout=0.05))
+        start = time.monotonic()
+        with lock:
+            took.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    try:
+        thread.join(timeout=10)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        thread.join(timeout=40)
+    assert len(took) == 2 and took[0] < _shared_store.BUSY_TIMEOUT + 1.5, took
+    assert took[1] < 0.5 and excluded == [True]
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 1 and err[0].startswith("lockwise: warning: ")
+    assert "stayed locked" in err[0] and "detection across processes is off" in err[0]
+    assert any("stayed locked" in n for n in _findings.notes())
