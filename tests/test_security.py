@@ -8,6 +8,7 @@ that calls ``os.setuid``; they need root (as CI runs) and skip otherwise.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -48,6 +49,8 @@ def test_html_writer_does_not_follow_a_planted_temporary_symlink(tmp_path: Path)
 # ---------------------------------------------------------------- the shared store's directory
 
 NOBODY = 65534
+FINDING = lockwise.Finding(kind="lock-order", summary="found", threads=["T"],
+                           locks=[lockwise.LockRef("a", "x.py:1")])
 
 
 def second_user() -> tuple[int, int]:
@@ -300,3 +303,48 @@ def test_a_stalled_store_degrades_quickly_and_visibly(tmp_path: Path,
     assert len(err) == 1 and err[0].startswith("lockwise: warning: ")
     assert "stayed locked" in err[0] and "detection across processes is off" in err[0]
     assert any("stayed locked" in n for n in _findings.notes())
+
+
+# ---------------------------------------------------------------- report merges, temporary reports
+
+
+def test_report_merge_cannot_be_stalled_through_the_reports_directory(
+        world_tmp: Path, default_store_env: Callable[[Path], None], tmp_path: Path) -> None:
+    """The merge used to flock the report's directory (often /tmp): anyone
+    could hold that flock and stall the thread that just found a deadlock."""
+    default_store_env(tmp_path)
+    path = world_tmp / "run.json"
+    writer = _jsonreport.JsonWriter(str(path), fresh=True, source=lambda: [FINDING])
+    attacker = os.open(world_tmp, os.O_RDONLY)
+    fcntl.flock(attacker, fcntl.LOCK_EX)
+    thread = threading.Thread(target=writer.flush, daemon=True)
+    try:
+        thread.start()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the merge waited for a lock another user holds"
+    finally:
+        os.close(attacker)
+        thread.join(timeout=10)
+    assert [f["summary"] for f in json.loads(path.read_text())["findings"]] == ["found"]
+    locks = [p for p in (tmp_path / f"lockwise-{os.geteuid()}").iterdir()]
+    assert len(locks) == 1 and stat.S_IMODE(locks[0].lstat().st_mode) == 0o600
+
+
+def test_temporary_reports_stay_in_the_private_dir_and_stale_ones_go(
+        tmp_path: Path, default_store_env: Callable[[Path], None]) -> None:
+    """A run that ends with os._exit (or is killed) cannot remove its
+    temporary report: it is in the per-user directory, and the next run
+    removes it (its pid is gone)."""
+    (tmp_path / "prog.py").write_text(
+        "import os\nprint(os.environ['LOCKWISE_JSON'], flush=True)\nos._exit(0)\n")
+    env = clean_env(TMPDIR=str(tmp_path))
+    env.pop("XDG_RUNTIME_DIR", None)
+    first = lockwise_cmd("run", "prog.py", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    left = Path(first.stdout.strip())
+    assert left.parent == tmp_path / f"lockwise-{os.geteuid()}"
+    assert left.exists() and stat.S_IMODE(left.stat().st_mode) == 0o600
+    second = lockwise_cmd("run", "prog.py", cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert not left.exists()
+    assert Path(second.stdout.strip()).exists()

@@ -171,6 +171,35 @@ def user_dir(configured: Optional[str] = None) -> tuple[str, Optional[str]]:
     return path, checked_dir(path)
 
 
+def remove_stale(directory: str, prefix: str) -> None:
+    """Remove ``<prefix><pid>-...`` files of ``directory`` whose process is gone
+    (the per-user directory is per machine: pids are this machine's)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    me = os.getpid()
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == me or pid_alive(int(pid)):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
+
+
+def refusal(path: str, problem: str, merges: bool = True) -> str:
+    """The one line that says a private directory is refused, and what is off
+    (``merges``: it is the per-user directory, which JSON report merges use too)."""
+    also = " and JSON report merges across processes are not serialised" if merges else ""
+    return (f"not using {path}: it {problem}; deadlock detection across processes is off "
+            f"(FileLocks still exclude each other){also}. Use a private directory "
+            "(mode 0700) or set LOCKWISE_SHARED_DIR")
+
+
 def open_private(path: str, flags: int = os.O_RDWR | os.O_CREAT) -> int:
     """Open a file of the per-user directory: never through a symlink, and
     only a regular file owned by this user (OSError otherwise)."""

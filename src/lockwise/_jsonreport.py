@@ -13,11 +13,19 @@ complete, valid report.
 
 Several processes may share one report (a forked child, or a subprocess that
 inherited ``LOCKWISE_JSON``). Each write therefore *merges*: under an
-exclusive ``flock`` on the report's directory (where ``fcntl`` exists), it
-reads the findings already in the file, appends this process's findings that
-are not there yet (identity: pid, time, kind, summary) and replaces the file.
-No process ever removes another's findings. Only the process that starts a
-run creates the file afresh (``fresh=True``).
+exclusive ``flock`` (where ``fcntl`` exists), it reads the findings already
+in the file, appends this process's findings that are not there yet
+(identity: pid, time, kind, summary) and replaces the file. No process ever
+removes another's findings. Only the process that starts a run creates the
+file afresh (``fresh=True``).
+
+The ``flock`` is taken on a lock file in the per-user directory
+(``_files.user_dir``; ``<report>.lock`` for a report that lives there,
+else ``report-<hash of the path>.lock``), opened without following links:
+never on the report's directory or on a file another user could create,
+hold or replace. Processes of different users therefore do not serialise
+their merges into one report; neither do processes when the per-user
+directory is refused (said once, as a note).
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ import json
 import os
 import threading
 
-from . import _findings
+from . import _files, _findings
+from ._config import settings
 from ._files import atomic_write
 from ._findings import Finding
 
@@ -179,12 +188,25 @@ class JsonWriter:
         finally:
             self._local.busy = False
 
+    def _lock_path(self) -> Optional[str]:
+        """The merge lock file (see the module docstring); None: no lock."""
+        directory, problem = _files.user_dir(settings.shared_dir)
+        if problem is not None:
+            _findings.note(_files.refusal(directory, problem))
+            return None
+        if os.path.dirname(self.path) == directory:
+            return self.path + ".lock"
+        import hashlib
+
+        digest = hashlib.sha256(os.fsencode(self.path)).hexdigest()[:32]
+        return os.path.join(directory, f"report-{digest}.lock")
+
     def _merge(self, mine: list[dict[str, Any]], extra: dict[str, Any]) -> None:
-        directory = os.path.dirname(self.path)
-        dir_fd = -1
-        if fcntl is not None:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        lock_fd = -1
+        lock_path = self._lock_path() if fcntl is not None else None
+        if lock_path is not None:
+            lock_fd = _files.open_private(lock_path)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
         try:
             try:
                 data = _read(self.path)
@@ -203,8 +225,8 @@ class JsonWriter:
             data["findings"] = merged
             self._write(data)
         finally:
-            if dir_fd >= 0:
-                os.close(dir_fd)  # releases the flock
+            if lock_fd >= 0:
+                os.close(lock_fd)  # releases the flock
 
     def _write(self, data: dict[str, Any]) -> None:
         def dump(f: Any) -> None:

@@ -181,9 +181,7 @@ class Session:
         global _active
         path = self.options.json
         if path is None and not self.child:
-            fd, path = _files.make_temp(None, "lockwise-", ".json")
-            os.close(fd)
-            self._temp_json = path
+            path = self._temp_report()
         if path is not None:
             try:
                 self.writer = _jsonreport.JsonWriter(
@@ -226,6 +224,23 @@ class Session:
                 self._write_err(f"lockwise: not profiling: {exc}")
         self._export_env(path)
         return self
+
+    def _temp_report(self) -> str:
+        """A new temporary report, ``run-<pid>-<random>.json`` in the per-user
+        directory; the ones of runs whose process is gone (killed, or ended
+        by ``os._exit``) are removed first. If that directory is refused, a
+        private file in $TMPDIR that only this run removes."""
+        private, problem = _files.user_dir(settings.shared_dir)
+        directory: Optional[str] = private
+        if problem is None:
+            _files.remove_stale(private, "run-")
+        else:
+            _findings.note(_files.refusal(private, problem))
+            directory = None
+        fd, path = _files.make_temp(directory, f"run-{os.getpid()}-", ".json")
+        os.close(fd)
+        self._temp_json = path
+        return path
 
     def _sections(self) -> dict[str, Any]:
         """The JSON report's sections besides the findings (see ``_jsonreport``)."""
@@ -318,10 +333,11 @@ class Session:
         if found or not (self.child or forked):
             self._write_err(_report.render_summary(found))
         if self._temp_json is not None and not forked:
-            try:
-                os.unlink(self._temp_json)
-            except OSError:
-                pass
+            for leftover in (self._temp_json, self._temp_json + ".lock"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
         if _active is self:
             _active = None
         if any(f.kind in self.options.fail_on for f in found):

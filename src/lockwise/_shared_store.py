@@ -320,9 +320,8 @@ class SQLiteStore:
         """Refuse a directory or database file another user could control."""
         problem = _files.checked_dir(self.directory)
         if problem is not None:
-            raise StoreUnavailable(f"not using {self.directory} for the shared wait-for "
-                                   f"store: it {problem}; {_OFF}. Use a private directory "
-                                   "(mode 0700) or set LOCKWISE_SHARED_DIR")
+            merges = self.directory == _files.default_user_dir(settings.shared_dir)
+            raise StoreUnavailable(_files.refusal(self.directory, problem, merges))
         try:
             os.close(_files.open_private(self.path))
         except OSError as exc:
