@@ -348,3 +348,19 @@ def test_temporary_reports_stay_in_the_private_dir_and_stale_ones_go(
     assert second.returncode == 0, second.stderr
     assert not left.exists()
     assert Path(second.stdout.strip()).exists()
+
+
+# ---------------------------------------------------------------- FileLock's own path
+
+
+def test_filelock_does_not_follow_a_symlink_at_its_path(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "created-by-attacker"
+    target.parent.mkdir()
+    (tmp_path / "a.lock").symlink_to(target)
+    lock = lockwise.FileLock(tmp_path / "a.lock", detect=False)
+    with pytest.raises(OSError, match="symbolic link"):
+        lock.acquire(timeout=1)
+    assert not target.exists()
+    with pytest.raises(OSError, match="symbolic link"):
+        lock.locked()  # the probe must not create the target either
+    assert not target.exists()

@@ -27,10 +27,17 @@ byte-range locks or not work at all: use Redis for locks across machines.
 Do not ``fork`` while holding a FileLock: the child shares the parent's
 file description (the lock is released when both have released it).
 Reentrancy is per thread and per object.
+
+Trust. The lock file's path must be trusted: whoever can write to its
+directory can remove or replace the file and so break the exclusion (as with
+any lock file). The file is opened with ``O_NOFOLLOW | O_CLOEXEC``, created
+with mode 0600: a symlink planted at the path raises OSError instead of
+creating or locking the file it points to.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -39,6 +46,7 @@ import time
 from . import _order, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
+from ._files import NOFOLLOW
 from ._primitives import _acquire_site, _check_acquire_args, _drop_held, _Introspection
 from ._shared_store import (
     RECHECK,
@@ -227,7 +235,13 @@ class FileLock(_Introspection):
 
     def _file(self) -> int:
         if self._fd < 0 or self._fd_pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise OSError(exc.errno, f"{self.path} is a symbolic link; lockwise.FileLock "
+                                         "does not follow one at the lock path") from None
             self._fd_pid = os.getpid()
         return self._fd
 
