@@ -449,7 +449,8 @@ def _exit_code(code: Any) -> int:
     if code is None:
         return 0
     if isinstance(code, int):
-        return code & 0xFF
+        # The interpreter takes it as a C long; out of range, it exits with -1.
+        return code & 0xFF if -sys.maxsize - 1 <= code <= sys.maxsize else 0xFF
     try:
         sys.stderr.write(f"{code}\n")
         sys.stderr.flush()
@@ -524,6 +525,15 @@ def run(options: Options, target: str, args: list[str], module: bool) -> int:
         _install.install()
         try:
             program = prepare_module(target)
+        except UsageError:
+            _install.uninstall()
+            raise
+        except Exception as exc:  # a SyntaxError, or raised by a parent package
+            _install.uninstall()
+            # As python -m does, less runpy's frames: traceback, status 1.
+            exc.__traceback__ = _user_traceback(exc.__traceback__)
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+            return 1
         except BaseException:
             _install.uninstall()
             raise
@@ -531,6 +541,7 @@ def run(options: Options, target: str, args: list[str], module: bool) -> int:
         try:
             program = prepare_script(target)
         except SyntaxError as exc:  # as python does: no traceback, status 1
+            exc.__traceback__ = None  # the hook prints this one, not its argument
             sys.excepthook(type(exc), exc, None)
             return 1
     session = Session(options, child=False).start()
