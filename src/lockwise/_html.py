@@ -112,12 +112,11 @@ class _Graph:
 
     def cycle_edges(self) -> set[tuple[str, str]]:
         comp = _components(list(self.nodes), list(self.edges))
+        size: dict[int, int] = {}
+        for c in comp.values():
+            size[c] = size.get(c, 0) + 1
         return {(a, b) for a, b in self.edges if a == b or (comp[a] == comp[b] and
-                                                            _size(comp, comp[a]) > 1)}
-
-
-def _size(comp: dict[str, int], c: int) -> int:
-    return sum(1 for v in comp.values() if v == c)
+                                                            size[comp[a]] > 1)}
 
 
 def _components(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:

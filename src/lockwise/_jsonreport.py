@@ -75,7 +75,8 @@ def load_document(path: str) -> dict[str, Any]:
     such as ``"profile"`` and ``"order_graph"``).
 
     Raises :class:`ReportError` with a one-line message when the file is
-    missing, unreadable, not JSON or not a lockwise report.
+    missing, unreadable, not JSON or not a lockwise report, or when a field
+    the renderers read is missing or of the wrong type (``_validate``).
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -88,9 +89,18 @@ def load_document(path: str) -> dict[str, Any]:
         raise ReportError(f"cannot read report file {path!r}: {reason}") from None
     except ValueError as exc:
         raise ReportError(f"{path!r} is not a lockwise JSON report: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise ReportError(f"{path!r} is not a lockwise JSON report: nested too deeply "
+                          "(lockwise never writes more than a few levels)") from None
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
         raise ReportError(f"{path!r} is not a lockwise JSON report: expected an object "
                           "with a 'findings' list")
+    from . import _validate  # only when a report is read: not at start-up
+
+    try:
+        _validate.check(data)
+    except ValueError as exc:
+        raise ReportError(f"{path!r} is not a valid lockwise JSON report: {exc}") from None
     return data
 
 

@@ -80,8 +80,16 @@ def render_deadlock(finding: Finding) -> str:
     return "\n".join(lines)
 
 
+#: Longest cycle drawn as an interleaving (the drawing has n rows of n columns).
+SCENARIO_MAX = 8
+
+
 def _scenario(cycle: list[dict[str, Any]]) -> list[str]:
     """Two (or n) columns showing one interleaving that deadlocks."""
+    if not cycle:
+        return []
+    if len(cycle) > SCENARIO_MAX:
+        return [f"  (a cycle of {len(cycle)} locks: the interleaving is not drawn)"]
     columns = []
     seen: dict[str, int] = {}
     for edge in cycle:
