@@ -226,7 +226,8 @@ class Finding(Record):
         )
 
     def __str__(self) -> str:
-        return self.text or self.summary
+        """The text report (or the summary), control characters escaped."""
+        return printable(self.text, newlines=True) if self.text else printable(self.summary)
 
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ def record(finding: Finding) -> bool:
         if log is not None:
             # logging.WARNING and logging.ERROR
             level = 30 if finding.kind in ("lock-order", "contention") else 40
-            log.log(level, "%s", finding.text or finding.summary)
+            log.log(level, "%s", str(finding))
     except Exception as exc:  # a broken user handler must not break the caller
         internal_error("logging a finding", exc)
     for listener in listeners:
@@ -389,7 +390,7 @@ def apply_policy(finding: Finding, policy: Policy) -> bool:
         category = _WARNING_FOR.get(finding.kind, RuntimeWarning)
         frames = finding.stacks[0].frames if finding.stacks else []
         filename, lineno = (frames[-1].filename, frames[-1].lineno) if frames else ("lockwise", 0)
-        warnings.warn_explicit(finding.text or finding.summary, category, filename, lineno,
+        warnings.warn_explicit(str(finding), category, filename, lineno,
                                module="lockwise")
     elif callable(policy):
         try:
@@ -404,7 +405,7 @@ _internal_errors: list[str] = []
 
 def internal_error(where: str, exc: BaseException) -> None:
     """Report a failure inside lockwise on stderr; never raise it."""
-    message = f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}"
+    message = printable(f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}")
     _internal_errors.append(message)
     try:
         sys.stderr.write(message + " (the program continues; please report this)\n")

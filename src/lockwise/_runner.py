@@ -34,7 +34,7 @@ import types
 
 from . import _files, _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
 from ._config import settings
-from ._findings import KINDS, Finding, Record
+from ._findings import KINDS, Finding, Record, printable
 from ._state import in_main_interpreter
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -283,7 +283,7 @@ class Session:
         if self.options.quiet or self.stderr is None:
             return
         try:
-            self.stderr.write(text + "\n")
+            self.stderr.write(printable(text, newlines=True) + "\n")
             self.stderr.flush()
         except Exception:
             pass
@@ -293,7 +293,8 @@ class Session:
         if self._printed <= FULL_REPORTS:
             self._write_err(_report.render(finding) + "\n")
         else:
-            self._write_err(f"lockwise: [{finding.kind}] {finding.summary}")
+            self._write_err(f"lockwise: [{printable(finding.kind)}] "
+                            f"{printable(finding.summary)}")
 
     def all_findings(self) -> list[Finding]:
         """This process's findings plus those merged into the report by others."""
