@@ -264,6 +264,9 @@ def test_refused_store_is_noted_in_the_report(tmp_path: Path) -> None:
     shown = lockwise_cmd("report", "run.json", cwd=tmp_path)
     assert shown.returncode == 0
     assert "lockwise: note: not using" in shown.stdout
+    page = lockwise_cmd("report", "run.json", "--html", "r.html", cwd=tmp_path)
+    assert page.returncode == 0
+    assert 'id="notes"' in (tmp_path / "r.html").read_text()
 
 
 def test_a_stalled_store_degrades_quickly_and_visibly(tmp_path: Path,

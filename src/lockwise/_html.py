@@ -424,6 +424,15 @@ def render_timeline(profile: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ page
 
 
+def render_notes(notes: list[str]) -> str:
+    """The report's notes (checks that ran degraded), if any."""
+    if not notes:
+        return ""
+    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    return (f'<section class="block" id="notes"><h2>Notes</h2><p class="note">Some checks '
+            f"ran degraded in this run:</p><ul>{items}</ul></section>")
+
+
 def render_page(data: dict[str, Any], findings: list[Finding], source: str = "") -> str:
     """The whole HTML document (a str)."""
     counts: dict[str, int] = {}
@@ -449,6 +458,7 @@ def render_page(data: dict[str, Any], findings: list[Finding], source: str = "")
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>{_e(title)}</h1><p id=\"summary\">{len(findings)} finding(s): "
         f"{_e(summary)}</p></header><main>"
+        f"{render_notes(data.get('notes', []))}"
         f'<section class="block" id="findings"><h2>Findings</h2>'
         f"{render_findings(findings)}</section>"
         f'<section class="block" id="graph"><h2>Lock-order graph</h2>{graph}</section>'

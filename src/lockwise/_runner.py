@@ -354,8 +354,8 @@ class Session:
         if path is None:
             return
         try:
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(line + "\n" for line in data["collapsed"])
+            _files.atomic_write(path, lambda f: f.writelines(
+                line + "\n" for line in data["collapsed"]))
         except OSError as exc:
             self._write_err(f"lockwise: cannot write the collapsed stacks to {path!r}: "
                             f"{exc.strerror or exc}")
