@@ -367,3 +367,24 @@ def test_filelock_does_not_follow_a_symlink_at_its_path(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="symbolic link"):
         lock.locked()  # the probe must not create the target either
     assert not target.exists()
+
+
+def test_store_dir_removed_by_a_tmp_cleaner_is_made_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    with lockwise.FileLock(tmp_path / "a.lock", shared_dir=str(store)):
+        pass
+    shutil.rmtree(store)
+    seen: list[Optional[dict[str, object]]] = []
+
+    def use() -> None:  # a new thread: a new store connection
+        lock = lockwise.FileLock(tmp_path / "b.lock", shared_dir=str(store))
+        with lock:
+            seen.append(lock.holder())
+
+    thread = threading.Thread(target=use, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert len(seen) == 1 and seen[0] is not None
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    assert capsys.readouterr().err == ""

@@ -153,22 +153,13 @@ def default_user_dir(configured: Optional[str] = None) -> str:
     return os.path.join(temp_root(), f"lockwise-{uid if uid is not None else 'user'}")
 
 
-_checked: dict[str, Optional[str]] = {}
-
-
-def checked_dir(path: str) -> Optional[str]:
-    """:func:`ensure_private_dir`, once per process and path (None: use it)."""
-    key = f"{os.getpid()}:{path}"
-    if key not in _checked:
-        _checked[key] = ensure_private_dir(path)
-    return _checked[key]
-
-
 def user_dir(configured: Optional[str] = None) -> tuple[str, Optional[str]]:
-    """The per-user directory and what makes it unfit (None: use it); created
-    if missing, checked once per process."""
+    """The per-user directory and what makes it unfit (None: use it). Created
+    if missing and checked at every call (a few system calls; callers call it
+    once per store connection or report merge), so a directory removed by a
+    temporary-file cleaner is made again."""
     path = default_user_dir(configured)
-    return path, checked_dir(path)
+    return path, ensure_private_dir(path)
 
 
 def remove_stale(directory: str, prefix: str) -> None:

@@ -307,7 +307,6 @@ class SQLiteStore:
         self.directory = directory
         self.path = os.path.join(directory, "waitfor.sqlite3")
         self._local = threading.local()
-        self._ready = False
         self.off: Optional[str] = None
 
     def disable(self, reason: str) -> None:
@@ -318,7 +317,7 @@ class SQLiteStore:
 
     def _check(self) -> None:
         """Refuse a directory or database file another user could control."""
-        problem = _files.checked_dir(self.directory)
+        problem = _files.ensure_private_dir(self.directory)
         if problem is not None:
             merges = self.directory == _files.default_user_dir(settings.shared_dir)
             raise StoreUnavailable(_files.refusal(self.directory, problem, merges))
@@ -348,9 +347,7 @@ class SQLiteStore:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=OFF")
-                if not self._ready:
-                    conn.executescript(_SCHEMA)
-                    self._ready = True
+                conn.executescript(_SCHEMA)  # per connection: the file may be new
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
