@@ -88,6 +88,20 @@ def test_system_exit_status_matches_python(tmp_path: Path, code: str) -> None:
     assert ran.returncode == plain.returncode, (code, ran.stderr)
 
 
+def test_keyboard_interrupt_exits_as_python_does(tmp_path: Path) -> None:
+    """python dies of SIGINT after an uncaught KeyboardInterrupt (the parent
+    sees -2; a shell, 130), after the program's atexit handlers."""
+    (tmp_path / "ki.py").write_text(
+        "import atexit\n"
+        "atexit.register(print, 'atexit ran', flush=True)\n"
+        "raise KeyboardInterrupt\n")
+    plain = python("ki.py", cwd=tmp_path)
+    ran = lockwise("run", "--quiet", "ki.py", cwd=tmp_path)
+    assert ran.returncode == plain.returncode, (plain.returncode, ran.stderr)
+    assert ran.stdout == plain.stdout == "atexit ran\n"
+    assert _program_lines(ran.stderr) == _program_lines(plain.stderr)
+
+
 def _program_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if not line.startswith("lockwise: ")]
 

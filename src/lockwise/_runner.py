@@ -48,6 +48,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 FAIL_STATUS = 3
 #: Exit status for bad input (missing program, bad option, bad report file).
 USAGE_STATUS = 2
+#: Exit status after an uncaught KeyboardInterrupt (then the process dies of
+#: SIGINT, as python does: see ``_die_of_sigint``).
+INTERRUPTED_STATUS = 130
+_interrupted = False
+_sigint_exit = False
 #: How many findings are printed in full on stderr; later ones get one line.
 FULL_REPORTS = 10
 
@@ -511,7 +516,11 @@ def run_program(program: Program, args: list[str]) -> int:
         tb = _user_traceback(exc.__traceback__)
         exc.__traceback__ = tb  # the interpreter prints this one, not the hook's argument
         sys.excepthook(type(exc), exc, tb)
-        status = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        status = 1
+        if isinstance(exc, KeyboardInterrupt):
+            global _interrupted
+            _interrupted = True
+            status = INTERRUPTED_STATUS
     try:
         _wait_for_threads()
     except KeyboardInterrupt:
@@ -546,8 +555,35 @@ def run(options: Options, target: str, args: list[str], module: bool) -> int:
             sys.excepthook(type(exc), exc, None)
             return 1
     session = Session(options, child=False).start()
+    # Registered before the program runs, so it runs after the program's own
+    # atexit handlers (they run last-registered first).
+    atexit.register(_die_of_sigint)
     status = run_program(program, args)
-    return session.finish(status)
+    status = session.finish(status)
+    global _sigint_exit
+    _sigint_exit = _interrupted and status == INTERRUPTED_STATUS
+    return status
+
+
+def _die_of_sigint() -> None:
+    """After an uncaught KeyboardInterrupt, end as python does: die of SIGINT
+    once the atexit handlers have run, so the parent sees the signal (-2 from
+    subprocess, 130 in a shell) rather than a plain exit status."""
+    if not _sigint_exit or os.name != "posix":
+        return
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except (ValueError, OSError):
+        return
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def boot() -> None:
