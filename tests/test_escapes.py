@@ -91,3 +91,22 @@ def test_exception_messages_are_escaped() -> None:
     else:
         raise AssertionError("no PotentialDeadlockError")
     assert all(not RAW.search(_report.render(f)) for f in lockwise.findings())
+
+
+def test_reprs_are_escaped(tmp_path: Path) -> None:
+    import threading
+
+    lock = lockwise.Lock(name="L" + EVIL)
+    rlock = lockwise.RLock(name="R" + EVIL)
+    flock = lockwise.FileLock(tmp_path / "f.lock", name="F" + EVIL, detect=False)
+    seen: list[str] = []
+
+    def body() -> None:
+        with lock, rlock, flock:
+            seen.extend(repr(x) for x in (lock, rlock, flock))
+
+    thread = threading.Thread(target=body, name="T" + EVIL)
+    thread.start()
+    thread.join(10)
+    assert len(seen) == 3 and all("owner=T" in r for r in seen), seen
+    assert not any(RAW.search(r) for r in seen), seen

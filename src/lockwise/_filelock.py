@@ -47,6 +47,7 @@ from . import _order, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
 from ._files import NOFOLLOW
+from ._findings import printable
 from ._primitives import _acquire_site, _check_acquire_args, _drop_held, _Introspection
 from ._shared_store import (
     RECHECK,
@@ -221,7 +222,7 @@ class FileLock(_Introspection):
                 parts.append(f"count={self._count}")
             if self.acquired_at:
                 parts.append(f"acquired at {self.acquired_at}")
-        return " ".join(parts) + ">"
+        return printable(" ".join(parts) + ">")  # names may hold escapes
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", -1)
