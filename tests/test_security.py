@@ -388,3 +388,31 @@ def test_store_dir_removed_by_a_tmp_cleaner_is_made_again(
     assert len(seen) == 1 and seen[0] is not None
     assert stat.S_IMODE(store.stat().st_mode) == 0o700
     assert capsys.readouterr().err == ""
+
+
+def test_a_stalled_store_is_used_again_once_it_answers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the stopped process goes on, detection comes back (after the rows
+    this process wrote before the stall, possibly stale, are removed)."""
+    monkeypatch.setattr(_shared_store, "RETRY_STALLED", 0.1)
+    store = tmp_path / "store"
+    held = lockwise.FileLock(tmp_path / "held.lock", shared_dir=str(store))
+    lock = lockwise.FileLock(tmp_path / "a.lock", shared_dir=str(store))
+    held.acquire()
+    assert held.holder() is not None
+    blocker = sqlite3.connect(str(store / "waitfor.sqlite3"), isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with lock:
+            pass  # the stall is noticed here
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    held.release()
+    time.sleep(0.2)
+    with lock:
+        assert lock.holder() is not None  # published again
+    assert held.holder() is None  # the stale row is gone
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 2 and "stayed locked" in err[0] and "answers again" in err[1], err

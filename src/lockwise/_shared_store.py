@@ -47,9 +47,11 @@ locks still exclude each other).
 
 Waits on the store are bounded: SQLite's busy timeout is ``BUSY_TIMEOUT``
 seconds. A store that stays locked longer (a process stopped inside a
-transaction) is switched off for the rest of the process, with a warning
-and a note; FileLock keeps excluding through ``flock``. Rows this process
-wrote before that stay until it exits (then any process cleans them up).
+transaction) is switched off in this process, with a warning and a note;
+FileLock keeps excluding through ``flock``. Every ``RETRY_STALLED`` seconds
+a FileLock call tries it again without waiting; once it answers, this
+process's rows (possibly stale) are removed, detection is back on and a
+second line says so.
 
 Limits. Processes must agree on the directory and see the same host name;
 records of dead processes are recognised only on the same host (pid check).
@@ -83,6 +85,8 @@ HOST = socket.gethostname()
 RECHECK = 0.05
 #: Longest wait, in seconds, for another process's store transaction.
 BUSY_TIMEOUT = 1.0
+#: Seconds between two attempts to use again a store that stalled.
+RETRY_STALLED = 5.0
 _nonce = uuid.uuid4().hex[:8]
 
 
@@ -308,6 +312,8 @@ class SQLiteStore:
         self.path = os.path.join(directory, "waitfor.sqlite3")
         self._local = threading.local()
         self.off: Optional[str] = None
+        self._stalled = False
+        self._retry_at = 0.0
 
     def disable(self, reason: str) -> None:
         """Stop using the store in this process; say why once (a note)."""
@@ -363,7 +369,7 @@ class SQLiteStore:
         """``self.method(*args)``, or None when the store is off or goes off
         now (refused, or locked longer than ``BUSY_TIMEOUT``: a warning and a
         note say so). Other failures propagate."""
-        if self.off is not None:
+        if self.off is not None and not (self._stalled and self._answers_again()):
             return None
         try:
             return getattr(self, method)(*args)
@@ -372,10 +378,48 @@ class SQLiteStore:
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
+            self._stalled = True
+            self._retry_at = time.monotonic() + RETRY_STALLED
             self.disable(f"the shared wait-for store {self.path} stayed locked for more "
                          f"than {BUSY_TIMEOUT:g}s (a process holding it is stopped or stuck); "
-                         f"{_OFF}")
+                         "deadlock detection across processes is off until it answers again "
+                         "(FileLocks still exclude each other)")
         return None
+
+    def _answers_again(self) -> bool:
+        """Whether a stalled store can be used again (tried without waiting,
+        every ``RETRY_STALLED`` seconds). If so, first remove every row of
+        this process: those written before the stall may be stale (a lock
+        released or a wait ended while the store was off) and could show
+        other processes a cycle that is not there."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + RETRY_STALLED
+        me = os.getpid()
+        try:
+            conn = self._conn()
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("DELETE FROM holders WHERE host=? AND pid=?", (HOST, me))
+                    conn.execute("DELETE FROM waits WHERE host=? AND (pid=? OR publisher=?)",
+                                 (HOST, me, me))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        except (sqlite3.OperationalError, StoreUnavailable):
+            return False
+        self._stalled = False
+        self.off = None
+        _findings.note(f"the shared wait-for store {self.path} answers again; deadlock "
+                       "detection across processes is back on (locks taken while it was "
+                       "off are not in it)")
+        return True
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
