@@ -329,8 +329,7 @@ def test_report_merge_cannot_be_stalled_through_the_reports_directory(
         os.close(attacker)
         thread.join(timeout=10)
     assert [f["summary"] for f in json.loads(path.read_text())["findings"]] == ["found"]
-    locks = [p for p in (tmp_path / f"lockwise-{os.geteuid()}").iterdir()]
-    assert len(locks) == 1 and stat.S_IMODE(locks[0].lstat().st_mode) == 0o600
+    assert sorted(p.name for p in world_tmp.iterdir()) == ["run.json"]
 
 
 def test_temporary_reports_stay_in_the_private_dir_and_stale_ones_go(
@@ -416,3 +415,33 @@ def test_a_stalled_store_is_used_again_once_it_answers(
     assert held.holder() is None  # the stale row is gone
     err = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(err) == 2 and "stayed locked" in err[0] and "answers again" in err[1], err
+
+
+def test_report_merge_locks_leave_nothing_behind(
+        tmp_path: Path, default_store_env: Callable[[Path], None]) -> None:
+    """One lock file per report path would pile up in the per-user directory
+    (every test run makes new paths): the holder removes it before unlocking."""
+    default_store_env(tmp_path)
+    private = tmp_path / f"lockwise-{os.geteuid()}"
+    writers = [_jsonreport.JsonWriter(str(tmp_path / f"r{i}.json"), fresh=True,
+                                      source=lambda: [FINDING]) for i in range(3)]
+    for writer in writers:
+        writer.flush()
+        writer.flush()
+    assert sorted(p.name for p in private.iterdir()) == []
+    done: list[int] = []
+
+    def merge_many() -> None:
+        other = _jsonreport.JsonWriter(str(tmp_path / "r0.json"), fresh=False,
+                                       source=lambda: [FINDING])
+        for _ in range(50):
+            other.flush()
+        done.append(1)
+
+    threads = [threading.Thread(target=merge_many, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(done) == 3
+    assert list(private.iterdir()) == []

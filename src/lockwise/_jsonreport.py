@@ -23,9 +23,11 @@ The ``flock`` is taken on a lock file in the per-user directory
 (``_files.user_dir``; ``<report>.lock`` for a report that lives there,
 else ``report-<hash of the path>.lock``), opened without following links:
 never on the report's directory or on a file another user could create,
-hold or replace. Processes of different users therefore do not serialise
-their merges into one report; neither do processes when the per-user
-directory is refused (said once, as a note).
+hold or replace. The holder removes the lock file before unlocking, so they
+do not pile up (a waiter left with the lock of a removed file takes a new
+one). Processes of different users therefore do not serialise their merges
+into one report; neither do processes when the per-user directory is
+refused (said once, as a note).
 """
 
 from __future__ import annotations
@@ -137,6 +139,33 @@ def _file_stamp(path: str) -> Optional[tuple[int, int, int]]:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _lock(path: str) -> int:
+    """Open and ``flock`` the lock file ``path``; its descriptor. The holder
+    removes the file before unlocking (so lock files never pile up): a waiter
+    that then gets the lock of a removed file tries again with a new one."""
+    while True:
+        fd = _files.open_private(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        mine = os.fstat(fd)
+        if st is not None and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _unlock(path: Optional[str], fd: int) -> None:
+    try:
+        if path is not None:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # releases the flock
+
+
 class JsonWriter:
     """Keeps the JSON report at ``path`` up to date; use as a findings listener.
 
@@ -212,11 +241,8 @@ class JsonWriter:
         return os.path.join(directory, f"report-{digest}.lock")
 
     def _merge(self, mine: list[dict[str, Any]], extra: dict[str, Any]) -> None:
-        lock_fd = -1
         lock_path = self._lock_path() if fcntl is not None else None
-        if lock_path is not None:
-            lock_fd = _files.open_private(lock_path)
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        lock_fd = -1 if lock_path is None else _lock(lock_path)
         try:
             try:
                 data = _read(self.path)
@@ -236,7 +262,7 @@ class JsonWriter:
             self._write(data)
         finally:
             if lock_fd >= 0:
-                os.close(lock_fd)  # releases the flock
+                _unlock(lock_path, lock_fd)
 
     def _write(self, data: dict[str, Any]) -> None:
         def dump(f: Any) -> None:
