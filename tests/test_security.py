@@ -445,3 +445,22 @@ def test_report_merge_locks_leave_nothing_behind(
         thread.join(timeout=30)
     assert len(done) == 3
     assert list(private.iterdir()) == []
+
+
+def test_lockwise_run_with_a_refused_per_user_dir_says_so_once(tmp_path: Path) -> None:
+    planted = tmp_path / f"lockwise-{os.geteuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    (tmp_path / "prog.py").write_text(
+        "import os, lockwise\n"
+        "with lockwise.FileLock('a.lock'):\n"
+        "    print(os.path.dirname(os.environ['LOCKWISE_JSON']))\n")
+    env = clean_env(TMPDIR=str(tmp_path))
+    env.pop("XDG_RUNTIME_DIR", None)
+    result = lockwise_cmd("run", "prog.py", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path)  # the temporary report went elsewhere
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "writable by group or others" in warned[0], result.stderr
+    assert list(planted.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.lock", planted.name, "prog.py"]
