@@ -21,7 +21,7 @@ def _finding(summary: str, pid: int) -> Finding:
     (None, "no such report file"),
     ("{nope", "invalid JSON"),
     ("[1, 2]", "expected an object with a 'findings' list"),
-    ('{"findings": [{"summary": "no kind"}]}', "finding 0 is invalid"),
+    ('{"findings": [{"summary": "no kind"}]}', "findings[0]: missing 'kind'"),
 ])
 def test_load_errors_are_one_line(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "r.json"

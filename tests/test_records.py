@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import lockwise
-from lockwise import FrameInfo, LockRef, StackInfo, _jsonreport
+from lockwise import FrameInfo, LockRef, StackInfo, _files
 from lockwise._findings import Finding
 
 
@@ -48,7 +48,7 @@ def test_with_condition_records_the_callers_line() -> None:
 
 
 def test_make_temp_is_private_and_unique(tmp_path: Path) -> None:
-    made = [_jsonreport.make_temp(str(tmp_path), "x-", ".json") for _ in range(50)]
+    made = [_files.make_temp(str(tmp_path), "x-", ".json") for _ in range(50)]
     for fd, _path in made:
         os.close(fd)
     paths = {path for _fd, path in made}

@@ -79,6 +79,53 @@ def test_system_exit_with_message(tmp_path: Path) -> None:
     assert result.stderr.strip() == "bye now"
 
 
+@pytest.mark.parametrize("code", ["2**70", "-2**70", "2**63", "-2**63", "2**31", "-1", "256",
+                                  "True", "None", "3.5", "'bye'"])
+def test_system_exit_status_matches_python(tmp_path: Path, code: str) -> None:
+    (tmp_path / "bye.py").write_text(f"raise SystemExit({code})\n")
+    plain = python("bye.py", cwd=tmp_path)
+    ran = lockwise("run", "--quiet", "bye.py", cwd=tmp_path)
+    assert ran.returncode == plain.returncode, (code, ran.stderr)
+
+
+def test_keyboard_interrupt_exits_as_python_does(tmp_path: Path) -> None:
+    """python dies of SIGINT after an uncaught KeyboardInterrupt (the parent
+    sees -2; a shell, 130), after the program's atexit handlers."""
+    (tmp_path / "ki.py").write_text(
+        "import atexit\n"
+        "atexit.register(print, 'atexit ran', flush=True)\n"
+        "raise KeyboardInterrupt\n")
+    plain = python("ki.py", cwd=tmp_path)
+    ran = lockwise("run", "--quiet", "ki.py", cwd=tmp_path)
+    assert ran.returncode == plain.returncode, (plain.returncode, ran.stderr)
+    assert ran.stdout == plain.stdout == "atexit ran\n"
+    assert _program_lines(ran.stderr) == _program_lines(plain.stderr)
+
+
+def _program_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not line.startswith("lockwise: ")]
+
+
+def test_syntax_error_in_the_script_shows_what_python_shows(tmp_path: Path) -> None:
+    (tmp_path / "syn.py").write_text("x = 1\nif x\n    pass\n")
+    plain = python("syn.py", cwd=tmp_path)
+    ran = lockwise("run", "syn.py", cwd=tmp_path)
+    assert ran.returncode == plain.returncode == 1
+    assert _program_lines(ran.stderr) == _program_lines(plain.stderr)
+
+
+def test_syntax_error_in_a_module_shows_no_runner_frames(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "bad.py").write_text("def f(:\n")
+    plain = python("-m", "pkg.bad", cwd=tmp_path)
+    ran = lockwise("run", "-m", "pkg.bad", cwd=tmp_path)
+    assert ran.returncode == plain.returncode == 1
+    assert "lockwise" not in "\n".join(_program_lines(ran.stderr)), ran.stderr
+    # python -m adds runpy's two frames on top; the rest is the same
+    assert _program_lines(ran.stderr)[-4:] == _program_lines(plain.stderr)[-4:]
+
+
 def test_waits_for_non_daemon_threads_before_reporting(tmp_path: Path) -> None:
     (tmp_path / "late.py").write_text(textwrap.dedent("""
         import threading

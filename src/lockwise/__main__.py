@@ -214,7 +214,7 @@ def cmd_run(ns: Any) -> int:
 
 
 def cmd_report(ns: argparse.Namespace) -> int:
-    from . import _jsonreport, _report
+    from . import _jsonreport
 
     try:
         data = _jsonreport.load_document(ns.file)
@@ -222,6 +222,19 @@ def cmd_report(ns: argparse.Namespace) -> int:
     except _jsonreport.ReportError as exc:
         sys.stderr.write(f"lockwise: error: {exc}\n")
         return USAGE_STATUS
+    try:
+        return _show_report(ns, data, found)
+    except Exception as exc:  # a document the validation let through: still one line
+        sys.stderr.write(f"lockwise: error: cannot render {ns.file!r}: {type(exc).__name__}: "
+                         f"{exc!r:.200}; this is a bug in lockwise's report validation, "
+                         "please report it\n")
+        return USAGE_STATUS
+
+
+def _show_report(ns: argparse.Namespace, data: dict[str, Any], found: list[Any]) -> int:
+    from . import _report
+    from ._findings import printable
+
     if ns.html is not None:
         from . import _html
 
@@ -231,15 +244,17 @@ def cmd_report(ns: argparse.Namespace) -> int:
             sys.stderr.write(f"lockwise: error: --html: cannot write {ns.html!r}: "
                              f"{exc.strerror or exc}; expected a writable path\n")
             return USAGE_STATUS
-        sys.stderr.write(f"lockwise: HTML report written to {ns.html}\n")
+        sys.stderr.write(f"lockwise: HTML report written to {printable(ns.html)}\n")
         return 0
     out = sys.stdout
+    for note in data.get("notes", []):
+        out.write(f"lockwise: note: {printable(note)}\n")
     for finding in found:
-        out.write(_report.render(finding) + "\n\n")
+        out.write(printable(_report.render(finding), newlines=True) + "\n\n")
     profile = data.get("profile")
     if isinstance(profile, dict):
-        out.write(_report.render_profile(profile) + "\n\n")
-    out.write(_report.render_summary(found) + "\n")
+        out.write(printable(_report.render_profile(profile), newlines=True) + "\n\n")
+    out.write(printable(_report.render_summary(found), newlines=True) + "\n")
     return 0
 
 

@@ -27,10 +27,17 @@ byte-range locks or not work at all: use Redis for locks across machines.
 Do not ``fork`` while holding a FileLock: the child shares the parent's
 file description (the lock is released when both have released it).
 Reentrancy is per thread and per object.
+
+Trust. The lock file's path must be trusted: whoever can write to its
+directory can remove or replace the file and so break the exclusion (as with
+any lock file). The file is opened with ``O_NOFOLLOW | O_CLOEXEC``, created
+with mode 0600: a symlink planted at the path raises OSError instead of
+creating or locking the file it points to.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import threading
@@ -39,6 +46,8 @@ import time
 from . import _order, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
+from ._files import NOFOLLOW
+from ._findings import printable
 from ._primitives import _TRY, _acquire_site, _check_acquire_args, _drop_held, _Introspection
 from ._shared_store import (
     RECHECK,
@@ -244,10 +253,10 @@ class FileLock(_Introspection):
             self._inner.release()
 
     def holder(self) -> Optional[dict[str, Any]]:
-        """Who holds the lock according to the shared store (host, pid, thread, site)."""
-        if self._store is None:
-            return None
-        return self._store.holder(self._key)
+        """Who holds the lock according to the shared store (host, pid, thread,
+        site); None when nobody does or the store is not used."""
+        result: Optional[dict[str, Any]] = self._store_call("holder", self._key)
+        return result
 
     def __repr__(self) -> str:
         state = "locked" if self._inner.locked() else "unlocked"
@@ -260,7 +269,7 @@ class FileLock(_Introspection):
                 parts.append(f"count={self._count}")
             if self.acquired_at:
                 parts.append(f"acquired at {self.acquired_at}")
-        return " ".join(parts) + ">"
+        return printable(" ".join(parts) + ">")  # names may hold escapes
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", -1)
@@ -274,7 +283,13 @@ class FileLock(_Introspection):
 
     def _file(self) -> int:
         if self._fd < 0 or self._fd_pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                raise OSError(exc.errno, f"{self.path} is a symbolic link; lockwise.FileLock "
+                                         "does not follow one at the lock path") from None
             self._fd_pid = os.getpid()
         return self._fd
 
@@ -295,7 +310,7 @@ class FileLock(_Introspection):
         if store is None or self._broken:
             return None
         try:
-            return getattr(store, method)(*args)
+            return store.call(method, *args)
         except Exception as exc:
             from ._findings import internal_error
 
@@ -337,7 +352,7 @@ class FileLock(_Introspection):
                 if doom is not None:
                     ts.doom = None
                     raise DeadlockError(str(doom), doom)
-                if self._store is not None and now >= next_check:
+                if self._store is not None and self._store.off is None and now >= next_check:
                     registered = True
                     result = self._store_call("wait", self._key, self.name, str(self._site),
                                               timed, self)

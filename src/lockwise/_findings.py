@@ -226,7 +226,8 @@ class Finding(Record):
         )
 
     def __str__(self) -> str:
-        return self.text or self.summary
+        """The text report (or the summary), control characters escaped."""
+        return printable(self.text, newlines=True) if self.text else printable(self.summary)
 
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ def record(finding: Finding) -> bool:
         if log is not None:
             # logging.WARNING and logging.ERROR
             level = 30 if finding.kind in ("lock-order", "contention") else 40
-            log.log(level, "%s", finding.text or finding.summary)
+            log.log(level, "%s", str(finding))
     except Exception as exc:  # a broken user handler must not break the caller
         internal_error("logging a finding", exc)
     for listener in listeners:
@@ -279,10 +280,84 @@ def findings(kind: Optional[str] = None) -> list[Finding]:
 
 
 def clear() -> None:
-    """Forget every finding (see :func:`lockwise.reset`)."""
+    """Forget every finding and note (see :func:`lockwise.reset`)."""
     with _lock:
         _findings.clear()
         _seen.clear()
+        _notes.clear()
+
+
+_notes: list[str] = []
+_note_listeners: list[Callable[[], None]] = []
+
+
+def note(message: str) -> bool:
+    """Say once that a check runs degraded (e.g. no detection across
+    processes): one line on stderr, and kept for the JSON report's
+    ``"notes"``. True if new. Never silent, never raises."""
+    with _lock:
+        if message in _notes:
+            return False
+        _notes.append(message)
+        listeners = list(_note_listeners)
+    try:
+        sys.stderr.write(f"lockwise: warning: {printable(message)}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+    for listener in listeners:
+        try:
+            listener()
+        except Exception as exc:
+            internal_error(f"note listener {listener!r}", exc)
+    return True
+
+
+def notes() -> list[str]:
+    """The notes so far (see :func:`note`), oldest first."""
+    with _lock:
+        return list(_notes)
+
+
+def add_note_listener(listener: Callable[[], None]) -> None:
+    with _lock:
+        _note_listeners.append(listener)
+
+
+def remove_note_listener(listener: Callable[[], None]) -> None:
+    with _lock:
+        try:
+            _note_listeners.remove(listener)
+        except ValueError:
+            pass
+
+
+def _escape(match: Any) -> str:
+    ch = match.group()
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_controls: Any = None
+
+
+def printable(text: str, newlines: bool = False) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\u202e``): C0 and
+    C1 controls, DEL, and the bidirectional overrides that reorder a line on
+    screen. ``newlines`` keeps line feeds (for multi-line reports whose
+    fields were escaped one by one). Everything lockwise writes for a
+    terminal goes through this: names, paths and source lines come from the
+    program or from a report file and may carry ANSI escape sequences."""
+    global _controls
+    if _controls is None:
+        import re
+
+        _controls = (re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                                "\u202a-\u202e\u2066-\u2069]"),
+                     re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                                "\u202a-\u202e\u2066-\u2069]"))
+    result: str = _controls[0 if newlines else 1].sub(_escape, text)
+    return result
 
 
 def add_listener(listener: Listener) -> None:
@@ -315,7 +390,7 @@ def apply_policy(finding: Finding, policy: Policy) -> bool:
         category = _WARNING_FOR.get(finding.kind, RuntimeWarning)
         frames = finding.stacks[0].frames if finding.stacks else []
         filename, lineno = (frames[-1].filename, frames[-1].lineno) if frames else ("lockwise", 0)
-        warnings.warn_explicit(finding.text or finding.summary, category, filename, lineno,
+        warnings.warn_explicit(str(finding), category, filename, lineno,
                                module="lockwise")
     elif callable(policy):
         try:
@@ -330,7 +405,7 @@ _internal_errors: list[str] = []
 
 def internal_error(where: str, exc: BaseException) -> None:
     """Report a failure inside lockwise on stderr; never raise it."""
-    message = f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}"
+    message = printable(f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}")
     _internal_errors.append(message)
     try:
         sys.stderr.write(message + " (the program continues; please report this)\n")

@@ -25,6 +25,7 @@ import math
 import os
 from html import escape
 
+from ._files import atomic_write
 from ._findings import Finding, StackInfo
 from ._report import format_ns, format_stack, profile_header, render
 
@@ -111,12 +112,11 @@ class _Graph:
 
     def cycle_edges(self) -> set[tuple[str, str]]:
         comp = _components(list(self.nodes), list(self.edges))
+        size: dict[int, int] = {}
+        for c in comp.values():
+            size[c] = size.get(c, 0) + 1
         return {(a, b) for a, b in self.edges if a == b or (comp[a] == comp[b] and
-                                                            _size(comp, comp[a]) > 1)}
-
-
-def _size(comp: dict[str, int], c: int) -> int:
-    return sum(1 for v in comp.values() if v == c)
+                                                            size[comp[a]] > 1)}
 
 
 def _components(nodes: list[str], edges: list[tuple[str, str]]) -> dict[str, int]:
@@ -424,6 +424,15 @@ def render_timeline(profile: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ page
 
 
+def render_notes(notes: list[str]) -> str:
+    """The report's notes (checks that ran degraded), if any."""
+    if not notes:
+        return ""
+    items = "".join(f"<li>{_e(n)}</li>" for n in notes)
+    return (f'<section class="block" id="notes"><h2>Notes</h2><p class="note">Some checks '
+            f"ran degraded in this run:</p><ul>{items}</ul></section>")
+
+
 def render_page(data: dict[str, Any], findings: list[Finding], source: str = "") -> str:
     """The whole HTML document (a str)."""
     counts: dict[str, int] = {}
@@ -449,6 +458,7 @@ def render_page(data: dict[str, Any], findings: list[Finding], source: str = "")
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>{_e(title)}</h1><p id=\"summary\">{len(findings)} finding(s): "
         f"{_e(summary)}</p></header><main>"
+        f"{render_notes(data.get('notes', []))}"
         f'<section class="block" id="findings"><h2>Findings</h2>'
         f"{render_findings(findings)}</section>"
         f'<section class="block" id="graph"><h2>Lock-order graph</h2>{graph}</section>'
@@ -458,16 +468,7 @@ def render_page(data: dict[str, Any], findings: list[Finding], source: str = "")
 
 
 def write(path: str, data: dict[str, Any], findings: list[Finding], source: str = "") -> None:
-    """Write the HTML report of ``data`` (a loaded JSON report) to ``path``."""
+    """Write the HTML report of ``data`` (a loaded JSON report) to ``path``
+    (atomically, through a private temporary file: see ``_files``)."""
     page = render_page(data, findings, source)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(page))

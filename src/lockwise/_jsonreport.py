@@ -2,7 +2,9 @@
 
 Besides ``findings``, a report may hold sections written by the process that
 started the run: ``"order_graph"`` (the lock-order graph, ``_order.graph_data()``)
-and ``"profile"`` (with ``lockwise run --profile``, ``Profiler.to_dict()``).
+and ``"profile"`` (with ``lockwise run --profile``, ``Profiler.to_dict()``);
+and ``"notes"``: one line for each check that ran degraded in any process of
+the run (``_findings.note``: e.g. no detection across processes).
 
 A :class:`JsonWriter` is a findings listener: every new finding rewrites the
 file atomically (write a temporary file in the same directory, then
@@ -11,11 +13,21 @@ complete, valid report.
 
 Several processes may share one report (a forked child, or a subprocess that
 inherited ``LOCKWISE_JSON``). Each write therefore *merges*: under an
-exclusive ``flock`` on the report's directory (where ``fcntl`` exists), it
-reads the findings already in the file, appends this process's findings that
-are not there yet (identity: pid, time, kind, summary) and replaces the file.
-No process ever removes another's findings. Only the process that starts a
-run creates the file afresh (``fresh=True``).
+exclusive ``flock`` (where ``fcntl`` exists), it reads the findings already
+in the file, appends this process's findings that are not there yet
+(identity: pid, time, kind, summary) and replaces the file. No process ever
+removes another's findings. Only the process that starts a run creates the
+file afresh (``fresh=True``).
+
+The ``flock`` is taken on a lock file in the per-user directory
+(``_files.user_dir``; ``<report>.lock`` for a report that lives there,
+else ``report-<hash of the path>.lock``), opened without following links:
+never on the report's directory or on a file another user could create,
+hold or replace. The holder removes the lock file before unlocking, so they
+do not pile up (a waiter left with the lock of a removed file takes a new
+one). Processes of different users therefore do not serialise their merges
+into one report; neither do processes when the per-user directory is
+refused (said once, as a note).
 """
 
 from __future__ import annotations
@@ -25,7 +37,9 @@ import json
 import os
 import threading
 
-from . import _findings
+from . import _files, _findings
+from ._config import settings
+from ._files import atomic_write
 from ._findings import Finding
 
 try:
@@ -38,24 +52,6 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
 FORMAT = 1
-
-
-def make_temp(directory: Optional[str], prefix: str, suffix: str) -> tuple[int, str]:
-    """``tempfile.mkstemp`` without importing tempfile, which costs ~6 ms of
-    every run's start-up (random, shutil...): a new file, readable and
-    writable by its owner only, under a name no other file has. ``directory``
-    None: $TMPDIR, $TEMP, $TMP, /tmp, /var/tmp, else the current directory."""
-    if directory is None:
-        candidates = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
-        directory = next((d for d in candidates + ["/tmp", "/var/tmp"] if d and os.path.isdir(d)),
-                         os.getcwd())
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    while True:
-        path = os.path.join(directory, f"{prefix}{os.urandom(8).hex()}{suffix}")
-        try:
-            return os.open(path, flags, 0o600), path
-        except FileExistsError:  # 64 random bits taken already: draw again
-            continue
 
 
 class ReportError(Exception):
@@ -81,7 +77,8 @@ def load_document(path: str) -> dict[str, Any]:
     such as ``"profile"`` and ``"order_graph"``).
 
     Raises :class:`ReportError` with a one-line message when the file is
-    missing, unreadable, not JSON or not a lockwise report.
+    missing, unreadable, not JSON or not a lockwise report, or when a field
+    the renderers read is missing or of the wrong type (``_validate``).
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -94,9 +91,18 @@ def load_document(path: str) -> dict[str, Any]:
         raise ReportError(f"cannot read report file {path!r}: {reason}") from None
     except ValueError as exc:
         raise ReportError(f"{path!r} is not a lockwise JSON report: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise ReportError(f"{path!r} is not a lockwise JSON report: nested too deeply "
+                          "(lockwise never writes more than a few levels)") from None
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
         raise ReportError(f"{path!r} is not a lockwise JSON report: expected an object "
                           "with a 'findings' list")
+    from . import _validate  # only when a report is read: not at start-up
+
+    try:
+        _validate.check(data)
+    except ValueError as exc:
+        raise ReportError(f"{path!r} is not a valid lockwise JSON report: {exc}") from None
     return data
 
 
@@ -131,6 +137,33 @@ def _file_stamp(path: str) -> Optional[tuple[int, int, int]]:
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _lock(path: str) -> int:
+    """Open and ``flock`` the lock file ``path``; its descriptor. The holder
+    removes the file before unlocking (so lock files never pile up): a waiter
+    that then gets the lock of a removed file tries again with a new one."""
+    while True:
+        fd = _files.open_private(path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        mine = os.fstat(fd)
+        if st is not None and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _unlock(path: Optional[str], fd: int) -> None:
+    try:
+        if path is not None:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)  # releases the flock
 
 
 class JsonWriter:
@@ -194,12 +227,22 @@ class JsonWriter:
         finally:
             self._local.busy = False
 
+    def _lock_path(self) -> Optional[str]:
+        """The merge lock file (see the module docstring); None: no lock."""
+        directory, problem = _files.user_dir(settings.shared_dir)
+        if problem is not None:
+            _findings.note(_files.refusal(directory, problem))
+            return None
+        if os.path.dirname(self.path) == directory:
+            return self.path + ".lock"
+        import hashlib
+
+        digest = hashlib.sha256(os.fsencode(self.path)).hexdigest()[:32]
+        return os.path.join(directory, f"report-{digest}.lock")
+
     def _merge(self, mine: list[dict[str, Any]], extra: dict[str, Any]) -> None:
-        directory = os.path.dirname(self.path)
-        dir_fd = -1
-        if fcntl is not None:
-            dir_fd = os.open(directory, os.O_RDONLY)
-            fcntl.flock(dir_fd, fcntl.LOCK_EX)
+        lock_path = self._lock_path() if fcntl is not None else None
+        lock_fd = -1 if lock_path is None else _lock(lock_path)
         try:
             try:
                 data = _read(self.path)
@@ -209,25 +252,22 @@ class JsonWriter:
             known = {_identity(d) for d in merged}
             merged += [d for d in mine if _identity(d) not in known]
             data.update(extra)
+            notes = data.get("notes")
+            notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []
+            notes += [n for n in _findings.notes() if n not in notes]
+            if notes:
+                data["notes"] = notes
             data["format"] = FORMAT
             data["findings"] = merged
             self._write(data)
         finally:
-            if dir_fd >= 0:
-                os.close(dir_fd)  # releases the flock
+            if lock_fd >= 0:
+                _unlock(lock_path, lock_fd)
 
     def _write(self, data: dict[str, Any]) -> None:
-        directory, base = os.path.split(self.path)
-        fd, tmp = make_temp(directory, f".{base}.", ".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, default=str)
-                f.write("\n")
-            os.replace(tmp, self.path)
-            self._stamp = _file_stamp(self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        def dump(f: Any) -> None:
+            json.dump(data, f, indent=1, default=str)
+            f.write("\n")
+
+        atomic_write(self.path, dump)
+        self._stamp = _file_stamp(self.path)

@@ -18,6 +18,7 @@ from types import FrameType
 from . import _order, _sites, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
+from ._findings import printable
 from ._sites import INTERNAL_FILES, Site, named_site, site_of, thread_name, user_frame
 from ._state import ThreadState, _local, current_state, new_state
 
@@ -201,7 +202,7 @@ class _Introspection:
         waiting = len(self.waiters)
         if waiting:
             parts.append(f"{waiting} waiting")
-        return " ".join(parts) + ">"
+        return printable(" ".join(parts) + ">")  # names may hold escapes
 
 
 class Lock(_Introspection):

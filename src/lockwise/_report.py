@@ -2,11 +2,17 @@
 
 Used for exception messages, warnings, the runner's stderr report and
 ``lockwise report``; nothing here runs on the hot path.
+
+Every piece of text that comes from the program or from a report (thread,
+lock and task names, paths, function names, source lines, summaries) goes
+through :func:`_p`, which escapes control characters, ANSI escape sequences
+and bidirectional overrides (``_findings.printable``), line feeds included:
+a name can neither drive the terminal nor forge a line of the report.
 """
 
 from __future__ import annotations
 
-from ._findings import Finding, FrameInfo, StackInfo
+from ._findings import Finding, FrameInfo, StackInfo, printable
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -24,49 +30,55 @@ _RULE = {
 }
 
 
+def _p(text: Any) -> str:
+    """``text`` as one printable line (see the module docstring)."""
+    return printable(str(text))
+
+
 def _lock(data: Any) -> str:
     if not data:
         return "?"
-    return f"{data.get('name', '?')} ({data.get('site', '?')})"
+    return f"{_p(data.get('name', '?'))} ({_p(data.get('site', '?'))})"
 
 
 def format_stack(frames: Iterable[FrameInfo], indent: str = "    ") -> list[str]:
     lines = []
     for f in frames:
-        lines.append(f'{indent}File "{f.filename}", line {f.lineno}, in {f.function}')
+        lines.append(f'{indent}File "{_p(f.filename)}", line {f.lineno}, in {_p(f.function)}')
         if f.line:
-            lines.append(f"{indent}  {f.line}")
+            lines.append(f"{indent}  {_p(f.line)}")
     return lines
 
 
 def _stack_block(stack: StackInfo) -> list[str]:
-    return [f"  {stack.thread}: {stack.title}"] + (
+    return [f"  {_p(stack.thread)}: {_p(stack.title)}"] + (
         format_stack(stack.frames) or ["    (no Python frames)"])
 
 
 def _wait_text(wait: dict[str, Any]) -> str:
     kind = wait.get("kind")
     if kind == "lock":
-        holder = "itself" if wait.get("held_by_self") else wait.get("held_by", "?")
+        holder = "itself" if wait.get("held_by_self") else _p(wait.get("held_by", "?"))
         return f"waits for {_lock(wait.get('lock'))}, held by {holder}"
     if kind == "condition":
         return f"waits on {_lock(wait.get('lock'))} for a notify"
     if kind == "join":
-        return f"joins thread {wait.get('thread')}"
+        return f"joins thread {_p(wait.get('thread'))}"
     if kind == "await":
         via = " (through asyncio.gather)" if wait.get("via") == "gather" else ""
-        return f"awaits task {wait.get('task')}{via}"
+        return f"awaits task {_p(wait.get('task'))}{via}"
     return "is running"
 
 
 def render_deadlock(finding: Finding) -> str:
     details = finding.details
-    lines = [f"lockwise: deadlock: {finding.summary}", ""]
+    lines = [f"lockwise: deadlock: {_p(finding.summary)}", ""]
     for entry in details.get("threads", []):
         state = "" if entry.get("alive", True) else " (exited)"
-        lines.append(f"  {entry['thread']}{state}")
+        lines.append(f"  {_p(entry['thread'])}{state}")
         for held in entry.get("holds", []):
-            lines.append(f"      holds {_lock(held['lock'])}, acquired at {held['acquired_at']}")
+            lines.append(f"      holds {_lock(held['lock'])}, acquired at "
+                         f"{_p(held['acquired_at'])}")
         if entry.get("alive", True):
             lines.append(f"      {_wait_text(entry.get('waits_for', {}))}")
     rule = _RULE.get(details.get("rule", ""), "")
@@ -75,32 +87,41 @@ def render_deadlock(finding: Finding) -> str:
     victim = details.get("victim")
     if victim:
         others = "tasks" if details.get("asyncio") and details.get("rule") != "loop" else "threads"
-        lines.append(f"  DeadlockError is raised in {victim}; the other {others} are untouched.")
+        lines.append(f"  DeadlockError is raised in {_p(victim)}; the other {others} are "
+                     "untouched.")
     for stack in finding.stacks:
         lines.append("")
         lines += _stack_block(stack)
     return "\n".join(lines)
 
 
+#: Longest cycle drawn as an interleaving (the drawing has n rows of n columns).
+SCENARIO_MAX = 8
+
+
 def _scenario(cycle: list[dict[str, Any]]) -> list[str]:
     """Two (or n) columns showing one interleaving that deadlocks."""
+    if not cycle:
+        return []
+    if len(cycle) > SCENARIO_MAX:
+        return [f"  (a cycle of {len(cycle)} locks: the interleaving is not drawn)"]
     columns = []
     seen: dict[str, int] = {}
     for edge in cycle:
-        name = edge["thread"]
+        name = _p(edge["thread"])
         seen[name] = seen.get(name, 0) + 1
         columns.append(name if seen[name] == 1 else f"{name} (again)")
     n = len(cycle)
-    width = max(30, max(len(f"acquire({e['from']['name']})") + 18 for e in cycle))
+    width = max(30, max(len(f"acquire({_p(e['from']['name'])})") + 18 for e in cycle))
     rows: list[list[str]] = []
     for i, edge in enumerate(cycle):
         row = [""] * n
-        row[i] = f"acquire({edge['from']['name']})"
+        row[i] = f"acquire({_p(edge['from']['name'])})"
         rows.append(row)
     for i in reversed(range(n)):
         row = [""] * n
         holder = columns[(i + 1) % n]
-        row[i] = f"acquire({cycle[i]['to']['name']})   <- waits for {holder}"
+        row[i] = f"acquire({_p(cycle[i]['to']['name'])})   <- waits for {holder}"
         rows.append(row)
     out = ["  " + "".join(c.ljust(width) for c in columns),
            "  " + "".join(("-" * len(c)).ljust(width) for c in columns)]
@@ -111,7 +132,7 @@ def _scenario(cycle: list[dict[str, Any]]) -> list[str]:
 
 def render_lock_order(finding: Finding) -> str:
     cycle = finding.details.get("cycle", [])
-    lines = [f"lockwise: potential deadlock: {finding.summary}", ""]
+    lines = [f"lockwise: potential deadlock: {_p(finding.summary)}", ""]
     if finding.details.get("single_thread"):
         lines.append("  All these orders were seen in one thread; two threads running this code at")
         lines.append("  the same time can deadlock as follows:")
@@ -122,7 +143,7 @@ def render_lock_order(finding: Finding) -> str:
     lines += _scenario(cycle)
     for edge in cycle:
         lines.append("")
-        lines.append(f"  {edge['thread']} acquired {_lock(edge['from'])}:")
+        lines.append(f"  {_p(edge['thread'])} acquired {_lock(edge['from'])}:")
         lines += format_stack([FrameInfo.from_dict(f) for f in edge["first_stack"]])
         lines.append(f"  then acquired {_lock(edge['to'])} while holding it:")
         lines += format_stack([FrameInfo.from_dict(f) for f in edge["second_stack"]])
@@ -137,15 +158,15 @@ def render_table(rows: list[dict[str, Any]]) -> list[str]:
         return ["  (no lock is held or waited for)"]
     lines = []
     for row in rows:
-        holder = row.get("owner") or "-"
-        waiters = ", ".join(row.get("waiters", [])) or "-"
+        holder = _p(row.get("owner") or "-")
+        waiters = ", ".join(_p(w) for w in row.get("waiters", [])) or "-"
         lines.append(f"  {_lock(row.get('lock'))}: held by {holder}; waiting: {waiters}")
     return lines
 
 
 def render_hang(finding: Finding) -> str:
     details = finding.details
-    lines = [f"lockwise: hang: {finding.summary}", "", "  Locks:"]
+    lines = [f"lockwise: hang: {_p(finding.summary)}", "", "  Locks:"]
     lines += render_table(details.get("table", []))
     for stack in finding.stacks:
         lines.append("")
@@ -155,14 +176,14 @@ def render_hang(finding: Finding) -> str:
 
 def render(finding: Finding) -> str:
     if finding.text:
-        return finding.text
+        return printable(finding.text, newlines=True)
     if finding.kind == "deadlock":
         return render_deadlock(finding)
     if finding.kind == "lock-order":
         return render_lock_order(finding)
     if finding.kind == "hang":
         return render_hang(finding)
-    return finding.summary
+    return _p(finding.summary)
 
 
 def render_summary(findings: list[Finding]) -> str:
@@ -171,9 +192,9 @@ def render_summary(findings: list[Finding]) -> str:
     counts: dict[str, int] = {}
     for f in findings:
         counts[f.kind] = counts.get(f.kind, 0) + 1
-    parts = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    parts = ", ".join(f"{n} {_p(kind)}" for kind, n in sorted(counts.items()))
     lines = [f"lockwise: {len(findings)} finding(s): {parts}"]
-    lines += [f"  - [{f.kind}] {f.summary}" for f in findings]
+    lines += [f"  - [{_p(f.kind)}] {_p(f.summary)}" for f in findings]
     return "\n".join(lines)
 
 
@@ -232,7 +253,7 @@ def render_profile(data: dict[str, Any], limit: int = 20, sites: int = 3) -> str
     if not locks:
         lines.append("  (no lockwise lock was acquired while profiling)")
         return "\n".join(lines)
-    names = [f"{d.get('name', '?')} ({_short_site(str(d.get('site', '?')))})"
+    names = [f"{_p(d.get('name', '?'))} ({_p(_short_site(str(d.get('site', '?'))))})"
              for d in locks[:limit]]
     width = min(max(len("lock"), *(len(n) for n in names)), 48)
     cells: list[list[str]] = []
@@ -251,7 +272,8 @@ def render_profile(data: dict[str, Any], limit: int = 20, sites: int = 3) -> str
             "  " + c.rjust(w) for c, w in zip(row, widths)))
         for label, key in (("waited at", "waiters"), ("held from", "holders")):
             for s in list(d.get(key, []))[:sites]:
-                lines.append(f"      {label} {s.get('site', '?')} in {s.get('function', '?')}"
+                lines.append(f"      {label} {_p(s.get('site', '?'))} in "
+                             f"{_p(s.get('function', '?'))}"
                              f"  ({s.get('count', 0)}x, {format_ns(s.get('wait_ns'))})")
     if len(locks) > limit:
         lines.append(f"  ... and {len(locks) - limit} more lock classes (see the JSON report)")

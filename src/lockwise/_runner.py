@@ -32,9 +32,9 @@ import threading
 import time
 import types
 
-from . import _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
+from . import _files, _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
 from ._config import settings
-from ._findings import KINDS, Finding, Record
+from ._findings import KINDS, Finding, Record, printable
 from ._state import in_main_interpreter
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -48,6 +48,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 FAIL_STATUS = 3
 #: Exit status for bad input (missing program, bad option, bad report file).
 USAGE_STATUS = 2
+#: Exit status after an uncaught KeyboardInterrupt (then the process dies of
+#: SIGINT, as python does: see ``_die_of_sigint``).
+INTERRUPTED_STATUS = 130
+_interrupted = False
+_sigint_exit = False
 #: How many findings are printed in full on stderr; later ones get one line.
 FULL_REPORTS = 10
 
@@ -181,9 +186,7 @@ class Session:
         global _active
         path = self.options.json
         if path is None and not self.child:
-            fd, path = _jsonreport.make_temp(None, "lockwise-", ".json")
-            os.close(fd)
-            self._temp_json = path
+            path = self._temp_report()
         if path is not None:
             try:
                 self.writer = _jsonreport.JsonWriter(
@@ -207,6 +210,7 @@ class Session:
             self.stderr = sys.stderr
         if self.writer is not None:
             _findings.add_listener(self.writer)
+            _findings.add_note_listener(self.writer.flush)
         _findings.add_listener(self._print_finding)
         # The stderr report (or --quiet) says it: no warning, and no copy through
         # the program's root logger (handlers set on "lockwise" still get them).
@@ -225,6 +229,23 @@ class Session:
                 self._write_err(f"lockwise: not profiling: {exc}")
         self._export_env(path)
         return self
+
+    def _temp_report(self) -> str:
+        """A new temporary report, ``run-<pid>-<random>.json`` in the per-user
+        directory; the ones of runs whose process is gone (killed, or ended
+        by ``os._exit``) are removed first. If that directory is refused, a
+        private file in $TMPDIR that only this run removes."""
+        private, problem = _files.user_dir(settings.shared_dir)
+        directory: Optional[str] = private
+        if problem is None:
+            _files.remove_stale(private, "run-")
+        else:
+            _findings.note(_files.refusal(private, problem))
+            directory = None
+        fd, path = _files.make_temp(directory, f"run-{os.getpid()}-", ".json")
+        os.close(fd)
+        self._temp_json = path
+        return path
 
     def _sections(self) -> dict[str, Any]:
         """The JSON report's sections besides the findings (see ``_jsonreport``)."""
@@ -257,6 +278,7 @@ class Session:
             self.profiler.stop()
         if self.writer is not None:
             _findings.remove_listener(self.writer)
+            _findings.remove_note_listener(self.writer.flush)
         _findings.remove_listener(self._print_finding)
         _install.uninstall()
         if _active is self:
@@ -266,7 +288,7 @@ class Session:
         if self.options.quiet or self.stderr is None:
             return
         try:
-            self.stderr.write(text + "\n")
+            self.stderr.write(printable(text, newlines=True) + "\n")
             self.stderr.flush()
         except Exception:
             pass
@@ -276,7 +298,8 @@ class Session:
         if self._printed <= FULL_REPORTS:
             self._write_err(_report.render(finding) + "\n")
         else:
-            self._write_err(f"lockwise: [{finding.kind}] {finding.summary}")
+            self._write_err(f"lockwise: [{printable(finding.kind)}] "
+                            f"{printable(finding.summary)}")
 
     def all_findings(self) -> list[Finding]:
         """This process's findings plus those merged into the report by others."""
@@ -316,10 +339,11 @@ class Session:
         if found or not (self.child or forked):
             self._write_err(_report.render_summary(found))
         if self._temp_json is not None and not forked:
-            try:
-                os.unlink(self._temp_json)
-            except OSError:
-                pass
+            for leftover in (self._temp_json, self._temp_json + ".lock"):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
         if _active is self:
             _active = None
         if any(f.kind in self.options.fail_on for f in found):
@@ -335,8 +359,8 @@ class Session:
         if path is None:
             return
         try:
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(line + "\n" for line in data["collapsed"])
+            _files.atomic_write(path, lambda f: f.writelines(
+                line + "\n" for line in data["collapsed"]))
         except OSError as exc:
             self._write_err(f"lockwise: cannot write the collapsed stacks to {path!r}: "
                             f"{exc.strerror or exc}")
@@ -431,7 +455,8 @@ def _exit_code(code: Any) -> int:
     if code is None:
         return 0
     if isinstance(code, int):
-        return code & 0xFF
+        # The interpreter takes it as a C long; out of range, it exits with -1.
+        return code & 0xFF if -sys.maxsize - 1 <= code <= sys.maxsize else 0xFF
     try:
         sys.stderr.write(f"{code}\n")
         sys.stderr.flush()
@@ -491,7 +516,11 @@ def run_program(program: Program, args: list[str]) -> int:
         tb = _user_traceback(exc.__traceback__)
         exc.__traceback__ = tb  # the interpreter prints this one, not the hook's argument
         sys.excepthook(type(exc), exc, tb)
-        status = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        status = 1
+        if isinstance(exc, KeyboardInterrupt):
+            global _interrupted
+            _interrupted = True
+            status = INTERRUPTED_STATUS
     try:
         _wait_for_threads()
     except KeyboardInterrupt:
@@ -506,6 +535,15 @@ def run(options: Options, target: str, args: list[str], module: bool) -> int:
         _install.install()
         try:
             program = prepare_module(target)
+        except UsageError:
+            _install.uninstall()
+            raise
+        except Exception as exc:  # a SyntaxError, or raised by a parent package
+            _install.uninstall()
+            # As python -m does, less runpy's frames: traceback, status 1.
+            exc.__traceback__ = _user_traceback(exc.__traceback__)
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+            return 1
         except BaseException:
             _install.uninstall()
             raise
@@ -513,11 +551,39 @@ def run(options: Options, target: str, args: list[str], module: bool) -> int:
         try:
             program = prepare_script(target)
         except SyntaxError as exc:  # as python does: no traceback, status 1
+            exc.__traceback__ = None  # the hook prints this one, not its argument
             sys.excepthook(type(exc), exc, None)
             return 1
     session = Session(options, child=False).start()
+    # Registered before the program runs, so it runs after the program's own
+    # atexit handlers (they run last-registered first).
+    atexit.register(_die_of_sigint)
     status = run_program(program, args)
-    return session.finish(status)
+    status = session.finish(status)
+    global _sigint_exit
+    _sigint_exit = _interrupted and status == INTERRUPTED_STATUS
+    return status
+
+
+def _die_of_sigint() -> None:
+    """After an uncaught KeyboardInterrupt, end as python does: die of SIGINT
+    once the atexit handlers have run, so the parent sees the signal (-2 from
+    subprocess, 130 in a shell) rather than a plain exit status."""
+    if not _sigint_exit or os.name != "posix":
+        return
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except (ValueError, OSError):
+        return
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def boot() -> None:

@@ -34,13 +34,29 @@ blocked waiter (every ``RECHECK`` seconds). Chains cost one indexed lookup
 per hop. Lock-order edges cost a transaction only the first time this
 process sees the pair.
 
-Limits. Processes must agree on the directory (``lockwise.configure(
-shared_dir=...)`` or ``LOCKWISE_SHARED_DIR``) and see the same host name;
+Trust. The store lives in the per-user directory (:mod:`lockwise._files`:
+``LOCKWISE_SHARED_DIR`` or ``configure(shared_dir=...)``, else
+``$XDG_RUNTIME_DIR/lockwise``, else ``$TMPDIR/lockwise-<uid>``), used only
+if it is a directory, not a symlink, owned by this user and not writable by
+group or others; the database file is opened first with ``O_NOFOLLOW`` and
+must be a regular file owned by this user. Anyone who can write there could
+read every lock name, pid and thread name and make a correct program raise
+DeadlockError, so an unfit directory is refused as a whole: one line on
+stderr and a note in the report, and no detection across processes (the
+locks still exclude each other).
+
+Waits on the store are bounded: SQLite's busy timeout is ``BUSY_TIMEOUT``
+seconds. A store that stays locked longer (a process stopped inside a
+transaction) is switched off in this process, with a warning and a note;
+FileLock keeps excluding through ``flock``. Every ``RETRY_STALLED`` seconds
+a FileLock call tries it again without waiting; once it answers, this
+process's rows (possibly stale) are removed, detection is back on and a
+second line says so.
+
+Limits. Processes must agree on the directory and see the same host name;
 records of dead processes are recognised only on the same host (pid check).
-Only lock keys and names, creation sites, host names, pids and thread names
-are stored. The store is advisory: if it cannot be opened or written, the
-locks still work and detection across processes is off (reported once on
-stderr as an internal error).
+Processes of different users never share a store. Only lock keys and names,
+creation sites, host names, pids and thread names are stored.
 """
 
 from __future__ import annotations
@@ -48,13 +64,12 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
 from contextlib import contextmanager
 
-from . import _findings
+from . import _files, _findings
 from ._config import settings
 from ._errors import DeadlockError, PotentialDeadlockError
 from ._findings import Finding, FrameInfo, LockRef, StackInfo
@@ -68,6 +83,10 @@ if TYPE_CHECKING:
 HOST = socket.gethostname()
 #: Seconds between two checks of a blocked waiter of a shared lock.
 RECHECK = 0.05
+#: Longest wait, in seconds, for another process's store transaction.
+BUSY_TIMEOUT = 1.0
+#: Seconds between two attempts to use again a store that stalled.
+RETRY_STALLED = 5.0
 _nonce = uuid.uuid4().hex[:8]
 
 
@@ -86,16 +105,7 @@ def parse_participant(who: str) -> tuple[str, int, int]:
         return host, 0, 0
 
 
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+pid_alive = _files.pid_alive
 
 
 def local_links(skip: Any = None) -> list[tuple[str, str, str, str]]:
@@ -281,44 +291,69 @@ CREATE INDEX IF NOT EXISTS waits_pid ON waits(host, pid);
 
 
 def default_dir() -> str:
-    configured = settings.shared_dir or os.environ.get("LOCKWISE_SHARED_DIR")
-    if configured:
-        return configured
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return os.path.join(tempfile.gettempdir(), f"lockwise-{uid}")
+    return _files.default_user_dir(settings.shared_dir)
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be used; ``str()`` is the one line for the user."""
+
+
+_OFF = "deadlock detection across processes is off (FileLocks still exclude each other)"
 
 
 class SQLiteStore:
-    """One database file; a connection per thread (and per process after fork)."""
+    """One database file; a connection per thread (and per process after fork).
+
+    ``off`` is None while the store is used, else why it is not (then the
+    FileLocks on it skip it; see :meth:`disable`)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
         self.path = os.path.join(directory, "waitfor.sqlite3")
         self._local = threading.local()
-        self._ready = False
+        self.off: Optional[str] = None
+        self._stalled = False
+        self._retry_at = 0.0
+
+    def disable(self, reason: str) -> None:
+        """Stop using the store in this process; say why once (a note)."""
+        if self.off is None:
+            self.off = reason
+            _findings.note(reason)
+
+    def _check(self) -> None:
+        """Refuse a directory or database file another user could control."""
+        problem = _files.ensure_private_dir(self.directory)
+        if problem is not None:
+            merges = self.directory == _files.default_user_dir(settings.shared_dir)
+            raise StoreUnavailable(_files.refusal(self.directory, problem, merges))
+        try:
+            os.close(_files.open_private(self.path))
+        except OSError as exc:
+            raise StoreUnavailable(f"not using the shared wait-for store {self.path}: "
+                                   f"{exc.strerror or exc} (expected a regular file owned by "
+                                   f"this user, not a symlink); {_OFF}") from None
 
     def _conn(self) -> sqlite3.Connection:
         local = self._local
         conn: Optional[sqlite3.Connection] = getattr(local, "conn", None)
         if conn is not None and local.pid == os.getpid():
             return conn
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+        self._check()
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None,
                                check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         # Two processes opening a fresh store at once: switching it to WAL can
         # fail with "database is locked" at once, without the busy handler
         # (SQLite does not wait there), so retry for a while instead of
         # turning detection off.
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + 2 * BUSY_TIMEOUT
         while True:
             try:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=OFF")
-                if not self._ready:
-                    conn.executescript(_SCHEMA)
-                    self._ready = True
+                conn.executescript(_SCHEMA)  # per connection: the file may be new
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
@@ -329,6 +364,62 @@ class SQLiteStore:
         local.conn = conn
         local.pid = os.getpid()
         return conn
+
+    def call(self, method: str, *args: Any) -> Any:
+        """``self.method(*args)``, or None when the store is off or goes off
+        now (refused, or locked longer than ``BUSY_TIMEOUT``: a warning and a
+        note say so). Other failures propagate."""
+        if self.off is not None and not (self._stalled and self._answers_again()):
+            return None
+        try:
+            return getattr(self, method)(*args)
+        except StoreUnavailable as exc:
+            self.disable(str(exc))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            self._stalled = True
+            self._retry_at = time.monotonic() + RETRY_STALLED
+            self.disable(f"the shared wait-for store {self.path} stayed locked for more "
+                         f"than {BUSY_TIMEOUT:g}s (a process holding it is stopped or stuck); "
+                         "deadlock detection across processes is off until it answers again "
+                         "(FileLocks still exclude each other)")
+        return None
+
+    def _answers_again(self) -> bool:
+        """Whether a stalled store can be used again (tried without waiting,
+        every ``RETRY_STALLED`` seconds). If so, first remove every row of
+        this process: those written before the stall may be stale (a lock
+        released or a wait ended while the store was off) and could show
+        other processes a cycle that is not there."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + RETRY_STALLED
+        me = os.getpid()
+        try:
+            conn = self._conn()
+            conn.execute("PRAGMA busy_timeout=0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("DELETE FROM holders WHERE host=? AND pid=?", (HOST, me))
+                    conn.execute("DELETE FROM waits WHERE host=? AND (pid=? OR publisher=?)",
+                                 (HOST, me, me))
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        except (sqlite3.OperationalError, StoreUnavailable):
+            return False
+        self._stalled = False
+        self.off = None
+        _findings.note(f"the shared wait-for store {self.path} answers again; deadlock "
+                       "detection across processes is back on (locks taken while it was "
+                       "off are not in it)")
+        return True
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -531,5 +622,5 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
-__all__ = ["DeadlockError", "HOST", "SQLiteStore", "deadlock_finding", "local_links",
-           "order_finding", "participant", "store_for"]
+__all__ = ["DeadlockError", "HOST", "SQLiteStore", "StoreUnavailable", "deadlock_finding",
+           "local_links", "order_finding", "participant", "store_for"]

@@ -586,17 +586,18 @@ def _held_across(loop: Any, ts: ThreadState, before: Optional[list[Any]]) -> Non
                      "lock": ref.to_dict(), "asyncio": True},
             key=key,
         )
-        from ._report import format_stack
+        from ._report import _p, format_stack
 
         finding.text = "\n".join(
-            [f"lockwise: potential deadlock: {finding.summary}", "",
-             f"  {'Task ' if holder is not None else ''}{name} acquired the thread lock "
-             f"{ref.name} ({ref.site}) at {where}",
+            [f"lockwise: potential deadlock: {_p(finding.summary)}", "",
+             f"  {'Task ' if holder is not None else ''}{_p(name)} acquired the thread lock "
+             f"{_p(ref.name)} ({_p(ref.site)}) at {_p(where)}",
              "  and is suspended at an await while holding it. Any other task of this loop",
              "  that acquires it blocks the loop's thread, and the loop can never resume",
-             f"  {name} to release it: the whole loop freezes. Use an asyncio.Lock, or",
+             f"  {_p(name)} to release it: the whole loop freezes. Use an asyncio.Lock, or",
              "  release the thread lock before awaiting.", "",
-             f"  {name}: suspended here"] + (format_stack(stack) or ["    (no Python frames)"]))
+             f"  {_p(name)}: suspended here"] + (format_stack(stack) or
+                                                 ["    (no Python frames)"]))
         if not _findings.record(finding):
             continue
         error: Optional[BaseException] = None

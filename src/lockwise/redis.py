@@ -64,6 +64,7 @@ import redis as _redis
 from . import _order
 from ._config import settings
 from ._errors import DeadlockError
+from ._findings import printable
 from ._primitives import _acquire_site, _check_acquire_args, _drop_held, _Introspection
 from ._shared_store import (
     HOST,
@@ -372,7 +373,7 @@ class RedisLock(_Introspection):
                 parts.append(f"acquired at {self.acquired_at}")
             if self._lost:
                 parts.append("LEASE LOST")
-        return " ".join(parts) + ">"
+        return printable(" ".join(parts) + ">")  # names may hold escapes
 
     # ---------------------------------------------------------------- acquire / release
 
