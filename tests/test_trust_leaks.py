@@ -432,3 +432,56 @@ def test_alarm_in_semaphore_acquire(alarm: Any) -> None:
             assert not other.is_alive()
         assert_free(lock)
     assert sem.acquire(timeout=1) or sem._value == 0
+
+
+# ------------------------------------------------------------ asyncio
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+def _raise_once(real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real``, except that its first call raises _Interrupt (an exception
+    landing at that call, after the lock was taken)."""
+    calls = [0]
+
+    def wrapper(*args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise _Interrupt()
+        return real(*args)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("where", ["fast", "slow"])
+def test_aio_lock_given_back_when_its_take_is_interrupted(
+        where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from lockwise import aio
+
+    async def main() -> None:
+        lock = aio.Lock()
+        if where == "fast":
+            # The exception comes from the bookkeeping after `_locked = True`.
+            monkeypatch.setattr(aio, "_acquire_site", _raise_once(aio._acquire_site))
+            with pytest.raises(_Interrupt):
+                await lock.acquire()
+        else:
+            # Contended: the exception comes after asyncio's take, in the finally.
+            await lock.acquire()
+            monkeypatch.setattr(aio, "unwatch", _raise_once(aio.unwatch))
+            waiter = asyncio.ensure_future(lock.acquire())
+            await asyncio.sleep(0.01)
+            lock.release()
+            with pytest.raises(_Interrupt):
+                await asyncio.wait_for(waiter, 5)
+        assert not lock.locked() and lock.owner is None
+        await asyncio.wait_for(lock.acquire(), 5)
+        assert lock.owner is asyncio.current_task()
+        lock.release()
+        assert not lock.locked()
+
+    asyncio.run(main())
