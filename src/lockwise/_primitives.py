@@ -236,9 +236,10 @@ class Lock(_Introspection):
 
     # acquire and __enter__ are one algorithm, written out twice (the hot path
     # pays no extra call): they differ in _held_in_with only. The try of the
-    # inner lock stores its result from C (``got[:] = map(...)``), so that an
-    # asynchronous exception raised at any eval-breaker check after it (a
-    # call's return) is seen with the lock taken, and the take undone.
+    # inner lock stores its result from C (``got += map(...)``: no bytecode
+    # runs between the acquire and the store), so that an asynchronous
+    # exception raised at any eval-breaker check after it (a call's return) is
+    # seen with the lock taken, and the take undone.
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         got: list[bool] = []
