@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import gc
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -35,9 +37,31 @@ ALARM_ROUNDS = 150
 pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
                                 reason="signals are delivered to the main thread")
 
+#: Python 3.9 checks the eval breaker before nearly every instruction (3.10+:
+#: at calls, jumps and function entries): Python code cannot close every
+#: window there (a `return` inside a try leaves the try before returning),
+#: and the interpreter's own `with` leaks a plain threading.Lock (116 rounds
+#: of 300 in the random storm). The pure implementation's storms run on 3.10+.
+pure_on_39 = pytest.mark.skipif(
+    _primitives.IMPLEMENTATION == "pure" and sys.version_info < (3, 10),
+    reason="Python 3.9 checks for signals between nearly all instructions")
+
 
 #: The code of the signal handler: the last frame of an Alarm's traceback.
 _handler_code: Any = None
+
+
+@pytest.fixture(autouse=True)
+def _no_collection() -> Iterator[None]:
+    """No garbage collection during the storms: an exception raised inside a
+    finalizer run by the collector (a FileLock's __del__ was seen) is printed
+    and dropped by the interpreter, and the round then waits for it in vain."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class Alarm(BaseException):
@@ -98,8 +122,11 @@ def _make(kind: str) -> Any:
 KINDS = ["Lock", "RLock", "installed-Lock", "installed-RLock"]
 POSIX = hasattr(os, "fork")
 #: FileLock too, where the storm waits in its thread-level and OS-level takes.
-KINDS_FILE = KINDS + [pytest.param("FileLock", marks=pytest.mark.skipif(
-    not POSIX, reason="FileLock is POSIX only"))]
+KINDS_FILE = KINDS + [pytest.param("FileLock", marks=[
+    pytest.mark.skipif(not POSIX, reason="FileLock is POSIX only"),
+    # Python code in both implementations: see pure_on_39 below.
+    pytest.mark.skipif(sys.version_info < (3, 10), reason="Python 3.9 checks for signals "
+                       "between nearly all instructions")])]
 
 
 def assert_free(lock: Any) -> None:
@@ -153,6 +180,7 @@ class Holder:
 # ------------------------------------------------------------ Ctrl-C storms
 
 
+@pure_on_39
 @pytest.mark.parametrize("kind", KINDS_FILE)
 def test_ctrl_c_storm_while_waiting_for_the_lock(kind: str) -> None:
     """The issue's program: Ctrl-C lands while the main thread waits in ``with lock``."""
@@ -174,6 +202,7 @@ def test_ctrl_c_storm_while_waiting_for_the_lock(kind: str) -> None:
     assert interrupted == ROUNDS
 
 
+@pure_on_39
 @pytest.mark.parametrize("kind", KINDS)
 def test_ctrl_c_storm_at_random_points(kind: str) -> None:
     """Ctrl-C at varied delays while the main thread takes and gives back the lock,
@@ -220,7 +249,8 @@ def test_ctrl_c_storm_at_random_points(kind: str) -> None:
         other.join(5)
     assert not other.is_alive()
     assert_free(lock)
-    assert exit_entry < ROUNDS // 4
+    if sys.version_info >= (3, 10):
+        assert exit_entry < ROUNDS // 4
 
 
 def _held_at_exit_entry(lock: Any, exc: BaseException) -> int:
@@ -230,16 +260,29 @@ def _held_at_exit_entry(lock: Any, exc: BaseException) -> int:
     Pure Python only (and FileLock, always Python): the eval-breaker check at
     the entry of the Python method ``__exit__``, before its first instruction,
     is the one point where an exception leaves the lock held, recorded as held
-    by this thread (no code of the method can run there). The C ``__exit__``
-    has no such point."""
+    by this thread (no code of the method can run there; on Python < 3.11, up
+    to the instruction that clears the owner). The C ``__exit__`` has no such
+    point."""
     if lock.owner is not threading.current_thread():
         return 0
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None \
             and tb.tb_next.tb_frame.f_code is not _handler_code:
         tb = tb.tb_next
-    assert tb is not None and tb.tb_frame.f_code.co_name == "__exit__" and tb.tb_lasti <= 2, \
-        f"held after {exc!r}: {lock!r}"
+    assert tb is not None
+    if sys.version_info < (3, 10) and not tb.tb_frame.f_code.co_filename.startswith(
+            os.path.dirname(lockwise.__file__)):
+        # CPython 3.9 itself: a `with` block's normal exit pops the block, then
+        # checks the eval breaker before calling __exit__ (plain threading.Lock
+        # leaks there too: 116 rounds out of 300 in the random storm).
+        lock.release()
+        return 1
+    # Python < 3.11 checks the eval breaker before most instructions, not only
+    # at calls: there the window spans the first instructions of __exit__, up
+    # to the one that clears the owner.
+    entry = tb.tb_frame.f_code.co_name == "__exit__" \
+        and (tb.tb_lasti <= 2 or sys.version_info < (3, 11))
+    assert entry, f"held after {exc!r}: {lock!r}, raised in {_frames(exc)}"
     assert _primitives.IMPLEMENTATION == "pure" or isinstance(lock, lockwise.FileLock)
     assert lock in _primitives.current_state().held
     lock.release()
@@ -283,6 +326,7 @@ def _wait_fired(arm: Any) -> None:
     _spin_until(lambda: bool(arm.fired))
 
 
+@pure_on_39
 @pytest.mark.timeout(120, method="thread")
 @pytest.mark.parametrize("kind", KINDS_FILE)
 def test_alarm_during_contended_acquire(kind: str, alarm: Any) -> None:
@@ -291,8 +335,8 @@ def test_alarm_during_contended_acquire(kind: str, alarm: Any) -> None:
         holder = Holder(lock, hold=0.0005 + (i % 5) * 0.0003, act=lambda: None)
         try:
             try:
-                alarm(0.0002 + (i % 13) * 0.0001)
                 holder.go.set()
+                alarm(0.0002 + (i % 13) * 0.0001)
                 with lock:
                     pass
                 _wait_fired(alarm)
@@ -304,10 +348,11 @@ def test_alarm_during_contended_acquire(kind: str, alarm: Any) -> None:
 
 
 def _frames(exc: BaseException) -> list[str]:
+    """The names of the functions ``exc`` came through, and where in the last ones."""
     tb = exc.__traceback__
     names = []
     while tb is not None:
-        names.append(tb.tb_frame.f_code.co_name)
+        names.append(f"{tb.tb_frame.f_code.co_name}@{tb.tb_lasti}")
         tb = tb.tb_next
     return names
 
@@ -327,7 +372,8 @@ def _wait_until_alarm(cond: Any, lock: Any, count: int, timeout: float = 0.01) -
             if count:
                 assert lock._count == count
         else:
-            assert "_acquire_restore" in _frames(exc), f"not held after wait: {lock!r}"
+            assert any(f.startswith("_acquire_restore@") for f in _frames(exc)), \
+                f"not held after wait: {lock!r}"
             assert lock._owner is None or lock.owner is not me
             assert lock not in _primitives.current_state().held
             for _ in range(max(count, 1)):
@@ -335,6 +381,7 @@ def _wait_until_alarm(cond: Any, lock: Any, count: int, timeout: float = 0.01) -
         raise
 
 
+@pure_on_39
 @pytest.mark.timeout(120, method="thread")
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_alarm_in_condition_wait(kind: str, alarm: Any) -> None:
@@ -367,6 +414,7 @@ def test_alarm_in_condition_wait(kind: str, alarm: Any) -> None:
         assert_free(lock)
 
 
+@pure_on_39
 @pytest.mark.timeout(120, method="thread")
 def test_alarm_in_rlock_wait_and_recursion(alarm: Any) -> None:
     """RLock acquire/release/_release_save/_acquire_restore under exceptions, with a
@@ -398,6 +446,7 @@ def test_alarm_in_rlock_wait_and_recursion(alarm: Any) -> None:
         assert_free(lock)
 
 
+@pure_on_39
 @pytest.mark.timeout(120, method="thread")
 def test_alarm_in_semaphore_acquire(alarm: Any) -> None:
     sem = lockwise.Semaphore(0)
@@ -424,3 +473,56 @@ def test_alarm_in_semaphore_acquire(alarm: Any) -> None:
             assert not other.is_alive()
         assert_free(lock)
     assert sem.acquire(timeout=1) or sem._value == 0
+
+
+# ------------------------------------------------------------ asyncio
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+def _raise_once(real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real``, except that its first call raises _Interrupt (an exception
+    landing at that call, after the lock was taken)."""
+    calls = [0]
+
+    def wrapper(*args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise _Interrupt()
+        return real(*args)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("where", ["fast", "slow"])
+def test_aio_lock_given_back_when_its_take_is_interrupted(
+        where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from lockwise import aio
+
+    async def main() -> None:
+        lock = aio.Lock()
+        if where == "fast":
+            # The exception comes from the bookkeeping after `_locked = True`.
+            monkeypatch.setattr(aio, "_acquire_site", _raise_once(aio._acquire_site))
+            with pytest.raises(_Interrupt):
+                await lock.acquire()
+        else:
+            # Contended: the exception comes after asyncio's take, in the finally.
+            await lock.acquire()
+            monkeypatch.setattr(aio, "unwatch", _raise_once(aio.unwatch))
+            waiter = asyncio.ensure_future(lock.acquire())
+            await asyncio.sleep(0.01)
+            lock.release()
+            with pytest.raises(_Interrupt):
+                await asyncio.wait_for(waiter, 5)
+        assert not lock.locked() and lock.owner is None
+        assert await lock.acquire()  # free: no wait
+        assert lock.owner is asyncio.current_task()
+        lock.release()
+        assert not lock.locked()
+
+    asyncio.run(main())

@@ -90,6 +90,10 @@ def _drop_held(owner: ThreadState, lock: Any) -> None:
 
 #: Arguments of a non-blocking try of an inner lock, as ``map`` takes them.
 _TRY = (False,)
+#: Arguments of Lock.__enter__'s slow path, as ``map`` takes them.
+_ENTER = (True,)
+_FOREVER = (-1,)
+_NOT_WAITED = (False,)
 
 
 def _take(ts: ThreadState, lock: Any, blocking: bool, timeout: float,
@@ -233,19 +237,20 @@ class Lock(_Introspection):
 
     # acquire and __enter__ are one algorithm, written out twice (the hot path
     # pays no extra call): they differ in _held_in_with only. The try of the
-    # inner lock stores its result from C (``got[:] = map(...)``), so that an
-    # asynchronous exception raised at any eval-breaker check after it (a
-    # call's return) is seen with the lock taken, and the take undone.
+    # inner lock stores its result from C (``got += map(...)``: no bytecode
+    # runs between the acquire and the store), so that an asynchronous
+    # exception raised at any eval-breaker check after it (a call's return) is
+    # seen with the lock taken, and the take undone.
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got: list[bool] = []
         if timeout == -1:
             try:
                 ts = _local.ts
             except AttributeError:
                 ts = new_state()
-            got: list[Any] = []
             try:
-                got[:] = map(self._inner.acquire, _TRY)
+                got += map(self._inner.acquire, _TRY)
                 if got[0]:
                     if blocking and ts.held and settings.lock_order:
                         error = _order.note(ts, self)
@@ -265,16 +270,25 @@ class Lock(_Introspection):
                 raise
             if not blocking:
                 return False
-        return self._slow_guarded(blocking, timeout, _getframe(1), False)
+        # The slow path's True is stored from C too: on Python < 3.11 the return
+        # of a Python call is an eval-breaker check as well. Kept in this
+        # frame, the caller's: it is the one whose return nothing checks.
+        try:
+            got[:] = map(self._acquire_slow, (blocking,), (timeout,), (_getframe(1),))
+            return got[0]  # a bool: no call between the store and the return
+        except BaseException:
+            if got and got[0]:
+                _untake(self, current_state())
+            raise
 
     def __enter__(self) -> bool:
         try:
             ts = _local.ts
         except AttributeError:
             ts = new_state()
-        got: list[Any] = []
+        got: list[bool] = []
         try:
-            got[:] = map(self._inner.acquire, _TRY)
+            got += map(self._inner.acquire, _TRY)
             if got[0]:
                 if ts.held and settings.lock_order:
                     error = _order.note(ts, self)
@@ -292,17 +306,10 @@ class Lock(_Introspection):
                 self._inner.release()
                 _drop_held(ts, self)
             raise
-        return self._slow_guarded(True, -1, _getframe(1), True)
-
-    def _slow_guarded(self, blocking: bool, timeout: float, frame: Optional[FrameType],
-                      in_with: bool) -> bool:
-        """``_acquire_slow`` for the pure acquire: on Python < 3.11 the return of a
-        Python call is an eval-breaker check too, so its True is stored from C."""
-        got: list[bool] = []
-        try:
-            got[:] = map(self._acquire_slow, (blocking,), (timeout,), (frame,), (False,),
-                         (in_with,))
-            return got[0]  # a bool: no call (an eval-breaker check) after the store
+        try:  # as in acquire
+            got[:] = map(self._acquire_slow, _ENTER, _FOREVER, (_getframe(1),), _NOT_WAITED,
+                         _ENTER)
+            return got[0]
         except BaseException:
             if got and got[0]:
                 _untake(self, current_state())
@@ -416,6 +423,7 @@ class RLock(_Introspection):
         self._serial = 0
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got: list[bool] = []
         if timeout == -1:
             try:
                 ts = _local.ts
@@ -424,9 +432,8 @@ class RLock(_Introspection):
             if self._owner is ts:
                 self._count += 1
                 return True
-            got: list[Any] = []
             try:  # the inner try's result stored from C: see Lock.acquire
-                got[:] = map(self._inner.acquire, _TRY)
+                got += map(self._inner.acquire, _TRY)
                 if got[0]:
                     if blocking and ts.held and settings.lock_order:
                         error = _order.note(ts, self)
@@ -447,16 +454,9 @@ class RLock(_Introspection):
                 raise
             if not blocking:
                 return False
-        return self._slow_guarded(blocking, timeout, _getframe(1))
-
-    __enter__ = acquire
-
-    def _slow_guarded(self, blocking: bool, timeout: float, frame: Optional[FrameType]) -> bool:
-        """``_acquire_slow`` for the pure acquire, its True stored from C (see Lock's)."""
-        got: list[bool] = []
-        try:
-            got[:] = map(self._acquire_slow, (blocking,), (timeout,), (frame,))
-            return got[0]  # a bool: no call (an eval-breaker check) after the store
+        try:  # the slow path's True stored from C: see Lock.acquire
+            got[:] = map(self._acquire_slow, (blocking,), (timeout,), (_getframe(1),))
+            return got[0]
         except BaseException:
             if got and got[0]:
                 if self._count > 1:  # a re-entry: take back its count
@@ -465,6 +465,8 @@ class RLock(_Introspection):
                     self._count = 0
                     _untake(self, current_state())
             raise
+
+    __enter__ = acquire
 
     def _acquire_slow(self, blocking: bool, timeout: float, frame: Optional[FrameType],
                       waited: bool = False, count: int = 1) -> bool:

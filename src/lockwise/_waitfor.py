@@ -157,8 +157,8 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float],
             # lengthens every critical section and turns contention into a
             # convoy). A wait that closes a cycle is checked just as well, later.
             return True
-    begin_wait(ts, resource, timed, since)
-    try:
+    try:  # registered in the try: an exception at its return still unregisters
+        begin_wait(ts, resource, timed, since)
         if timed:
             assert timeout is not None
             if timeout > 0:

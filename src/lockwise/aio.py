@@ -264,19 +264,34 @@ class Lock(_Introspection, _AsyncioLock):  # type: ignore[misc]
         if not self._locked and (self._waiters is None
                                  or all(w.cancelled() for w in self._waiters)):
             self._locked = True
-            task = current_task()
-            if task is not None:
-                ts = states.get(task) or state_for(task)
-                if ts.held and settings.lock_order:
-                    error = _note(ts, self, task)
-                    if error is not None:
-                        self._locked = False
-                        raise error
-                self._owner = ts
-                self._acq = _acquire_site(_getframe(1))
-                ts.held.append(self)
-            return True
+            ts = None
+            try:  # an exception from any call below gives the lock back
+                task = current_task()
+                if task is not None:
+                    ts = states.get(task) or state_for(task)
+                    if ts.held and settings.lock_order:
+                        error = _note(ts, self, task)
+                        if error is not None:
+                            raise error
+                    self._owner = ts
+                    self._acq = _acquire_site(_getframe(1))
+                    ts.held.append(self)
+                return True
+            except BaseException:
+                self._give_back(ts)
+                raise
         return await self._acquire_slow(_getframe(1))
+
+    def _give_back(self, ts: Optional[TaskState]) -> None:
+        """Undo a take of the lock by ``ts`` that an exception interrupted."""
+        if ts is not None and self._owner is ts:
+            self._owner = None
+        self._locked = False
+        try:
+            if ts is not None:
+                _drop_held(ts, self)  # type: ignore[arg-type]
+        finally:
+            self._wake_up_first()
 
     async def _acquire_slow(self, frame: Optional[FrameType]) -> bool:
         task = current_task()
@@ -290,27 +305,41 @@ class Lock(_Introspection, _AsyncioLock):  # type: ignore[misc]
                 raise error
         _check_loop(self)
         loop = task.get_loop()
-        ts.waiting = self
+        acquired = False
         try:
-            check_wait(task, loop, self)
-            watch(loop, ts)
-            await super().acquire()
-        finally:
-            ts.waiting = None
-            unwatch(loop, ts)
-        self._owner = ts
-        self._acq = _acquire_site(frame)
-        ts.held.append(self)
-        return True
+            ts.waiting = self
+            try:
+                check_wait(task, loop, self)
+                watch(loop, ts)
+                # No call between asyncio's take (``_locked = True; return``) and
+                # this store: an exception from any call below sees it.
+                acquired = await super().acquire()
+            finally:
+                ts.waiting = None
+                unwatch(loop, ts)
+            self._owner = ts
+            self._acq = _acquire_site(frame)
+            ts.held.append(self)
+            return True
+        except BaseException:
+            if acquired:
+                self._give_back(ts)
+            raise
 
     def release(self) -> None:
         if self._locked:
             owner = self._owner
             if owner is not None:
                 self._owner = None
-                _drop_held(owner, self)  # type: ignore[arg-type]
-                if owner.task is not current_task():
-                    self._site.signal = True
+                try:  # released whatever interrupts the bookkeeping
+                    _drop_held(owner, self)  # type: ignore[arg-type]
+                    if owner.task is not current_task():
+                        self._site.signal = True
+                finally:
+                    # asyncio.Lock.release, without a call before the store
+                    self._locked = False
+                    self._wake_up_first()
+                return
         super().release()
 
     async def __aenter__(self) -> None:
