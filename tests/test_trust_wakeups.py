@@ -443,3 +443,83 @@ def test_unproven_cycle_is_reported_as_hang_never_raised(runner: Any) -> None:
     assert runner.results == {"T1": "done", "T2": "done"}
     assert not lockwise.findings("deadlock")
     assert len(hangs) == 1
+
+
+# ------------------------------- the program's exceptions reach the program
+
+
+class _ProgramTimeout(Exception):
+    """What a SIGALRM timeout decorator raises (an Exception, not a BaseException)."""
+
+
+def test_exception_from_program_code_inside_a_check_reaches_the_program(runner: Any) -> None:
+    # A signal handler or finalizer that raises while lockwise checks a wait:
+    # its exception is the program's, not an internal error to swallow.
+    import threading
+
+    import lockwise
+    from lockwise import _findings, _waitfor
+
+    def program_code(ts: Any) -> None:
+        raise _ProgramTimeout("timed out")
+
+    lock = lockwise.Lock()
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    runner.start(holder, "Holder")
+    assert held.wait(5)
+    errors_before = len(_findings.internal_errors())
+    _waitfor.wait_checks.append(program_code)
+    try:
+        with pytest.raises(_ProgramTimeout):
+            lock.acquire()
+    finally:
+        _waitfor.wait_checks.remove(program_code)
+        release.set()
+    runner.join()
+    assert len(_findings.internal_errors()) == errors_before
+    assert lock.acquire(timeout=5)  # nothing leaked by the interrupted wait
+    lock.release()
+
+
+@pytest.mark.timeout(60, method="thread")  # pytest-timeout's signal method uses SIGALRM too
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_sigalrm_timeout_exception_interrupts_untimed_acquire(runner: Any) -> None:
+    import threading
+
+    import lockwise
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _ProgramTimeout("alarm")
+
+    lock = lockwise.Lock()
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            release.wait(20)
+
+    runner.start(holder, "Holder")
+    assert held.wait(5)
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        for delay in (0.001, 0.003, 0.01, 0.02, 0.05, 0.1):
+            signal.setitimer(signal.ITIMER_REAL, delay)
+            with pytest.raises(_ProgramTimeout):
+                lock.acquire()  # untimed: only the alarm ends it, as with threading
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+    runner.join()
+    assert lock.acquire(timeout=5)
+    lock.release()

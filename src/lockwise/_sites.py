@@ -41,6 +41,22 @@ def is_internal(code: CodeType) -> bool:
     return filename in INTERNAL_FILES or os.path.abspath(filename).startswith(_PACKAGE_DIR)
 
 
+def raised_outside(exc: BaseException) -> bool:
+    """Was ``exc`` raised by code that is not lockwise's?
+
+    A signal handler (a SIGALRM timeout decorator) or a finalizer may run in
+    the middle of lockwise's bookkeeping and raise: that exception belongs to
+    the program, and must reach it as it would under plain Python, not be
+    reported as lockwise's own error. Its innermost frame is the handler's.
+    """
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and last.tb_frame.f_code.co_filename not in INTERNAL_FILES
+
+
 def _assigned_name(line: str) -> str:
     """The target of ``x = ...``, ``self.x = ...`` or ``x: T = ...`` on ``line``, or ''.
 

@@ -66,7 +66,7 @@ from ._config import settings
 from ._describe import acquired_at, lock_refs, name_of
 from ._errors import DeadlockError
 from ._findings import Finding, StackInfo
-from ._sites import user_stack
+from ._sites import raised_outside, user_stack
 from ._state import (
     ThreadState,
     begin_wait,
@@ -234,6 +234,8 @@ def check(ts: ThreadState, pending: Pending) -> tuple[Pending, bool]:
     except DeadlockError:
         raise
     except Exception as exc:
+        if raised_outside(exc):
+            raise  # a signal handler's or finalizer's: the program's, as without lockwise
         _findings.internal_error("the deadlock check", exc)
         return None, True
 
