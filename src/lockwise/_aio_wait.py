@@ -376,7 +376,7 @@ def build_finding(cycle: list[Any], victim: Any, key: Any) -> Finding:
 def report_deadlock(cycle: list[Any], victim: Any) -> Optional[Finding]:
     """Record the deadlock once; return it if the victim must raise (policy)."""
     key = ("deadlock", "tasks", frozenset(id(t) for t in cycle))
-    if key in _findings._seen:
+    if _findings.is_known(key):
         return None
     finding = build_finding(cycle, victim, key)
     if not _findings.record(finding):

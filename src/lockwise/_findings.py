@@ -1,9 +1,27 @@
 """Findings: the structured result of every check, and what happens to them.
 
-A finding is recorded once per distinct ``key`` (one report per cycle, not
-per occurrence). Recording keeps it for :func:`findings`, logs it to the
-``lockwise`` logger, tells the listeners (the JSON writer, the pytest plugin)
-and then applies the user's policy. Nothing here runs on the hot path.
+A finding is recorded once per distinct ``key``. A key names one
+*occurrence*: for a deadlock, one formation of the waits (each thread's
+``ThreadState.uid`` and ``changes``), so threads that detect the same
+formation concurrently record it once, and the same deadlock formed again
+(fresh threads reusing idents, fresh locks reusing ``id()``s, a thread that
+caught DeadlockError and retries) is a new occurrence that raises again.
+Recording keeps it for :func:`findings`, logs it to the ``lockwise`` logger,
+tells the listeners (the JSON writer, the pytest plugin) and then the caller
+applies the user's policy. Nothing here runs on the hot path.
+
+Repeats. Occurrences with one :func:`signature` (same kind, same rule, locks
+of the same creation sites, threads of the same names once digits are
+ignored) are one problem seen several times: every occurrence is recorded,
+told to the listeners and gets the policy, but only the first
+``KEEP_PER_SIGNATURE`` are kept in :func:`findings`; the rest are counted
+(:func:`occurrences`, and ``details["occurrences"]`` of the first one, which
+the JSON report carries). Printed reports show a repeat as a count.
+
+Memory: the keys of the last ``MAX_KEYS`` occurrences (a key can only come
+back while its threads stay in the same waits, i.e. shortly after it was
+recorded), at most ``KEEP_PER_SIGNATURE`` findings and one counter per
+signature.
 """
 
 from __future__ import annotations
@@ -232,8 +250,16 @@ class Finding(Record):
 if TYPE_CHECKING:
     Listener = Callable[[Finding], None]
 
+#: How many occurrences of one signature ``findings()`` keeps (the rest are counted).
+KEEP_PER_SIGNATURE = 10
+#: How many keys of recent occurrences are remembered to de-duplicate them.
+MAX_KEYS = 4096
+
 _findings: list[Finding] = []
-_seen: dict[Hashable, Finding] = {}
+#: Keys of the last MAX_KEYS occurrences, oldest first (a dict as an ordered set).
+_seen: dict[Hashable, None] = {}
+#: signature -> [occurrences, first finding of that signature]
+_repeats: dict[Hashable, list[Any]] = {}
 _listeners: list[Listener] = []
 # A raw, reentrant lock: never instrumented, held only for list and dict
 # updates that run no user code; reentrant, so a signal handler or finalizer
@@ -241,25 +267,78 @@ _listeners: list[Listener] = []
 _lock = _thread.RLock()
 
 
+def _pattern(name: str) -> str:
+    """A thread name with every run of digits replaced by ``#``
+    ("Thread-12 (worker)" -> "Thread-# (worker)")."""
+    out: list[str] = []
+    for ch in name:
+        if ch.isdigit():
+            if not out or out[-1] != "#":
+                out.append("#")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def signature(finding: Finding) -> Hashable:
+    """What makes two occurrences "the same" problem in printed reports: the
+    kind, the rule (deadlocks) or level (lock-order), the creation sites of
+    the locks involved and the names of the threads with digits ignored.
+    Instance serials (``#3``), thread idents, times and stacks are left out."""
+    details = finding.details
+    how = details.get("rule") or details.get("level") or ""
+    sites = tuple(sorted(lock.site for lock in finding.locks))
+    threads = tuple(sorted(_pattern(name) for name in finding.threads))
+    return (finding.kind, str(how), sites, threads)
+
+
+def is_known(key: Hashable) -> bool:
+    """Whether an occurrence with this key was recorded (recently: see MAX_KEYS)."""
+    return key in _seen
+
+
+def occurrences(finding: Finding) -> int:
+    """How many occurrences of ``finding``'s signature were recorded (0 if none)."""
+    entry = _repeats.get(signature(finding))
+    return 0 if entry is None else int(entry[0])
+
+
 def record(finding: Finding) -> bool:
-    """Keep ``finding`` unless one with the same key is known; True if new.
+    """Record ``finding`` unless its key is known; True if new.
 
     New findings are logged and passed to the listeners; the caller applies
     the policy (see :func:`apply_policy`).
     """
+    sig = signature(finding)
     with _lock:
         if finding.key is not None:
             if finding.key in _seen:
                 return False
-            _seen[finding.key] = finding
-        _findings.append(finding)
+            _seen[finding.key] = None
+            if len(_seen) > MAX_KEYS:
+                del _seen[next(iter(_seen))]
+        entry = _repeats.get(sig)
+        if entry is None:
+            entry = _repeats[sig] = [0, finding]
+        entry[0] += 1
+        count = entry[0]
+        if count > 1:
+            # A new dict, not an update: a writer may be serialising the old one.
+            first: Finding = entry[1]
+            first.details = {**first.details, "occurrences": count}
+        if count <= KEEP_PER_SIGNATURE:
+            _findings.append(finding)
         listeners = list(_listeners)
     try:
         log = logger()
         if log is not None:
             # logging.WARNING and logging.ERROR
             level = 30 if finding.kind in ("lock-order", "contention") else 40
-            log.log(level, "%s", finding.text or finding.summary)
+            if count == 1:
+                log.log(level, "%s", finding.text or finding.summary)
+            else:  # a repeat: the full report was logged with the first one
+                log.log(level, "lockwise: %s seen again (%d times): %s", finding.kind, count,
+                        finding.summary)
     except Exception as exc:  # a broken user handler must not break the caller
         internal_error("logging a finding", exc)
     for listener in listeners:
@@ -283,6 +362,7 @@ def clear() -> None:
     with _lock:
         _findings.clear()
         _seen.clear()
+        _repeats.clear()
 
 
 def add_listener(listener: Listener) -> None:

@@ -13,7 +13,8 @@ Several processes may share one report (a forked child, or a subprocess that
 inherited ``LOCKWISE_JSON``). Each write therefore *merges*: under an
 exclusive ``flock`` on the report's directory (where ``fcntl`` exists), it
 reads the findings already in the file, appends this process's findings that
-are not there yet (identity: pid, time, kind, summary) and replaces the file.
+are not there yet (identity: pid, time, kind, summary), refreshes its own
+ones that are (a repeat count grows) and replaces the file.
 No process ever removes another's findings. Only the process that starts a
 run creates the file afresh (``fresh=True``).
 """
@@ -205,9 +206,13 @@ class JsonWriter:
                 data = _read(self.path)
             except (OSError, ValueError):
                 data = document([])
-            merged: list[dict[str, Any]] = data["findings"]
-            known = {_identity(d) for d in merged}
-            merged += [d for d in mine if _identity(d) not in known]
+            # This process's own entries are replaced by their current form
+            # (a repeat count, ``details["occurrences"]``, grows after the
+            # first write); other processes' entries are kept as they are.
+            current = {_identity(d): d for d in mine}
+            merged: list[dict[str, Any]] = [current.pop(_identity(d), d)
+                                            for d in data["findings"]]
+            merged += [d for d in mine if _identity(d) in current]
             data.update(extra)
             data["format"] = FORMAT
             data["findings"] = merged

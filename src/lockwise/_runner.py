@@ -170,6 +170,8 @@ class Session:
         self.profiler: Optional[_profile.Profiler] = None
         self._temp_json: Optional[str] = None
         self._printed = 0
+        #: signature -> the occurrence count last printed for it
+        self._repeats: dict[Any, int] = {}
         self._finished = False
         self._pid = os.getpid()
 
@@ -272,11 +274,25 @@ class Session:
             pass
 
     def _print_finding(self, finding: Finding) -> None:
-        self._printed += 1
-        if self._printed <= FULL_REPORTS:
-            self._write_err(_report.render(finding) + "\n")
-        else:
-            self._write_err(f"lockwise: [{finding.kind}] {finding.summary}")
+        """The first occurrence of a signature in full (the first FULL_REPORTS
+        of them; later ones in one line); repeats as a count, printed when it
+        reaches 2, 10, 100, 1000... (``_findings.signature``)."""
+        sig = _findings.signature(finding)
+        told = self._repeats.get(sig)
+        if told is None:
+            self._repeats[sig] = 1
+            self._printed += 1
+            if self._printed <= FULL_REPORTS:
+                self._write_err(_report.render(finding) + "\n")
+            else:
+                self._write_err(f"lockwise: [{finding.kind}] {finding.summary}")
+            return
+        count = _findings.occurrences(finding)
+        step = 2 if told < 2 else 10 ** len(str(told))
+        if count >= step:
+            self._repeats[sig] = count
+            self._write_err(f"lockwise: [{finding.kind}] seen {count} times: {finding.summary}"
+                            " (reported in full once)")
 
     def all_findings(self) -> list[Finding]:
         """This process's findings plus those merged into the report by others."""

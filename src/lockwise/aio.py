@@ -440,7 +440,7 @@ def _loop_thread_check(ts: ThreadState) -> None:
     if loop is None or not res._inner.locked():
         return
     key = ("deadlock", "loop", id(res), ts.ident)
-    if key in _findings._seen:
+    if _findings.is_known(key):
         return
     acq = res._acq
     holder = _aio_wait.task_holding(loop, acq[0]) if acq is not None else None
@@ -485,7 +485,7 @@ def _held_across(loop: Any, ts: ThreadState) -> None:
         if acq is None or not _aio_wait.is_async_code(acq[0]):
             continue
         key = ("lock-order", "held-across-await", str(lock._site), acq[0].co_filename, acq[1])
-        if key in _findings._seen:
+        if _findings.is_known(key):
             continue
         holder = _aio_wait.task_holding(loop, acq[0])
         if holder is None:
