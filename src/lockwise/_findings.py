@@ -18,6 +18,25 @@ told to the listeners and gets the policy, but only the first
 (:func:`occurrences`, and ``details["occurrences"]`` of the first one, which
 the JSON report carries). Printed reports show a repeat as a count.
 
+Who runs what. Recording is synchronous in the detecting thread and runs
+only lockwise's code: the findings list, the keys, and the *internal*
+listeners (``add_listener(..., internal=True)``: the JSON writer, so the
+report is on disk before the program can exit, and the pytest plugin's
+lists). Everything that may run the program's code, which may take the
+program's locks, is handed to the *reporter*, a lockwise thread fed by a
+queue (raw ``_thread`` primitives; its ident is in
+``_state.internal_threads``, so the detector does not count it): logging
+(the program's handlers), the other listeners (the runner's stderr report,
+whose stream may be the program's), callable policies (``on_deadlock=f``)
+and the stderr note of :func:`internal_error`. So ``DeadlockError`` is
+raised at once, and a handler that takes a lock of the deadlock waits in
+the reporter, not in the cycle. The ``"warn"`` policy stays in the
+detecting thread: a warning belongs to that thread's control flow (``-W
+error`` raises it there; ``catch_warnings`` and ``pytest.warns`` capture it
+there); use ``"log"`` to keep the program's code out of it entirely.
+:func:`flush` waits for the reporter; it is drained at exit (while it makes
+progress: a handler blocked for good is given up after ``EXIT_STALL``).
+
 Memory: the keys of the last ``MAX_KEYS`` occurrences (a key can only come
 back while its threads stay in the same waits, i.e. shortly after it was
 recorded), at most ``KEEP_PER_SIGNATURE`` findings and one counter per
@@ -27,12 +46,16 @@ signature.
 from __future__ import annotations
 
 import _thread
+import atexit
 import os
 import sys
+import threading
 import time
 import warnings
+from collections import deque
 
 from ._errors import DeadlockWarning, HangWarning, PotentialDeadlockWarning
+from ._state import internal_threads
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -261,6 +284,7 @@ _seen: dict[Hashable, None] = {}
 #: signature -> [occurrences, first finding of that signature]
 _repeats: dict[Hashable, list[Any]] = {}
 _listeners: list[Listener] = []
+_internal_listeners: list[Listener] = []
 # A raw, reentrant lock: never instrumented, held only for list and dict
 # updates that run no user code; reentrant, so a signal handler or finalizer
 # that records a finding while this thread is inside cannot wait on itself.
@@ -317,9 +341,9 @@ def record(finding: Finding) -> bool:
             _seen[finding.key] = None
             if len(_seen) > MAX_KEYS:
                 del _seen[next(iter(_seen))]
-        entry = _repeats.get(sig)
-        if entry is None:
-            entry = _repeats[sig] = [0, finding]
+        # One statement: a finalizer recording a finding here in between
+        # would otherwise lose a count.
+        entry = _repeats.setdefault(sig, [0, finding])
         entry[0] += 1
         count = entry[0]
         if count > 1:
@@ -328,7 +352,19 @@ def record(finding: Finding) -> bool:
             first.details = {**first.details, "occurrences": count}
         if count <= KEEP_PER_SIGNATURE:
             _findings.append(finding)
+        internal = list(_internal_listeners)
         listeners = list(_listeners)
+    for listener in internal:
+        try:
+            listener(finding)
+        except Exception as exc:
+            internal_error(f"finding listener {listener!r}", exc)
+    defer(_deliver, finding, listeners, count)
+    return True
+
+
+def _deliver(finding: Finding, listeners: list[Listener], count: int) -> None:
+    """In the reporter thread: log ``finding`` and tell the program's listeners."""
     try:
         log = logger()
         if log is not None:
@@ -339,14 +375,13 @@ def record(finding: Finding) -> bool:
             else:  # a repeat: the full report was logged with the first one
                 log.log(level, "lockwise: %s seen again (%d times): %s", finding.kind, count,
                         finding.summary)
-    except Exception as exc:  # a broken user handler must not break the caller
+    except Exception as exc:  # a broken user handler must not break the reporter
         internal_error("logging a finding", exc)
     for listener in listeners:
         try:
             listener(finding)
         except Exception as exc:
             internal_error(f"finding listener {listener!r}", exc)
-    return True
 
 
 def findings(kind: Optional[str] = None) -> list[Finding]:
@@ -365,18 +400,24 @@ def clear() -> None:
         _repeats.clear()
 
 
-def add_listener(listener: Listener) -> None:
-    """Call ``listener(finding)`` for every new finding (in the recording thread)."""
+def add_listener(listener: Listener, internal: bool = False) -> None:
+    """Call ``listener(finding)`` for every new finding, in the reporter thread.
+
+    ``internal``: lockwise's own listeners that run no program code (the JSON
+    writer, the pytest plugin's lists) are called at once, in the recording
+    thread, which may hold or wait for the program's locks.
+    """
     with _lock:
-        _listeners.append(listener)
+        (_internal_listeners if internal else _listeners).append(listener)
 
 
 def remove_listener(listener: Listener) -> None:
     with _lock:
-        try:
-            _listeners.remove(listener)
-        except ValueError:
-            pass
+        for group in (_listeners, _internal_listeners):
+            try:
+                group.remove(listener)
+            except ValueError:
+                pass
 
 
 _WARNING_FOR = {"deadlock": DeadlockWarning, "lock-order": PotentialDeadlockWarning,
@@ -398,11 +439,15 @@ def apply_policy(finding: Finding, policy: Policy) -> bool:
         warnings.warn_explicit(finding.text or finding.summary, category, filename, lineno,
                                module="lockwise")
     elif callable(policy):
-        try:
-            policy(finding)
-        except Exception as exc:
-            internal_error(f"the on_{finding.kind.replace('-', '_')} callable", exc)
+        defer(_call_policy, policy, finding)  # the program's code: in the reporter
     return False
+
+
+def _call_policy(policy: Callable[[Finding], Any], finding: Finding) -> None:
+    try:
+        policy(finding)
+    except Exception as exc:
+        internal_error(f"the on_{finding.kind.replace('-', '_')} callable", exc)
 
 
 _internal_errors: list[str] = []
@@ -412,8 +457,13 @@ def internal_error(where: str, exc: BaseException) -> None:
     """Report a failure inside lockwise on stderr; never raise it."""
     message = f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}"
     _internal_errors.append(message)
+    # sys.stderr may be the program's object (and take its locks): the reporter writes.
+    defer(_write_stderr, message + " (the program continues; please report this)\n")
+
+
+def _write_stderr(text: str) -> None:
     try:
-        sys.stderr.write(message + " (the program continues; please report this)\n")
+        sys.stderr.write(text)
     except Exception:
         pass
 
@@ -421,3 +471,138 @@ def internal_error(where: str, exc: BaseException) -> None:
 def internal_errors() -> list[str]:
     """Messages of the internal errors reported so far (for tests)."""
     return list(_internal_errors)
+
+
+# ---------------------------------------------------------------- reporter
+
+if TYPE_CHECKING:
+    Job = tuple[Callable[..., Any], tuple[Any, ...]]
+
+#: Exit drains the reporter while it makes progress; a job that makes none for
+#: this long (a handler blocked for good) is given up.
+EXIT_STALL = 1.0
+
+_jobs: deque[Job] = deque()
+_queued = 0  # jobs ever queued (under _lock)
+_delivered = 0  # jobs ever finished (written by the reporter only)
+_wake = _thread.allocate_lock()  # released to wake the reporter
+_wake.acquire()
+#: Ident of the reporter thread, once started.
+_reporter: Optional[int] = None
+_sleep = time.sleep
+_monotonic = time.monotonic
+
+
+def defer(fn: Callable[..., Any], *args: Any) -> None:
+    """Run ``fn(*args)`` in the reporter thread, after the jobs queued before.
+
+    Never waits on anything but ``_lock`` (reentrant, held for list updates
+    only): safe from finalizers and signal handlers.
+    """
+    global _queued
+    with _lock:
+        _jobs.append((fn, args))
+        _queued += 1
+        if _reporter is None:
+            _start_reporter()
+    try:
+        _wake.release()
+    except RuntimeError:  # already released: the reporter will look anyway
+        pass
+
+
+def _start_reporter() -> None:
+    """Start the reporter (under ``_lock``) and arrange the drain at exit."""
+    global _reporter
+    try:
+        ident = _thread.start_new_thread(_run_reporter, ())
+    except RuntimeError:  # interpreter shutting down: deliver here and now
+        _run_jobs()
+        return
+    internal_threads.add(ident)
+    _reporter = ident
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:  # before threading joins the non-daemon threads
+        try:
+            register(drain)
+        except RuntimeError:  # already shutting down
+            pass
+    atexit.register(drain)  # and after, for what they found meanwhile
+
+
+def _run_reporter() -> None:
+    try:  # logging names the thread of a record: make that name say what it is
+        threading.current_thread().name = "lockwise-reporter"
+    except Exception:
+        pass
+    while True:
+        _wake.acquire()
+        _run_jobs()
+
+
+def _run_jobs() -> None:
+    global _delivered
+    while True:
+        try:
+            fn, args = _jobs.popleft()
+        except IndexError:
+            return
+        try:
+            fn(*args)
+        except BaseException:  # each job reports its own errors; never die
+            pass
+        finally:
+            _delivered += 1
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """Wait until the findings recorded so far reached logging, the listeners
+    and policy callables (the reporter thread); True when they did, False
+    after ``timeout`` seconds. Do not call it while holding locks a logging
+    handler or listener may need."""
+    target = _queued
+    if _delivered >= target:
+        return True
+    if _reporter == _thread.get_ident():
+        return False  # the reporter would wait for itself
+    deadline = None if timeout is None else _monotonic() + timeout
+    delay = 0.0002
+    while _delivered < target:
+        if deadline is not None and _monotonic() >= deadline:
+            return False
+        _sleep(delay)
+        delay = min(delay * 2, 0.01)
+    return True
+
+
+def drain() -> None:
+    """At exit: deliver what is queued, while the reporter makes progress."""
+    while True:
+        before = _delivered
+        if flush(EXIT_STALL):
+            return
+        if _delivered == before:
+            err = sys.__stderr__  # the process's own stderr: no program code
+            try:
+                if err is not None:
+                    err.write(f"lockwise: {_queued - _delivered} report(s) not delivered: "
+                              "a logging handler or listener is blocked\n")
+            except Exception:
+                pass
+            return
+
+
+def _after_fork_in_child() -> None:
+    """The reporter does not exist in a child: start afresh (the parent
+    delivers what was queued before the fork)."""
+    global _wake, _reporter, _queued, _delivered, _lock
+    _lock = _thread.RLock()
+    _jobs.clear()
+    _queued = _delivered = 0
+    _wake = _thread.allocate_lock()
+    _wake.acquire()
+    _reporter = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -208,7 +208,8 @@ class Session:
         if self.stderr is None:
             self.stderr = sys.stderr
         if self.writer is not None:
-            _findings.add_listener(self.writer)
+            _findings.add_listener(self.writer, internal=True)  # on disk at once
+        # In the reporter thread: the stream may be the program's (and take its locks).
         _findings.add_listener(self._print_finding)
         # The stderr report (or --quiet) says it: no warning, and no copy through
         # the program's root logger (handlers set on "lockwise" still get them).
@@ -320,6 +321,7 @@ class Session:
         if self.watchdog is not None:
             self.watchdog.stop()
         forked = os.getpid() != self._pid
+        _findings.drain()  # the reports of the last findings come before the summary
         if self.profiler is not None:
             self.profiler.stop()
             if forked:  # the parent reports its own profile
