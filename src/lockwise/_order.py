@@ -22,12 +22,23 @@ signal (released by another thread); anything while lockwise reports.
 
 A cycle whose edges were all seen in one thread is still reported (the same
 code running in two threads would deadlock) and says so.
+
+Re-entry. A finalizer (``__del__``, a weakref callback) or a signal handler
+may run in the middle of an update, in the updating thread, and take locks
+or record findings (whose JSON report reads :func:`graph_data`). So the
+graphs' lock is reentrant, and every holder first raises its thread's
+``ThreadState.quiet``: nested acquisitions record no edges (the nested
+bookkeeping is skipped, never the locking itself), a nested ``graph_data``
+reads the graphs as they are between two statements of the outer update,
+and a nested ``declare_order`` or ``reset`` (which would change the graphs
+under the outer update) is handed to the reporter thread, which runs it once
+the lock is free.
 """
 
 from __future__ import annotations
 
+import _thread
 import sys
-import threading
 import weakref
 from operator import attrgetter
 from types import FrameType
@@ -39,7 +50,7 @@ from ._errors import PotentialDeadlockError
 from ._findings import Finding, FrameInfo, LockRef, StackInfo
 from ._graph import Edge, OrderGraph
 from ._sites import Site, frame_info, thread_name, user_frame, user_stack
-from ._state import ThreadState
+from ._state import ThreadState, current_state
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -48,10 +59,11 @@ if TYPE_CHECKING:
 _site_of = attrgetter("_site")
 _serial_of = attrgetter("_serial")
 _NO_GATES: frozenset[Any] = frozenset()
-# Raw lock: held only while updating the graphs; never while waiting on user
-# locks or calling user code. Taken with a timeout so that re-entry from a
-# signal handler can only skip an edge, never hang.
-_lock = threading._allocate_lock()  # type: ignore[attr-defined]
+# Raw reentrant lock: held only while updating or reading the graphs, never
+# while waiting on user locks or calling user code; reentrant for finalizers
+# and signal handlers (see "Re-entry" above). ``_slow`` takes it with a
+# timeout: another thread's hold can only make it skip an edge, never hang.
+_lock = _thread.RLock()
 
 #: Chain keys (held sites, new site) whose edges are recorded and checked.
 _known: set[tuple[tuple[Site, ...], Site]] = set()
@@ -337,6 +349,18 @@ def declare_order(*locks: Any) -> None:
     for lock in locks:
         if not hasattr(lock, "_site"):
             raise TypeError(f"declare_order takes lockwise locks, not {type(lock).__name__}")
+    if _lock._is_owned():  # type: ignore[attr-defined]  # re-entered (finalizer, signal)
+        _findings.defer(declare_order, *locks)
+        return
+    ts = current_state()
+    ts.quiet += 1
+    try:
+        _declare(locks)
+    finally:
+        ts.quiet -= 1
+
+
+def _declare(locks: tuple[Any, ...]) -> None:
     with _lock:
         for first, second in zip(locks, locks[1:]):
             if first._site is second._site:
@@ -355,6 +379,9 @@ def declare_order(*locks: Any) -> None:
 
 def reset() -> None:
     """Forget the order graph (the recorded edges and validated chains)."""
+    if _lock._is_owned():  # type: ignore[attr-defined]  # re-entered (finalizer, signal)
+        _findings.defer(reset)
+        return
     with _lock:
         _known.clear()
         _known_instances.clear()
@@ -368,6 +395,15 @@ def reset() -> None:
 
 def graph_data() -> dict[str, Any]:
     """The class-level order graph as JSON-ready nodes and edges (for reports)."""
+    ts = current_state()
+    ts.quiet += 1  # a finalizer run from here records no edge under our feet
+    try:
+        return _graph_data()
+    finally:
+        ts.quiet -= 1
+
+
+def _graph_data() -> dict[str, Any]:
     with _lock:
         nodes = [_ref(site).to_dict() for site in _classes.out]
         edges = [{"from": str(a), "to": str(b), "from_name": a.label, "to_name": b.label,

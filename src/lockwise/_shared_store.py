@@ -45,6 +45,7 @@ stderr as an internal error).
 
 from __future__ import annotations
 
+import _thread
 import os
 import socket
 import sqlite3
@@ -509,7 +510,10 @@ class SQLiteStore:
 
 
 _stores: dict[str, SQLiteStore] = {}
-_stores_lock = threading._allocate_lock()  # type: ignore[attr-defined]
+# Reentrant: creating a store allocates (sqlite), so a finalizer may run here
+# and take a lockwise lock that needs the store; it then makes its own, and
+# the first one stored wins.
+_stores_lock = _thread.RLock()
 
 
 def store_for(directory: Optional[str] = None) -> SQLiteStore:
@@ -517,7 +521,7 @@ def store_for(directory: Optional[str] = None) -> SQLiteStore:
     with _stores_lock:
         store = _stores.get(directory)
         if store is None:
-            store = _stores[directory] = SQLiteStore(directory)
+            store = _stores.setdefault(directory, SQLiteStore(directory))
         return store
 
 
