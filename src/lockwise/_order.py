@@ -23,6 +23,13 @@ signal (released by another thread); anything while lockwise reports.
 A cycle whose edges were all seen in one thread is still reported (the same
 code running in two threads would deadlock) and says so.
 
+Gates. An edge keeps the other locks held on every occasion it was taken;
+a cycle whose edges all share one is serialised by it and not reported. At
+class level a gate is a site (other than the edge's two); at instance level
+(one site's instance graph) a gate is either another site or, for a lock of
+that same site, its serial: ``g, a, b = Lock(), Lock(), Lock()`` with both
+orders of a and b taken under g is not an inversion.
+
 Re-entry. A finalizer (``__del__``, a weakref callback) or a signal handler
 may run in the middle of an update, in the updating thread, and take locks
 or record findings (whose JSON report reads :func:`graph_data`). So the
@@ -205,9 +212,16 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
         # names, no stacks and no new objects.
         for h in held:
             hsite = h._site
-            gates = (frozenset(o._site for o in held if o is not h and o._site is not hsite
-                               and o._site is not site)
-                     if len(held) > 1 else _NO_GATES)
+            if len(held) == 1:
+                gates = _NO_GATES
+            elif hsite is site:
+                # Instance level: a held lock of this same site is a gate too,
+                # by its serial (the instance graph's nodes are serials).
+                gates = frozenset(o._site if o._site is not site else _serial(o)
+                                  for o in held if o is not h)
+            else:
+                gates = frozenset(o._site for o in held if o is not h and o._site is not hsite
+                                  and o._site is not site)
             if hsite is site:
                 graph: Optional[OrderGraph[Any]] = _instances.get(site)
                 if graph is None:
