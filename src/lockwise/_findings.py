@@ -280,7 +280,7 @@ MAX_KEYS = 4096
 
 _findings: list[Finding] = []
 #: Keys of the last MAX_KEYS occurrences, oldest first (a dict as an ordered set).
-_seen: dict[Hashable, None] = {}
+_seen: dict[Hashable, object] = {}
 #: signature -> [occurrences, first finding of that signature]
 _repeats: dict[Hashable, list[Any]] = {}
 _listeners: list[Listener] = []
@@ -288,7 +288,12 @@ _internal_listeners: list[Listener] = []
 # A raw, reentrant lock: never instrumented, held only for list and dict
 # updates that run no user code; reentrant, so a signal handler or finalizer
 # that records a finding while this thread is inside cannot wait on itself.
+# Recording waits for it ``INTERNAL_WAIT`` at most: a finalizer run by an
+# allocation inside another thread's update may block that thread on a
+# program lock, possibly one the recording thread holds.
 _lock = _thread.RLock()
+#: Longest wait of a recording thread for an internal lock held by another thread.
+INTERNAL_WAIT = 0.2
 
 
 def _pattern(name: str) -> str:
@@ -334,13 +339,18 @@ def record(finding: Finding) -> bool:
     the policy (see :func:`apply_policy`).
     """
     sig = signature(finding)
-    with _lock:
-        if finding.key is not None:
-            if finding.key in _seen:
-                return False
-            _seen[finding.key] = None
-            if len(_seen) > MAX_KEYS:
+    if finding.key is not None:
+        # One atomic dict operation decides who records a key: no lock needed.
+        token = object()
+        if _seen.setdefault(finding.key, token) is not token:
+            return False
+        if len(_seen) > MAX_KEYS:
+            try:
                 del _seen[next(iter(_seen))]
+            except (KeyError, RuntimeError, StopIteration):  # another thread evicted
+                pass
+    locked = _lock.acquire(True, INTERNAL_WAIT)
+    try:
         # One statement: a finalizer recording a finding here in between
         # would otherwise lose a count.
         entry = _repeats.setdefault(sig, [0, finding])
@@ -354,6 +364,9 @@ def record(finding: Finding) -> bool:
             _findings.append(finding)
         internal = list(_internal_listeners)
         listeners = list(_listeners)
+    finally:
+        if locked:
+            _lock.release()
     for listener in internal:
         try:
             listener(finding)
@@ -482,11 +495,12 @@ if TYPE_CHECKING:
 #: this long (a handler blocked for good) is given up.
 EXIT_STALL = 1.0
 
-_jobs: deque[Job] = deque()
-_queued = 0  # jobs ever queued (under _lock)
+_jobs: deque[Job] = deque()  # append and popleft are atomic: no lock
 _delivered = 0  # jobs ever finished (written by the reporter only)
+_running = False  # the reporter is running a job (written by the reporter only)
 _wake = _thread.allocate_lock()  # released to wake the reporter
 _wake.acquire()
+_starting = _thread.allocate_lock()  # taken without waiting, to start the reporter once
 #: Ident of the reporter thread, once started.
 _reporter: Optional[int] = None
 _sleep = time.sleep
@@ -496,15 +510,16 @@ _monotonic = time.monotonic
 def defer(fn: Callable[..., Any], *args: Any) -> None:
     """Run ``fn(*args)`` in the reporter thread, after the jobs queued before.
 
-    Never waits on anything but ``_lock`` (reentrant, held for list updates
-    only): safe from finalizers and signal handlers.
+    Waits for no lock: safe from finalizers, signal handlers, and threads
+    that hold or wait for the program's locks.
     """
-    global _queued
-    with _lock:
-        _jobs.append((fn, args))
-        _queued += 1
-        if _reporter is None:
-            _start_reporter()
+    _jobs.append((fn, args))
+    if _reporter is None and _starting.acquire(False):
+        try:
+            if _reporter is None:
+                _start_reporter()
+        finally:
+            _starting.release()
     try:
         _wake.release()
     except RuntimeError:  # already released: the reporter will look anyway
@@ -512,7 +527,7 @@ def defer(fn: Callable[..., Any], *args: Any) -> None:
 
 
 def _start_reporter() -> None:
-    """Start the reporter (under ``_lock``) and arrange the drain at exit."""
+    """Start the reporter (under ``_starting``) and arrange the drain at exit."""
     global _reporter
     try:
         ident = _thread.start_new_thread(_run_reporter, ())
@@ -541,11 +556,13 @@ def _run_reporter() -> None:
 
 
 def _run_jobs() -> None:
-    global _delivered
+    global _delivered, _running
     while True:
+        _running = True  # before the pop: flush() must not see "empty and idle"
         try:
             fn, args = _jobs.popleft()
         except IndexError:
+            _running = False
             return
         try:
             fn(*args)
@@ -555,19 +572,22 @@ def _run_jobs() -> None:
             _delivered += 1
 
 
+def _idle() -> bool:
+    return not _jobs and not _running
+
+
 def flush(timeout: Optional[float] = None) -> bool:
-    """Wait until the findings recorded so far reached logging, the listeners
-    and policy callables (the reporter thread); True when they did, False
-    after ``timeout`` seconds. Do not call it while holding locks a logging
-    handler or listener may need."""
-    target = _queued
-    if _delivered >= target:
+    """Wait until the reporter thread has delivered what was recorded (logging,
+    listeners, policy callables) and is idle; True when it is, False after
+    ``timeout`` seconds. Do not call it while holding locks a logging handler
+    or listener may need."""
+    if _idle():
         return True
     if _reporter == _thread.get_ident():
         return False  # the reporter would wait for itself
     deadline = None if timeout is None else _monotonic() + timeout
     delay = 0.0002
-    while _delivered < target:
+    while not _idle():
         if deadline is not None and _monotonic() >= deadline:
             return False
         _sleep(delay)
@@ -585,7 +605,7 @@ def drain() -> None:
             err = sys.__stderr__  # the process's own stderr: no program code
             try:
                 if err is not None:
-                    err.write(f"lockwise: {_queued - _delivered} report(s) not delivered: "
+                    err.write(f"lockwise: {len(_jobs) + 1} report(s) not delivered: "
                               "a logging handler or listener is blocked\n")
             except Exception:
                 pass
@@ -595,10 +615,12 @@ def drain() -> None:
 def _after_fork_in_child() -> None:
     """The reporter does not exist in a child: start afresh (the parent
     delivers what was queued before the fork)."""
-    global _wake, _reporter, _queued, _delivered, _lock
+    global _wake, _reporter, _delivered, _running, _lock, _starting
     _lock = _thread.RLock()
+    _starting = _thread.allocate_lock()
     _jobs.clear()
-    _queued = _delivered = 0
+    _delivered = 0
+    _running = False
     _wake = _thread.allocate_lock()
     _wake.acquire()
     _reporter = None

@@ -183,16 +183,22 @@ class JsonWriter:
             self._pending = True
             return
         self._local.busy = True
+        self._pending = True
+        # Timed: the writing thread may be held up by a finalizer that runs
+        # the program's code (and waits for a lock this thread holds). It
+        # then writes again, this finding included, once it is free.
+        if not self._lock.acquire(True, _findings.INTERNAL_WAIT):
+            self._local.busy = False
+            return
         try:
-            with self._lock:
-                self._pending = True
-                while self._pending:
-                    self._pending = False
-                    extra = self.sections() if self.sections is not None else {}
-                    self._merge([f.to_dict() for f in self._source()], extra)
+            while self._pending:
+                self._pending = False
+                extra = self.sections() if self.sections is not None else {}
+                self._merge([f.to_dict() for f in self._source()], extra)
         except Exception as exc:
             _findings.internal_error(f"writing the JSON report {self.path}", exc)
         finally:
+            self._lock.release()
             self._local.busy = False
 
     def _merge(self, mine: list[dict[str, Any]], extra: dict[str, Any]) -> None:

@@ -418,17 +418,27 @@ def graph_data() -> dict[str, Any]:
 
 
 def _graph_data() -> dict[str, Any]:
-    with _lock:
-        nodes = [_ref(site).to_dict() for site in _classes.out]
+    # Timed: the holder may be blocked in a finalizer (on a lock this thread
+    # holds). Without the lock the graphs are read through copies made by
+    # single C calls (list(dict.items())): a report may miss an edge being
+    # added, never fail or wait for good.
+    locked = _lock.acquire(True, _findings.INTERNAL_WAIT)
+    try:
+        nodes = [_ref(site).to_dict() for site in list(_classes.out)]
         edges = [{"from": str(a), "to": str(b), "from_name": a.label, "to_name": b.label,
-                  "threads": len(e.threads)} for a, b, e in _classes.edges()]
-        for site, graph in _instances.items():
-            for a, b, _e in graph.edges():
-                for serial in (a, b):
-                    ref = _ref(site, serial).to_dict()
-                    if ref not in nodes:
-                        nodes.append(ref)
-                edges.append({"from": f"{site}#{a}", "to": f"{site}#{b}",
-                              "from_name": f"{site.label}#{a}", "to_name": f"{site.label}#{b}",
-                              "threads": len(_e.threads)})
+                  "threads": len(e.threads)}
+                 for a, targets in list(_classes.out.items()) for b, e in list(targets.items())]
+        for site, graph in list(_instances.items()):
+            for a, targets in list(graph.out.items()):
+                for b, e in list(targets.items()):
+                    for serial in (a, b):
+                        ref = _ref(site, serial).to_dict()
+                        if ref not in nodes:
+                            nodes.append(ref)
+                    edges.append({"from": f"{site}#{a}", "to": f"{site}#{b}",
+                                  "from_name": f"{site.label}#{a}",
+                                  "to_name": f"{site.label}#{b}", "threads": len(e.threads)})
+    finally:
+        if locked:
+            _lock.release()
     return {"nodes": nodes, "edges": edges}
