@@ -155,6 +155,8 @@ class JsonWriter:
         self._lock = _thread.RLock()  # the interpreter's own: never instrumented
         self._local = threading.local()
         self._pending = False
+        #: A repeat count changed since the last write (see ``__call__``).
+        self.stale = False
         #: (inode, mtime, size) of the file as this writer last left it.
         self._stamp: Optional[tuple[int, int, int]] = None
         if fresh:
@@ -173,6 +175,14 @@ class JsonWriter:
         return self._stamp is None or _file_stamp(self.path) != self._stamp
 
     def __call__(self, finding: Finding) -> None:
+        n = _findings.occurrences(finding)
+        if n > _findings.KEEP_PER_SIGNATURE and str(n).rstrip("0") != "1":
+            # A repeat that findings() does not keep: only its count changes.
+            # Rewriting the whole file per occurrence would make a repeated
+            # deadlock cost O(report) each time; the count is written at 100,
+            # 1000... occurrences, with the next new finding, and at the end.
+            self.stale = True
+            return
         self.flush()
 
     def flush(self) -> None:
@@ -191,6 +201,7 @@ class JsonWriter:
             self._local.busy = False
             return
         try:
+            self.stale = False
             while self._pending:
                 self._pending = False
                 extra = self.sections() if self.sections is not None else {}

@@ -322,6 +322,8 @@ class Session:
             self.watchdog.stop()
         forked = os.getpid() != self._pid
         _findings.drain()  # the reports of the last findings come before the summary
+        if self.writer is not None and self.writer.stale:
+            self.writer.flush()  # the final repeat counts
         if self.profiler is not None:
             self.profiler.stop()
             if forked:  # the parent reports its own profile
