@@ -116,29 +116,36 @@ class _Nested:
 
     def __init__(self, held: Any) -> None:
         self.held = held
+        self.ident = threading.get_ident()
         self.me = self
 
     def __del__(self) -> None:
+        if threading.get_ident() != self.ident:
+            return  # another thread would wait for the holder: not the point here
         with self.held, lockwise.Lock():
             pass
 
 
 def _work(theirs: Any, rheld: Any, rounds: int) -> None:
     """New lock-order edges (fresh same-line instances) and new findings
-    (an inversion per round), with garbage finalized all along."""
+    (an inversion per round), with garbage finalized all along. ``rheld``
+    is an RLock the caller holds throughout: a finalizer re-taking it
+    while this thread is inside RLock.acquire of that same RLock hangs in
+    pure mode (see the report: the owner is recorded after the inner
+    acquire, in Python), which is the primitives' matter."""
     outer = lockwise.Lock()
     me = threading.get_ident()
     for _ in range(rounds):
         x, y = lockwise.Lock(), lockwise.Lock()
         _Benign(lockwise.Lock(), lockwise.Lock())
-        with rheld:
+        with outer:
             _Crossing(theirs, me)
             _Nested(rheld)
             with x, y:
                 _Benign(lockwise.Lock(), lockwise.Lock())
             with y, x:  # an inversion: a finding, a JSON write, the graph read
                 pass
-        with outer, x:
+        with y, x:
             pass
 
 
@@ -151,12 +158,13 @@ def test_finalizers_reenter_at_every_gc_threshold(report: JsonWriter) -> None:
 
     def body() -> None:  # in a thread: a hang fails the join, not the run
         mine = lockwise.Lock()
-        with mine:
+        rheld = lockwise.RLock()
+        with mine, rheld:
             partner = _Partner(mine)
             partners.append(partner)
             for threshold in range(1, 61):
                 gc.set_threshold(threshold)
-                _work(partner.theirs, lockwise.RLock(), 3)
+                _work(partner.theirs, rheld, 3)
         partner.thread.join(5)
         done.append(not partner.thread.is_alive())
 
@@ -190,7 +198,8 @@ def test_signal_handler_takes_locks_while_edges_are_recorded(report: JsonWriter)
     hits: list[str] = []
     busy: list[bool] = []
 
-    with mine:
+    rheld = lockwise.RLock()
+    with mine, rheld:
         partner = _Partner(mine)
 
         def handler(signum: int, frame: Any) -> None:
@@ -215,7 +224,7 @@ def test_signal_handler_takes_locks_while_edges_are_recorded(report: JsonWriter)
         try:
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline and len(hits) < 30:
-                _work(lockwise.Lock(), lockwise.RLock(), 10)
+                _work(lockwise.Lock(), rheld, 10)
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0, 0)
             signal.signal(signal.SIGPROF, previous)
