@@ -18,6 +18,9 @@ def clean_lockwise() -> Iterator[None]:
     lockwise.reset()
     saved = dict(vars(_config.settings))
     yield
+    # Logging, listeners and policy callables run in lockwise's reporter
+    # thread: let this test's reports reach them before the next test.
+    lockwise.flush(2)
     vars(_config.settings).update(saved)
     lockwise.reset()
 

@@ -445,6 +445,7 @@ def test_policy_callable_and_log(caplog: pytest.LogCaptureFixture) -> None:
             pass
         with b, a:
             pass
+        assert lockwise.flush(5)  # the callable and logging run in lockwise's reporter thread
     assert len(got) == 1 and got[0].kind == "lock-order"
     assert any("potential deadlock" in r.getMessage() for r in caplog.records)
     data = got[0].to_dict()

@@ -23,7 +23,7 @@ from ._errors import (
     PotentialDeadlockError,
     PotentialDeadlockWarning,
 )
-from ._findings import Finding, FrameInfo, LockRef, StackInfo, findings
+from ._findings import Finding, FrameInfo, LockRef, StackInfo, findings, flush
 from ._install import install, installed, is_installed, uninstall
 from ._order import declare_order
 from ._primitives import Lock, RLock
@@ -91,6 +91,6 @@ __all__ = [
     "Barrier", "BoundedSemaphore", "Condition", "DeadlockError", "DeadlockWarning", "Event",
     "FileLock", "Finding", "FrameInfo", "HangWarning", "Lock", "LockRef", "PotentialDeadlockError",
     "PotentialDeadlockWarning", "Profiler", "RLock", "Semaphore", "Snapshot", "StackInfo",
-    "configure", "declare_order", "findings", "held_locks", "install", "installed",
+    "configure", "declare_order", "findings", "flush", "held_locks", "install", "installed",
     "is_installed", "profile", "reset", "snapshot", "uninstall", "watchdog", "Watchdog",
 ]

@@ -494,7 +494,7 @@ def cycle_key(cycle: list[Any]) -> Any:
 def report_deadlock(cycle: list[Any], victim: Any) -> Optional[Finding]:
     """Record the deadlock once; return it if the victim must raise (policy)."""
     key = cycle_key(cycle)
-    if key in _findings._seen:
+    if _findings.is_known(key):
         return None
     finding = build_finding(cycle, victim, key)
     if not _findings.record(finding):
@@ -651,7 +651,7 @@ def on_idle(loop: Any) -> None:
         victim = victim_in(cycle)
         if victim is None:
             key = cycle_key(cycle)
-            if key not in _findings._seen:  # recorded for the reports, raised nowhere
+            if not _findings.is_known(key):  # recorded for the reports, raised nowhere
                 _findings.record(build_finding(cycle, None, key))
             continue
         finding = report_deadlock(cycle, victim)

@@ -15,9 +15,10 @@ Several processes may share one report (a forked child, or a subprocess that
 inherited ``LOCKWISE_JSON``). Each write therefore *merges*: under an
 exclusive ``flock`` (where ``fcntl`` exists), it reads the findings already
 in the file, appends this process's findings that are not there yet
-(identity: pid, time, kind, summary) and replaces the file. No process ever
-removes another's findings. Only the process that starts a run creates the
-file afresh (``fresh=True``).
+(identity: pid, time, kind, summary), refreshes its own ones that are (a
+repeat count grows) and replaces the file. No process ever removes another's
+findings. Only the process that starts a run creates the file afresh
+(``fresh=True``).
 
 The ``flock`` is taken on a lock file in the per-user directory
 (``_files.user_dir``; ``<report>.lock`` for a report that lives there,
@@ -187,6 +188,8 @@ class JsonWriter:
         self._lock = _thread.RLock()  # the interpreter's own: never instrumented
         self._local = threading.local()
         self._pending = False
+        #: A repeat count changed since the last write (see ``__call__``).
+        self.stale = False
         #: (inode, mtime, size) of the file as this writer last left it.
         self._stamp: Optional[tuple[int, int, int]] = None
         if fresh:
@@ -205,6 +208,14 @@ class JsonWriter:
         return self._stamp is None or _file_stamp(self.path) != self._stamp
 
     def __call__(self, finding: Finding) -> None:
+        n = _findings.occurrences(finding)
+        if n > _findings.KEEP_PER_SIGNATURE and str(n).rstrip("0") != "1":
+            # A repeat that findings() does not keep: only its count changes.
+            # Rewriting the whole file per occurrence would make a repeated
+            # deadlock cost O(report) each time; the count is written at 100,
+            # 1000... occurrences, with the next new finding, and at the end.
+            self.stale = True
+            return
         self.flush()
 
     def flush(self) -> None:
@@ -215,16 +226,23 @@ class JsonWriter:
             self._pending = True
             return
         self._local.busy = True
+        self._pending = True
+        # Timed: the writing thread may be held up by a finalizer that runs
+        # the program's code (and waits for a lock this thread holds). It
+        # then writes again, this finding included, once it is free.
+        if not self._lock.acquire(True, _findings.INTERNAL_WAIT):
+            self._local.busy = False
+            return
         try:
-            with self._lock:
-                self._pending = True
-                while self._pending:
-                    self._pending = False
-                    extra = self.sections() if self.sections is not None else {}
-                    self._merge([f.to_dict() for f in self._source()], extra)
+            self.stale = False
+            while self._pending:
+                self._pending = False
+                extra = self.sections() if self.sections is not None else {}
+                self._merge([f.to_dict() for f in self._source()], extra)
         except Exception as exc:
             _findings.internal_error(f"writing the JSON report {self.path}", exc)
         finally:
+            self._lock.release()
             self._local.busy = False
 
     def _lock_path(self) -> Optional[str]:
@@ -248,9 +266,13 @@ class JsonWriter:
                 data = _read(self.path)
             except (OSError, ValueError):
                 data = document([])
-            merged: list[dict[str, Any]] = data["findings"]
-            known = {_identity(d) for d in merged}
-            merged += [d for d in mine if _identity(d) not in known]
+            # This process's own entries are replaced by their current form
+            # (a repeat count, ``details["occurrences"]``, grows after the
+            # first write); other processes' entries are kept as they are.
+            current = {_identity(d): d for d in mine}
+            merged: list[dict[str, Any]] = [current.pop(_identity(d), d)
+                                            for d in data["findings"]]
+            merged += [d for d in mine if _identity(d) in current]
             data.update(extra)
             notes = data.get("notes")
             notes = [n for n in notes if isinstance(n, str)] if isinstance(notes, list) else []

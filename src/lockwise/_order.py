@@ -22,12 +22,30 @@ signal (released by another thread); anything while lockwise reports.
 
 A cycle whose edges were all seen in one thread is still reported (the same
 code running in two threads would deadlock) and says so.
+
+Gates. An edge keeps the other locks held on every occasion it was taken;
+a cycle whose edges all share one is serialised by it and not reported. At
+class level a gate is a site (other than the edge's two); at instance level
+(one site's instance graph) a gate is either another site or, for a lock of
+that same site, its serial: ``g, a, b = Lock(), Lock(), Lock()`` with both
+orders of a and b taken under g is not an inversion.
+
+Re-entry. A finalizer (``__del__``, a weakref callback) or a signal handler
+may run in the middle of an update, in the updating thread, and take locks
+or record findings (whose JSON report reads :func:`graph_data`). So the
+graphs' lock is reentrant, and every holder first raises its thread's
+``ThreadState.quiet``: nested acquisitions record no edges (the nested
+bookkeeping is skipped, never the locking itself), a nested ``graph_data``
+reads the graphs as they are between two statements of the outer update,
+and a nested ``declare_order`` or ``reset`` (which would change the graphs
+under the outer update) is handed to the reporter thread, which runs it once
+the lock is free.
 """
 
 from __future__ import annotations
 
+import _thread
 import sys
-import threading
 import weakref
 from operator import attrgetter
 from types import FrameType
@@ -39,7 +57,7 @@ from ._errors import PotentialDeadlockError
 from ._findings import Finding, FrameInfo, LockRef, StackInfo
 from ._graph import Edge, OrderGraph
 from ._sites import Site, frame_info, thread_name, user_frame, user_stack
-from ._state import ThreadState
+from ._state import ThreadState, current_state
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -48,10 +66,11 @@ if TYPE_CHECKING:
 _site_of = attrgetter("_site")
 _serial_of = attrgetter("_serial")
 _NO_GATES: frozenset[Any] = frozenset()
-# Raw lock: held only while updating the graphs; never while waiting on user
-# locks or calling user code. Taken with a timeout so that re-entry from a
-# signal handler can only skip an edge, never hang.
-_lock = threading._allocate_lock()  # type: ignore[attr-defined]
+# Raw reentrant lock: held only while updating or reading the graphs, never
+# while waiting on user locks or calling user code; reentrant for finalizers
+# and signal handlers (see "Re-entry" above). ``_slow`` takes it with a
+# timeout: another thread's hold can only make it skip an edge, never hang.
+_lock = _thread.RLock()
 
 #: Chain keys (held sites, new site) whose edges are recorded and checked.
 _known: set[tuple[tuple[Site, ...], Site]] = set()
@@ -193,9 +212,16 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
         # names, no stacks and no new objects.
         for h in held:
             hsite = h._site
-            gates = (frozenset(o._site for o in held if o is not h and o._site is not hsite
-                               and o._site is not site)
-                     if len(held) > 1 else _NO_GATES)
+            if len(held) == 1:
+                gates = _NO_GATES
+            elif hsite is site:
+                # Instance level: a held lock of this same site is a gate too,
+                # by its serial (the instance graph's nodes are serials).
+                gates = frozenset(o._site if o._site is not site else _serial(o)
+                                  for o in held if o is not h)
+            else:
+                gates = frozenset(o._site for o in held if o is not h and o._site is not hsite
+                                  and o._site is not site)
             if hsite is site:
                 graph: Optional[OrderGraph[Any]] = _instances.get(site)
                 if graph is None:
@@ -337,6 +363,18 @@ def declare_order(*locks: Any) -> None:
     for lock in locks:
         if not hasattr(lock, "_site"):
             raise TypeError(f"declare_order takes lockwise locks, not {type(lock).__name__}")
+    if _lock._is_owned():  # type: ignore[attr-defined]  # re-entered (finalizer, signal)
+        _findings.defer(declare_order, *locks)
+        return
+    ts = current_state()
+    ts.quiet += 1
+    try:
+        _declare(locks)
+    finally:
+        ts.quiet -= 1
+
+
+def _declare(locks: tuple[Any, ...]) -> None:
     with _lock:
         for first, second in zip(locks, locks[1:]):
             if first._site is second._site:
@@ -355,6 +393,9 @@ def declare_order(*locks: Any) -> None:
 
 def reset() -> None:
     """Forget the order graph (the recorded edges and validated chains)."""
+    if _lock._is_owned():  # type: ignore[attr-defined]  # re-entered (finalizer, signal)
+        _findings.defer(reset)
+        return
     with _lock:
         _known.clear()
         _known_instances.clear()
@@ -368,17 +409,36 @@ def reset() -> None:
 
 def graph_data() -> dict[str, Any]:
     """The class-level order graph as JSON-ready nodes and edges (for reports)."""
-    with _lock:
-        nodes = [_ref(site).to_dict() for site in _classes.out]
+    ts = current_state()
+    ts.quiet += 1  # a finalizer run from here records no edge under our feet
+    try:
+        return _graph_data()
+    finally:
+        ts.quiet -= 1
+
+
+def _graph_data() -> dict[str, Any]:
+    # Timed: the holder may be blocked in a finalizer (on a lock this thread
+    # holds). Without the lock the graphs are read through copies made by
+    # single C calls (list(dict.items())): a report may miss an edge being
+    # added, never fail or wait for good.
+    locked = _lock.acquire(True, _findings.INTERNAL_WAIT)
+    try:
+        nodes = [_ref(site).to_dict() for site in list(_classes.out)]
         edges = [{"from": str(a), "to": str(b), "from_name": a.label, "to_name": b.label,
-                  "threads": len(e.threads)} for a, b, e in _classes.edges()]
-        for site, graph in _instances.items():
-            for a, b, _e in graph.edges():
-                for serial in (a, b):
-                    ref = _ref(site, serial).to_dict()
-                    if ref not in nodes:
-                        nodes.append(ref)
-                edges.append({"from": f"{site}#{a}", "to": f"{site}#{b}",
-                              "from_name": f"{site.label}#{a}", "to_name": f"{site.label}#{b}",
-                              "threads": len(_e.threads)})
+                  "threads": len(e.threads)}
+                 for a, targets in list(_classes.out.items()) for b, e in list(targets.items())]
+        for site, graph in list(_instances.items()):
+            for a, targets in list(graph.out.items()):
+                for b, e in list(targets.items()):
+                    for serial in (a, b):
+                        ref = _ref(site, serial).to_dict()
+                        if ref not in nodes:
+                            nodes.append(ref)
+                    edges.append({"from": f"{site}#{a}", "to": f"{site}#{b}",
+                                  "from_name": f"{site.label}#{a}",
+                                  "to_name": f"{site.label}#{b}", "threads": len(e.threads)})
+    finally:
+        if locked:
+            _lock.release()
     return {"nodes": nodes, "edges": edges}

@@ -464,7 +464,9 @@ class Profiler:
         if coll is None:
             return empty_dict(self.sample)
         with coll.mu:
-            pairs = [(_class_dict(c, coll), c) for c in coll.classes.values()]
+            # A copy first: a finalizer run by an allocation below may record
+            # a new class in this thread (the RLock lets it in).
+            pairs = [(_class_dict(c, coll), c) for c in list(coll.classes.values())]
             stacks = list(coll.stacks.items())
             logs = [list(c.events) for _d, c in pairs] if events else []
         end = coll.end_ns or _monotonic_ns()

@@ -12,7 +12,7 @@ a name can neither drive the terminal nor forge a line of the report.
 
 from __future__ import annotations
 
-from ._findings import Finding, FrameInfo, StackInfo, printable
+from ._findings import Finding, FrameInfo, StackInfo, printable, signature
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -186,15 +186,39 @@ def render(finding: Finding) -> str:
     return _p(finding.summary)
 
 
+def repeat_counts(findings: list[Finding]) -> list[tuple[Finding, int]]:
+    """The findings merged by ``_findings.signature``: the first of each, with
+    how many times it occurred (per process: the copies listed, or the count
+    the first copy carries in ``details["occurrences"]``, if larger)."""
+    groups: dict[Any, list[Finding]] = {}
+    for f in findings:
+        groups.setdefault(signature(f), []).append(f)
+    out = []
+    for group in groups.values():
+        copies: dict[int, int] = {}
+        counted: dict[int, int] = {}
+        for f in group:
+            copies[f.pid] = copies.get(f.pid, 0) + 1
+            n = int(f.details.get("occurrences", 1) or 1)
+            counted[f.pid] = max(counted.get(f.pid, 0), n)
+        out.append((group[0], sum(max(n, counted[pid]) for pid, n in copies.items())))
+    return out
+
+
 def render_summary(findings: list[Finding]) -> str:
+    """One line per distinct finding; repeats (one signature) are merged into
+    one line that says how many times it was seen."""
     if not findings:
         return "lockwise: no findings."
+    merged = repeat_counts(findings)
     counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.kind] = counts.get(f.kind, 0) + 1
+    for f, n in merged:
+        counts[f.kind] = counts.get(f.kind, 0) + n
+    total = sum(n for _f, n in merged)
     parts = ", ".join(f"{n} {_p(kind)}" for kind, n in sorted(counts.items()))
-    lines = [f"lockwise: {len(findings)} finding(s): {parts}"]
-    lines += [f"  - [{_p(f.kind)}] {_p(f.summary)}" for f in findings]
+    lines = [f"lockwise: {total} finding(s): {parts}"]
+    lines += [f"  - [{_p(f.kind)}] {_p(f.summary)}" + (f" (seen {n} times)" if n > 1 else "")
+              for f, n in merged]
     return "\n".join(lines)
 
 

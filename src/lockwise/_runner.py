@@ -175,6 +175,8 @@ class Session:
         self.profiler: Optional[_profile.Profiler] = None
         self._temp_json: Optional[str] = None
         self._printed = 0
+        #: signature -> the occurrence count last printed for it
+        self._repeats: dict[Any, int] = {}
         self._finished = False
         self._pid = os.getpid()
 
@@ -209,8 +211,9 @@ class Session:
         if self.stderr is None:
             self.stderr = sys.stderr
         if self.writer is not None:
-            _findings.add_listener(self.writer)
+            _findings.add_listener(self.writer, internal=True)  # on disk at once
             _findings.add_note_listener(self.writer.flush)
+        # In the reporter thread: the stream may be the program's (and take its locks).
         _findings.add_listener(self._print_finding)
         # The stderr report (or --quiet) says it: no warning, and no copy through
         # the program's root logger (handlers set on "lockwise" still get them).
@@ -294,12 +297,26 @@ class Session:
             pass
 
     def _print_finding(self, finding: Finding) -> None:
-        self._printed += 1
-        if self._printed <= FULL_REPORTS:
-            self._write_err(_report.render(finding) + "\n")
-        else:
-            self._write_err(f"lockwise: [{printable(finding.kind)}] "
-                            f"{printable(finding.summary)}")
+        """The first occurrence of a signature in full (the first FULL_REPORTS
+        of them; later ones in one line); repeats as a count, printed when it
+        reaches 2, 10, 100, 1000... (``_findings.signature``)."""
+        sig = _findings.signature(finding)
+        told = self._repeats.get(sig)
+        if told is None:
+            self._repeats[sig] = 1
+            self._printed += 1
+            if self._printed <= FULL_REPORTS:
+                self._write_err(_report.render(finding) + "\n")
+            else:
+                self._write_err(f"lockwise: [{printable(finding.kind)}] "
+                                f"{printable(finding.summary)}")
+            return
+        count = _findings.occurrences(finding)
+        step = 2 if told < 2 else 10 ** len(str(told))
+        if count >= step:
+            self._repeats[sig] = count
+            self._write_err(f"lockwise: [{printable(finding.kind)}] seen {count} times: "
+                            f"{printable(finding.summary)} (reported in full once)")
 
     def all_findings(self) -> list[Finding]:
         """This process's findings plus those merged into the report by others."""
@@ -327,6 +344,9 @@ class Session:
         if self.watchdog is not None:
             self.watchdog.stop()
         forked = os.getpid() != self._pid
+        _findings.drain()  # the reports of the last findings come before the summary
+        if self.writer is not None and self.writer.stale:
+            self.writer.flush()  # the final repeat counts
         if self.profiler is not None:
             self.profiler.stop()
             if forked:  # the parent reports its own profile

@@ -61,6 +61,7 @@ creation sites, host names, pids and thread names are stored.
 
 from __future__ import annotations
 
+import _thread
 import os
 import socket
 import sqlite3
@@ -600,7 +601,10 @@ class SQLiteStore:
 
 
 _stores: dict[str, SQLiteStore] = {}
-_stores_lock = threading._allocate_lock()  # type: ignore[attr-defined]
+# Reentrant: creating a store allocates (sqlite), so a finalizer may run here
+# and take a lockwise lock that needs the store; it then makes its own, and
+# the first one stored wins.
+_stores_lock = _thread.RLock()
 
 
 def store_for(directory: Optional[str] = None) -> SQLiteStore:
@@ -608,7 +612,7 @@ def store_for(directory: Optional[str] = None) -> SQLiteStore:
     with _stores_lock:
         store = _stores.get(directory)
         if store is None:
-            store = _stores[directory] = SQLiteStore(directory)
+            store = _stores.setdefault(directory, SQLiteStore(directory))
         return store
 
 

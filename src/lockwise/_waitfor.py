@@ -539,16 +539,32 @@ def _victim_rank(entry: tuple[ThreadState, int, Any]) -> tuple[int, int, float]:
 
 def _deadlock(me: ThreadState, threads: list[ThreadState], rule: str,
               victim: Optional[ThreadState] = None) -> None:
-    """Record the deadlock once; make the victim (``me`` by default) raise."""
+    """Record the deadlock once per formation; make the victim (``me`` by
+    default) raise.
+
+    The key is the formation of the waits: each thread's ``uid`` (never
+    reused, unlike idents) and ``changes`` (bumped by every wait
+    registration). Threads that detect one formation concurrently build the
+    same key, and ``record`` admits it once, so one thread raises; the same
+    deadlock formed again (fresh threads and locks, or a retry after
+    DeadlockError) has new ``changes`` and raises again.
+    """
     victim = victim or me
-    key = ("deadlock", frozenset((ts.ident, id(ts.waiting)) for ts in threads))
-    if key in _findings._seen:
+    key = ("deadlock", frozenset((ts.uid, ts.changes) for ts in threads))
+    if _findings.is_known(key):
+        return
+    # ``changes`` is read before ``waiting``: a thread that left this wait
+    # (the victim of this very formation, raising) shows ``waiting`` None here
+    # whatever ``changes`` value went into the key.
+    if any(ts.alive and ts.waiting is None for ts in threads):
         return
     finding = build_finding(threads, rule, victim, key)
-    if victim is me and settings.on_deadlock == "raise":
+    raising = victim is me and settings.on_deadlock == "raise"
+    res = me.waiting
+    if raising:
         # This thread is about to raise, not to wait: stop counting as blocked
         # now, or other threads' stall rule reports the same freeze again while
-        # the listeners run (block_on's finally repeats this harmlessly).
+        # the finding is recorded (block_on's finally repeats this harmlessly).
         me.waiting = None
         me.changes += 1
     me.quiet += 1
@@ -558,6 +574,11 @@ def _deadlock(me: ThreadState, threads: list[ThreadState], rule: str,
     finally:
         me.quiet -= 1
     if not must_raise:
+        if raising and res is not None:
+            # Another thread recorded this formation first and raises: this
+            # one keeps waiting, registered again (a new formation).
+            me.changes += 1
+            me.waiting = res
         return
     if victim is me:
         raise DeadlockError(str(finding), finding)

@@ -542,7 +542,7 @@ def _loop_thread_check(ts: ThreadState) -> None:
     if _aio_wait._threads_may_run():
         return  # another thread may release it (a hand-off): the stall rule decides
     key = ("deadlock", "loop", ts.uid, ts.changes)
-    if key in _findings._seen:
+    if _findings.is_known(key):
         return
     acq = res._acq
     holder = _aio_wait.task_holding(loop, acq[0]) if acq is not None else None
@@ -597,7 +597,7 @@ def _held_across(loop: Any, ts: ThreadState, before: Optional[list[Any]]) -> Non
         if acq is None or not _aio_wait.is_async_code(acq[0]):
             continue
         key = ("lock-order", "held-across-await", str(lock._site), acq[0].co_filename, acq[1])
-        if key in _findings._seen:
+        if _findings.is_known(key):
             continue
         # The task whose coroutine chain still runs the acquiring code (the
         # direct form); an __aenter__ or a generator has left it: unnamed.

@@ -63,7 +63,7 @@ class LockwisePlugin:
         self._install = _install
         self.profiler: Optional[_profile.Profiler] = None
         _install.install()
-        _findings.add_listener(self._on_finding)
+        _findings.add_listener(self._on_finding, internal=True)  # a list append
         if profile:
             self.profiler = _profile.Profiler().start()
 
@@ -74,6 +74,7 @@ class LockwisePlugin:
         if self.profiler is not None:
             self.profiler.stop()
         self._findings.remove_listener(self._on_finding)
+        self._findings.drain()  # logging and listeners get the last findings
         self._install.uninstall()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -159,7 +160,7 @@ def lockwise_findings(request: pytest.FixtureRequest) -> Generator[list[Finding]
     from . import _findings
 
     collected: list[Finding] = []
-    _findings.add_listener(collected.append)
+    _findings.add_listener(collected.append, internal=True)
     try:
         yield collected
     finally:

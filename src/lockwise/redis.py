@@ -53,6 +53,7 @@ are written. Clock drift between client and server: leases are believed for
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import sys
@@ -213,7 +214,10 @@ class _Renewer:
     """One daemon thread per process renewing every held lease."""
 
     def __init__(self) -> None:
-        self._mutex = threading._allocate_lock()  # type: ignore[attr-defined]
+        # Reentrant: a finalizer or signal handler that releases a RedisLock
+        # while this thread is inside (e.g. starting the renewer) removes it
+        # from ``_due`` under the same mutex.
+        self._mutex = _thread.RLock()
         self._wake = threading._allocate_lock()  # type: ignore[attr-defined]
         self._wake.acquire()
         self._due: dict[RedisLock, float] = {}
