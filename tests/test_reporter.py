@@ -128,21 +128,30 @@ def test_policy_callable_runs_outside_the_detecting_thread() -> None:
     owner.start()
     owner.join(5)
 
+    found = lockwise.Event()  # a wait lockwise sees: the helper is blocked too
+    def tell(finding: lockwise.Finding) -> None:
+        found.set()
+
+    _findings.add_listener(tell)  # run by the reporter thread
+
     def hand_off() -> None:  # a Lock may be released by any thread
-        deadline = time.monotonic() + 10
-        while not lockwise.findings("deadlock") and time.monotonic() < deadline:
-            time.sleep(0.001)
+        found.wait()
         lost.release()
 
     helper = threading.Thread(target=hand_off, daemon=True, name="Helper")
-    with console:
-        helper.start()
-        start = time.monotonic()
-        # The owner exited: a deadlock. The policy (not "raise") is told and
-        # this thread keeps waiting, until the helper hands the lock off.
-        lost.acquire()
-        assert time.monotonic() - start < AT_ONCE
-    lost.release()
+    try:
+        with console:
+            helper.start()
+            start = time.monotonic()
+            # The owner exited and every other thread is blocked: a deadlock.
+            # The policy (not "raise") is told and this thread keeps waiting,
+            # until the helper, woken by a listener, hands the lock off.
+            lost.acquire()  # untimed: the deadlock rules check it
+            assert time.monotonic() - start < AT_ONCE
+        lost.release()
+    finally:
+        found.set()
+        _findings.remove_listener(tell)
     assert _join([helper], 5)
     assert lockwise.flush(10)
     assert seen_in and threading.current_thread().name not in seen_in
