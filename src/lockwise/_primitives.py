@@ -252,12 +252,14 @@ class Lock(_Introspection):
             try:
                 got += map(self._inner.acquire, _TRY)
                 if got[0]:
+                    # Owner first: the order check may run a finalizer that
+                    # takes this lock again (see _speedups.c take()).
+                    self._held_in_with = False
+                    self._owner = ts
                     if blocking and ts.held and settings.lock_order:
                         error = _order.note(ts, self)
                         if error is not None:
                             raise error
-                    self._held_in_with = False
-                    self._owner = ts
                     self._acq = _acquire_site(_getframe(1))
                     ts.held.append(self)
                     return True
@@ -290,12 +292,12 @@ class Lock(_Introspection):
         try:
             got += map(self._inner.acquire, _TRY)
             if got[0]:
+                self._held_in_with = True  # owner first, as in acquire
+                self._owner = ts
                 if ts.held and settings.lock_order:
                     error = _order.note(ts, self)
                     if error is not None:
                         raise error
-                self._held_in_with = True
-                self._owner = ts
                 self._acq = _acquire_site(_getframe(1))
                 ts.held.append(self)
                 return True
@@ -435,12 +437,14 @@ class RLock(_Introspection):
             try:  # the inner try's result stored from C: see Lock.acquire
                 got += map(self._inner.acquire, _TRY)
                 if got[0]:
+                    # Owner first: a finalizer run by the order check that
+                    # takes this RLock again re-enters it (see Lock.acquire).
+                    self._count = 1
+                    self._owner = ts
                     if blocking and ts.held and settings.lock_order:
                         error = _order.note(ts, self)
                         if error is not None:
                             raise error
-                    self._count = 1
-                    self._owner = ts
                     self._acq = _acquire_site(_getframe(1))
                     ts.held.append(self)
                     return True

@@ -935,12 +935,24 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock, int in_with)
         goto fail;
     if (!PyList_Check(held)) {
         PyErr_SetString(PyExc_TypeError, "ThreadState.held is not a list");
-        goto fail_held;
+        Py_DECREF(held);
+        goto fail;
     }
+    /* The owner is recorded first: the lock-order check below may run Python
+     * code, and so a finalizer or a signal handler that takes this lock
+     * again. It must find the lock owned by this thread: an RLock re-entry
+     * then succeeds, and a Lock's self-wait is seen (not a wait on a lock
+     * owned by nobody, which no rule can report). */
+    PyObject *old_owner = self->owner;
+    self->held_in_with = (char)in_with;
+    self->owner = Py_NewRef(ts);
+    if (is_rlock)
+        self->count = 1;
+    Py_XDECREF(old_owner);
     if (blocking) {
         int check = needs_order_check(held);
         if (check < 0)
-            goto fail_held;
+            goto undo;
         if (check == 0)
             check = 2;  /* no check wanted: skip note below */
         else
@@ -948,46 +960,39 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock, int in_with)
         if (check == 1)
             check = order_known(ts, self, held);
         if (check < 0)
-            goto fail_held;
+            goto undo;
         if (check == 0 && PyList_GET_SIZE(held)) {
             PyObject *stack[3] = {NULL, ts, (PyObject *)self};
             PyObject *error = PyObject_Vectorcall(
                 g_note, stack + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             if (error == NULL)
-                goto fail_held;
+                goto undo;
             if (error != Py_None) {
                 if (PyExceptionInstance_Check(error))
                     PyErr_SetObject((PyObject *)Py_TYPE(error), error);
                 else
                     PyErr_SetString(PyExc_TypeError, "lock-order check returned a non-exception");
                 Py_DECREF(error);
-                goto fail_held;
+                goto undo;
             }
             Py_DECREF(error);
         }
     }
     if (record_site(self) < 0)
-        goto fail_held;
-    PyObject *old_owner = self->owner;
-    self->held_in_with = (char)in_with;
-    self->owner = Py_NewRef(ts);
-    if (is_rlock)
-        self->count = 1;
-    int rc = PyList_Append(held, (PyObject *)self);
+        goto undo;
+    if (PyList_Append(held, (PyObject *)self) < 0)
+        goto undo;  /* out of memory: as if the acquire had failed */
     Py_DECREF(held);
-    Py_XDECREF(old_owner);
-    if (rc < 0) {
-        /* Out of memory: undo, as if the acquire had failed. */
+    return 0;
+undo:
+    if (self->owner == ts) {
         PyObject *o = self->owner;
         self->owner = Py_NewRef(Py_None);
         self->held_in_with = 0;
         if (is_rlock)
             self->count = 0;
         Py_DECREF(o);
-        goto fail;
     }
-    return 0;
-fail_held:
     Py_DECREF(held);
 fail:
     inner_release_keep_error(self->inner);
