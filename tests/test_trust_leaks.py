@@ -526,3 +526,21 @@ def test_aio_lock_given_back_when_its_take_is_interrupted(
         assert not lock.locked()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(60, method="thread")
+def test_interrupt_main_during_event_wait_in_thread_start() -> None:
+    """CPython's test_interrupt_main_subthread, under install(): the new thread
+    interrupts main while main waits in ``Thread.start()`` for ``_started``.
+    threading's re-acquire at the end of Condition.wait is not interrupted by
+    interrupt_main(); lockwise's must hold the lock again before the
+    KeyboardInterrupt leaves wait, or the Event's ``with`` exit fails with
+    "release unlocked lock"."""
+    with lockwise.installed():
+        for _ in range(50):
+            t = threading.Thread(target=_thread.interrupt_main)
+            with pytest.raises(KeyboardInterrupt):
+                t.start()
+                t.join(10)
+            t.join(10)
+            assert not t.is_alive()

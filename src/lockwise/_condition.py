@@ -12,8 +12,9 @@ import sys
 import threading
 from operator import attrgetter
 
+from ._errors import DeadlockError
 from ._primitives import Lock, rlock_for
-from ._sites import INTERNAL_FILES, site_of
+from ._sites import INTERNAL_FILES, raised_outside, site_of
 from ._state import current_state
 from ._waitfor import CondWaiter, block_on
 
@@ -138,35 +139,50 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
         # any call below; whatever it interrupts, the lock is held again by
         # this thread when wait ends, as threading's restores it in a finally.
         # Whether it was released is read from the lock: its owner.
-        if timeout is not None and timeout <= 0:
-            # wait(0) only polls (Semaphore.acquire(timeout=0) does it on every
-            # call): the lock is released and taken back, so other threads get
-            # their turn, but no waiter is queued. threading's would be queued
-            # and removed again, and a notify racing with that window may or
-            # may not find it; returning False is the outcome of the notify
-            # coming after the timeout, and leaves that notify to a real waiter.
-            try:
-                self._release_save()
-                return False
-            finally:
-                if lock._owner is not ts:
-                    self._acquire_restore(state)
-        waiter = _Waiter(self, _allocate_lock())
-        waiter.lock.acquire()
-        self._waiters.append(waiter)
+        # wait(0) only polls (Semaphore.acquire(timeout=0) does it on every
+        # call): the lock is released and taken back, so other threads get
+        # their turn, but no waiter is queued. threading's would be queued and
+        # removed again, and a notify racing with that window may or may not
+        # find it; returning False is the outcome of the notify coming after
+        # the timeout, and leaves that notify to a real waiter.
+        waiter = None
+        if timeout is None or timeout > 0:
+            waiter = _Waiter(self, _allocate_lock())
+            waiter.lock.acquire()
+            self._waiters.append(waiter)
         gotit = False
         try:
             self._release_save()
+            if waiter is None:
+                return False
             gotit = block_on(ts, waiter, waiter.lock, timeout)
             return gotit
         finally:
-            if lock._owner is not ts:
-                self._acquire_restore(state)
-            if not gotit:
+            # The lock is held again when wait ends, whatever interrupts it.
+            # threading's blocking re-acquire is not interrupted by Ctrl-C or
+            # interrupt_main() (only a real signal to a thread blocked in C
+            # can), so the caller's ``with`` block can release it. lockwise's
+            # wait is made of short waits between which signal handlers run:
+            # an exception raised by one is kept until the lock is back. The
+            # loop is written here, not in a method: a call's entry is itself
+            # a point where a handler runs.
+            interrupted: Optional[BaseException] = None
+            while lock._owner is not ts:
+                try:
+                    self._acquire_restore(state)
+                except DeadlockError:
+                    raise
+                except BaseException as exc:
+                    if not (isinstance(exc, KeyboardInterrupt) or raised_outside(exc)):
+                        raise  # lockwise's own error: not an interruption to retry
+                    interrupted = exc
+            if waiter is not None and not gotit:
                 try:
                     self._waiters.remove(waiter)
                 except ValueError:
                     pass
+            if interrupted is not None:
+                raise interrupted
 
     def _wait_foreign(self, ts: Any, timeout: Optional[float]) -> bool:
         """``wait`` over a lock that is not lockwise's: threading's algorithm."""
