@@ -466,6 +466,7 @@ def test_findings_are_logged_once_the_program_imports_logging() -> None:
         assert "logging" not in sys.modules
         lockwise.configure(on_lock_order="log")
         invert(lockwise.Lock(name="a"), lockwise.Lock(name="b"))
+        assert lockwise.flush(5)  # delivered (to no handler) before logging exists
         import logging
         logging.basicConfig(format="%(name)s %(levelname)s %(message)s")
         invert(lockwise.Lock(name="c"), lockwise.Lock(name="d"))
