@@ -61,6 +61,18 @@ def _creator_kind(frame: Any) -> str:
     return "Condition"
 
 
+#: How ``Condition.wait`` releases and restores its lock.
+_FOREIGN = 0  # not lockwise's: threading's algorithm, through the lock's methods
+_LOCK = 1     # lockwise's Lock
+_RLOCK = 2    # lockwise's RLock
+
+
+def _mode_of(lock: Any) -> int:
+    if not hasattr(lock, "_acquire_slow"):
+        return _FOREIGN
+    return _RLOCK if hasattr(lock, "_count") else _LOCK
+
+
 class Condition(_ThreadingCondition):  # type: ignore[misc]
     """A condition variable, drop-in for ``threading.Condition``.
 
@@ -85,9 +97,11 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             self._acquire_restore = lock._acquire_restore  # type: ignore[method-assign]
             self._is_owned = lock._is_owned
             self._waiters: _deque[Any] = _deque()
+            self._mode = _RLOCK
         else:
             super().__init__(lock)
             site = site_of(frame)
+            self._mode = _mode_of(lock)
         self._site = site
         if frame.f_code.co_filename in INTERNAL_FILES:
             self._kind = _creator_kind(frame)
@@ -115,26 +129,26 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
         else:
             self._lock.acquire()
 
-    def _saved_state(self, ts: Any) -> Any:
-        """What ``_release_save`` will return, known before it runs, for
-        lockwise's Lock and RLock (None for other locks): with it, ``wait`` can
-        restore the lock after an exception that lost ``_release_save``'s
-        result (raised at its return)."""
-        lock = self._lock
-        if not hasattr(lock, "_acquire_slow"):
-            return None
-        if hasattr(lock, "_count"):
-            return (lock._count, ts.ident)
-        return bool(getattr(lock, "_held_in_with", False))
-
     def wait(self, timeout: Optional[float] = None) -> bool:
-        if not self._is_owned():
-            raise RuntimeError("cannot wait on un-acquired lock")
+        mode = self._mode
+        if mode == _FOREIGN:
+            if not self._is_owned():
+                raise RuntimeError("cannot wait on un-acquired lock")
+            return self._wait_foreign(current_state(), timeout)
+        # lockwise's Lock or RLock: threading's _release_save/_acquire_restore
+        # protocol, inlined (this is the hot path of every Queue and Future),
+        # with the saved state read before the release: an exception at the
+        # release's return must not lose it.
         ts = current_state()
         lock = self._lock
-        state = self._saved_state(ts)
-        if state is None:
-            return self._wait_foreign(ts, timeout)
+        if mode == _RLOCK:
+            if lock._owner is not ts:
+                raise RuntimeError("cannot wait on un-acquired lock")
+            state: Any = (lock._count, ts.ident)
+        else:
+            if not lock._is_owned():  # held by any thread, as threading asks a Lock
+                raise RuntimeError("cannot wait on un-acquired lock")
+            state = lock._held_in_with  # taken by `with`: taken that way again
         # An exception (KeyboardInterrupt, a signal handler's) may come out of
         # any call below; whatever it interrupts, the lock is held again by
         # this thread when wait ends, as threading's restores it in a finally.
@@ -152,7 +166,10 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             self._waiters.append(waiter)
         gotit = False
         try:
-            self._release_save()
+            if mode == _RLOCK:
+                lock._release_save()
+            else:
+                lock.release()
             if waiter is None:
                 return False
             gotit = block_on(ts, waiter, waiter.lock, timeout)
@@ -169,7 +186,12 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             interrupted: Optional[BaseException] = None
             while lock._owner is not ts:
                 try:
-                    self._acquire_restore(state)
+                    if mode == _RLOCK:
+                        lock._acquire_restore(state)
+                    elif state:
+                        lock.__enter__()
+                    else:
+                        lock.acquire()
                 except DeadlockError:
                     raise
                 except BaseException as exc:

@@ -456,16 +456,10 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
     cannot see could wake one; else None."""
     if getattr(threading, "_limbo", None):
         return None  # a thread is starting: it can run
-    if signal_may_wake():
-        return None  # e.g. a SIGTERM handler that sets the Event the workers wait on
     main_ident = threading.main_thread().ident
     blocked: list[tuple[ThreadState, int, Any]] = []
     frames: dict[int, Any] = sys._current_frames()
-    # A thread without a Python frame (made by a C library: audio, devices,
-    # GUIs, ctypes callbacks) may call back into Python and wake anyone.
-    tasks = os_thread_count()
-    if tasks is not None and tasks > len(frames):
-        return None
+    nframes = len(frames)
     # Not this very frame: a local referring to it is a reference cycle that
     # keeps the whole blocked stack (a joined Thread, its queues...) alive until
     # the next garbage collection. Our own entry needs no frame.
@@ -485,6 +479,15 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
                 continue
             return None
         blocked.append((ts, changes, res))
+    # The checks that cost a system call or a walk over every signal come last:
+    # in a busy program the loop above has already found a running thread.
+    # A thread without a Python frame (made by a C library: audio, devices,
+    # GUIs, ctypes callbacks) may call back into Python and wake anyone.
+    tasks = os_thread_count()
+    if tasks is not None and tasks > nframes:
+        return None
+    if signal_may_wake():
+        return None  # e.g. a SIGTERM handler that sets the Event the workers wait on
     return blocked
 
 
