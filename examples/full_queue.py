@@ -4,9 +4,10 @@ The consumer needs that lock before it takes a job, so the queue never
 drains: the producer waits for room, the consumer keeps retrying the lock.
 The consumer retries with a timeout (as a careful service would), so this is
 not a certain deadlock, and under plain ``python`` the program just hangs.
-``lockwise run --hang-timeout 1 examples/full_queue.py 3`` reports the hang,
+``lockwise run --hang-timeout 1 examples/full_queue.py`` reports the hang,
 with every thread's stack and the table of who holds what, after one second;
-the optional argument is how long the main thread waits before giving up.
+the optional argument is how long the main thread waits before giving up
+(default 3 seconds, so that the example ends).
 """
 
 import queue
@@ -45,7 +46,7 @@ workers = [threading.Thread(target=producer, name="producer", daemon=True),
 workers[0].start()
 holding.wait()
 workers[1].start()
-workers[0].join(timeout=float(sys.argv[1]) if len(sys.argv) > 1 else None)
+workers[0].join(timeout=float(sys.argv[1]) if len(sys.argv) > 1 else 3.0)
 stop.set()
 workers[1].join()
 print(f"took {len(taken)} jobs; the producer is {'stuck' if workers[0].is_alive() else 'done'}")

@@ -6,6 +6,11 @@ Hot path: ``_primitives`` (Lock, RLock) and ``_state`` (per-thread records).
 Graphs: ``_waitfor`` (actual deadlocks) and ``_graph``/``_order`` (lock order).
 Findings and reports: ``_findings``, ``_report``, ``_html``. Reach: ``_install``.
 Extensions: ``_profile`` (contention profiling, ``lockwise.profile()``).
+
+PYTEST_DONT_REWRITE: ``lockwise run -m pytest`` and ``LOCKWISE=1`` import
+lockwise before pytest starts, and pytest would otherwise warn that this
+plugin's package is "already imported so cannot be rewritten" (an error in
+suites that set ``filterwarnings = error``); lockwise has no asserts to rewrite.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 USAGE_STATUS = 2
 _VALUE_OPTIONS = ("--json", "--hang-timeout", "--fail-on", "--profile-sample",
                   "--profile-collapsed")
-_FLAG_OPTIONS = ("--quiet", "--profile", "-h", "--help")
+_FLAG_OPTIONS = ("--quiet", "--verbose", "--profile", "-h", "--help")
 
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,6 +45,9 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "'none') is recorded (default: deadlock)")
     parser.add_argument("--quiet", action="store_true",
                         help="print no report on stderr (the JSON report is still written)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print each finding's full report on stderr (every stack, the "
+                             "interleaving drawn) instead of the short one")
     parser.add_argument("--profile", action="store_true",
                         help="profile lock contention: print a table of the locks threads "
                              "waited for (wait and hold times, waiter and holder sites) at "
@@ -132,7 +135,8 @@ def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
             name = arg.split("=", 1)[0]
             if name not in _VALUE_OPTIONS + _FLAG_OPTIONS:
                 raise _BadOption(f"run: unknown option {arg!r}; expected --json FILE, "
-                                 "--hang-timeout SECONDS, --fail-on KINDS, --quiet, --profile, "
+                                 "--hang-timeout SECONDS, --fail-on KINDS, --quiet, --verbose, "
+                                 "--profile, "
                                  "--profile-sample N, --profile-collapsed FILE or "
                                  "-m MODULE before the script")
             i += 1
@@ -151,13 +155,14 @@ def _quick_run_namespace(mine: list[str]) -> Optional[SimpleNamespace]:
     parses it and words the error.
     """
     ns = SimpleNamespace(command="run", func=cmd_run, json=None, hang_timeout=None,
-                         fail_on="deadlock", quiet=False, profile=False, profile_sample=None,
-                         profile_collapsed=None, module=None, script=None, program_args=[])
+                         fail_on="deadlock", quiet=False, verbose=False, profile=False,
+                         profile_sample=None, profile_collapsed=None, module=None, script=None,
+                         program_args=[])
     i = 0
     while i < len(mine):
         arg = mine[i]
         last = i == len(mine) - 1
-        if arg in ("--quiet", "--profile"):
+        if arg in ("--quiet", "--verbose", "--profile"):
             setattr(ns, arg[2:], True)
         elif arg.split("=", 1)[0] in _VALUE_OPTIONS:
             name, eq, value = arg.partition("=")
@@ -202,6 +207,7 @@ def cmd_run(ns: Any) -> int:
                       else _runner.parse_seconds(ns.hang_timeout)),
         fail_on=_runner.parse_kinds(ns.fail_on),
         quiet=ns.quiet,
+        verbose=ns.verbose,
         profile=bool(ns.profile or ns.profile_sample is not None
                      or ns.profile_collapsed is not None),
         profile_sample=(1 if ns.profile_sample is None
@@ -224,6 +230,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
         return USAGE_STATUS
     try:
         return _show_report(ns, data, found)
+    except BrokenPipeError:
+        raise  # the reader has gone (`| head`): see main
     except Exception as exc:  # a document the validation let through: still one line
         sys.stderr.write(f"lockwise: error: cannot render {ns.file!r}: {type(exc).__name__}: "
                          f"{exc!r:.200}; this is a bug in lockwise's report validation, "
@@ -286,6 +294,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         sys.stderr.write(f"lockwise: error: {exc}\n")
         sys.stderr.flush()
         return USAGE_STATUS
+    except BrokenPipeError:
+        if ns.command == "run":
+            raise  # the program's own output: as python would report it
+        # `lockwise report x.json | head`: the reader has gone, as for any
+        # filter; stdout is pointed at /dev/null so that the interpreter's
+        # final flush does not fail again.
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

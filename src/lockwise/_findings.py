@@ -524,11 +524,27 @@ def apply_policy(finding: Finding, policy: Policy) -> bool:
         category = _WARNING_FOR.get(finding.kind, RuntimeWarning)
         frames = finding.stacks[0].frames if finding.stacks else []
         filename, lineno = (frames[-1].filename, frames[-1].lineno) if frames else ("lockwise", 0)
-        warnings.warn_explicit(str(finding), category, filename, lineno,
+        warnings.warn_explicit(_warning(category, finding), category, filename, lineno,
                                module="lockwise")
     elif callable(policy):
         defer(_call_policy, policy, finding)  # the program's code: in the reporter
     return False
+
+
+def _warning(category: type[Warning], finding: Finding) -> Warning:
+    """A one-line warning (pytest's summary lists every warning's whole text)
+    that carries the finding, whose ``str()`` is the full report."""
+    first = printable(f"lockwise: {finding.kind}: {finding.summary}")
+    try:
+        from ._report import render_brief
+
+        first = render_brief(finding).split("\n", 1)[0]
+    except Exception:
+        pass
+    warning = category(f"{first} (full report: the warning's .finding, or "
+                       "lockwise.findings())")
+    warning.finding = finding  # type: ignore[attr-defined]
+    return warning
 
 
 def _call_policy(policy: Callable[[Finding], Any], finding: Finding) -> None:

@@ -186,6 +186,197 @@ def render(finding: Finding) -> str:
     return _p(finding.summary)
 
 
+# ---------------------------------------------------------------- brief reports
+#
+# What a person reads at a glance: the default on stderr, the message of a
+# DeadlockError, and (first line only) a warning. A deadlock or a lock-order
+# inversion fits a screen: who holds and wants what, at which user line, and
+# the fix. The full report (every stack, the interleaving drawn) stays in
+# ``render``: ``lockwise run --verbose``, the JSON, ``lockwise report``, HTML.
+
+#: Threads (or cycle edges) listed one per line before "... and N more".
+BRIEF_MAX = 8
+
+_FIX = {
+    "self": "this thread already holds the lock it waits for: use an RLock, or release "
+            "the lock before taking it again (a method called with the lock held, a "
+            "__del__, a signal or logging handler may re-enter).",
+    "cycle": "take these locks in one global order everywhere.",
+    "task-cycle": "take these locks in one global order everywhere, and never await a task "
+                  "that needs a lock you hold.",
+    "loop": "do not block the event loop's thread on a lock a task holds: use "
+            "lockwise.aio / asyncio locks, or run the blocking call in an executor.",
+    "stall": "make sure something will set, notify or release what these threads wait "
+             "for, or give the waits a timeout.",
+}
+
+_ORDER_FIX = ("take these locks in one global order everywhere, or silence a reviewed "
+              "false alarm with lockwise.declare_order(first, second).")
+
+
+def _prefixes() -> list[str]:
+    """Directories whose prefix the brief report drops: the working directory
+    (paths read as the user typed them) and the standard library's (``queue.py:62``)."""
+    import os
+    import sysconfig
+
+    out = []
+    try:
+        out.append(os.getcwd() + os.sep)
+    except OSError:
+        pass
+    for key in ("stdlib", "platstdlib"):
+        try:
+            out.append(sysconfig.get_paths()[key] + os.sep)
+        except (KeyError, OSError):
+            pass
+    return sorted(set(out), key=len, reverse=True)
+
+
+def short_path(filename: str) -> str:
+    """``filename`` relative to the working directory or the standard library."""
+    for prefix in _prefixes():
+        if filename.startswith(prefix):
+            return filename[len(prefix):]
+    return filename
+
+
+def _shorten(text: str) -> str:
+    for prefix in _prefixes():
+        text = text.replace(prefix, "")
+    return text
+
+
+def _is_user(frame: Any) -> bool:
+    import sysconfig
+
+    filename = frame.get("file", "") if isinstance(frame, dict) else frame.filename
+    return not any(filename.startswith(sysconfig.get_paths()[key])
+                   for key in ("stdlib", "platstdlib", "purelib"))
+
+
+def _at(frame: Any) -> str:
+    """``path:line in function`` of a FrameInfo or a frame dict (or "")."""
+    if frame is None:
+        return ""
+    if isinstance(frame, dict):
+        frame = FrameInfo.from_dict(frame)
+    return f"{_p(short_path(frame.filename))}:{frame.lineno} in {_p(frame.function)}"
+
+
+def _last(frames: Any) -> Any:
+    """The innermost frame of the program's own code (else the innermost)."""
+    if not frames:
+        return None
+    for frame in reversed(frames):
+        if _is_user(frame):
+            return frame
+    return frames[-1]
+
+
+def _name(data: Any) -> str:
+    return _p(data.get("name", "?")) if data else "?"
+
+
+def _more(lines: list[str], total: int, what: str) -> None:
+    if total > BRIEF_MAX:
+        lines.append(f"  ... and {total - BRIEF_MAX} more {what}")
+
+
+def _brief_wait(wait: dict[str, Any]) -> str:
+    kind = wait.get("kind")
+    if kind == "lock":
+        holder = "itself" if wait.get("held_by_self") else _p(wait.get("held_by", "?"))
+        return f"wants {_name(wait.get('lock'))} (held by {holder})"
+    if kind == "condition":
+        return f"waits on {_name(wait.get('lock'))} for a notify"
+    return _wait_text(wait)
+
+
+def brief_deadlock(finding: Finding) -> str:
+    details = finding.details
+    rule = str(details.get("rule", ""))
+    threads = list(details.get("threads", []))
+    lines = [f"lockwise: deadlock: {_p(finding.summary)}"]
+    where = {stack.thread: _last(stack.frames) for stack in finding.stacks}
+    for entry in threads[:BRIEF_MAX]:
+        name = _p(entry.get("thread", "?"))
+        holds = ", ".join(_name(h.get("lock")) for h in entry.get("holds", []))
+        parts = []
+        if holds:
+            parts.append(f"holds {holds}")
+        if entry.get("alive", True):
+            parts.append(_brief_wait(entry.get("waits_for", {})))
+        else:
+            parts.append("has exited")
+        at = _at(where.get(entry.get("thread")))
+        lines.append(f"  {name} " + ", ".join(parts) + (f", at {at}" if at else ""))
+    _more(lines, len(threads), "threads")
+    self_wait = len(threads) == 1 and bool(threads[0].get("waits_for", {}).get("held_by_self"))
+    if self_wait:  # where it was taken first is what the reader looks for
+        for held in threads[0].get("holds", [])[:BRIEF_MAX]:
+            lock = held.get("lock") or {}
+            lines.append(f"  {_name(lock)} (made at {_p(short_path(str(lock.get('site', '?'))))})"
+                         f" was acquired at {_p(short_path(str(held.get('acquired_at', '?'))))}")
+    victim = details.get("victim")
+    if victim:
+        others = "tasks" if details.get("asyncio") and rule != "loop" else "threads"
+        lines.append(f"  DeadlockError is raised in {_p(victim)}"
+                     + (f"; the other {others} carry on." if len(threads) > 1 else "."))
+    fix = _FIX.get("self" if self_wait else rule)
+    if fix:
+        lines.append(f"  Fix: {fix}")
+    return "\n".join(lines)
+
+
+def brief_lock_order(finding: Finding) -> str:
+    cycle = list(finding.details.get("cycle", []))
+    lines = [f"lockwise: potential deadlock: {_p(finding.summary)}"]
+    if finding.details.get("single_thread"):
+        lines.append("  (all orders seen in one thread: two threads running this code can "
+                     "deadlock)")
+    for edge in cycle[:BRIEF_MAX]:
+        first = _at(_last(edge.get("first_stack")))
+        second = _at(_last(edge.get("second_stack")))
+        lines.append(f"  {_p(edge.get('thread', '?'))} took {_name(edge.get('from'))}"
+                     + (f" at {first}" if first else "")
+                     + f", then {_name(edge.get('to'))}"
+                     + (f" at {second}" if second else ""))
+    _more(lines, len(cycle), "edges")
+    lines.append(f"  Fix: {_ORDER_FIX}")
+    return "\n".join(lines)
+
+
+def brief_hang(finding: Finding) -> str:
+    rows = list(finding.details.get("table", []))
+    lines = [f"lockwise: hang: {_p(finding.summary)}"]
+    for stack in finding.stacks[:BRIEF_MAX]:
+        at = _at(_last(stack.frames))
+        lines.append(f"  {_p(stack.thread)}: {_p(stack.title)}" + (f", at {at}" if at else ""))
+    _more(lines, len(finding.stacks), "threads")
+    if rows:
+        lines.append("  Locks:")
+        lines += render_table(rows[:BRIEF_MAX])
+        _more(lines, len(rows), "locks")
+    return "\n".join(lines)
+
+
+def render_brief(finding: Finding) -> str:
+    """The short report of ``finding`` (see above); the full one is ``render``."""
+    try:
+        if finding.kind == "deadlock" and finding.details.get("threads"):
+            return _shorten(brief_deadlock(finding))
+        if finding.kind == "lock-order" and finding.details.get("cycle"):
+            return _shorten(brief_lock_order(finding))
+        if finding.kind == "hang":
+            return _shorten(brief_hang(finding))
+    except Exception:  # a report loaded from a file may be shaped unexpectedly
+        pass
+    if finding.text:
+        return printable(finding.text, newlines=True)
+    return f"lockwise: {_p(finding.kind)}: {_p(finding.summary)}"
+
+
 def repeat_counts(findings: list[Finding]) -> list[tuple[Finding, int]]:
     """The findings merged by ``_findings.signature``: the first of each, with
     how many times it occurred (per process: the copies listed, or the count
@@ -217,8 +408,8 @@ def render_summary(findings: list[Finding]) -> str:
     total = sum(n for _f, n in merged)
     parts = ", ".join(f"{n} {_p(kind)}" for kind, n in sorted(counts.items()))
     lines = [f"lockwise: {total} finding(s): {parts}"]
-    lines += [f"  - [{_p(f.kind)}] {_p(f.summary)}" + (f" (seen {n} times)" if n > 1 else "")
-              for f, n in merged]
+    lines += [f"  - [{_p(f.kind)}] {_p(_shorten(f.summary))}"
+              + (f" (seen {n} times)" if n > 1 else "") for f, n in merged]
     return "\n".join(lines)
 
 

@@ -32,7 +32,18 @@ import threading
 import time
 import types
 
-from . import _files, _findings, _install, _jsonreport, _order, _report, _sites, _watchdog
+from . import (
+    _errors,
+    _files,
+    _findings,
+    _install,
+    _jsonreport,
+    _order,
+    _report,
+    _sites,
+    _tracebacks,
+    _watchdog,
+)
 from ._config import settings
 from ._findings import KINDS, Finding, Record, printable
 from ._state import in_main_interpreter
@@ -61,6 +72,7 @@ ENV_JSON = "LOCKWISE_JSON"
 ENV_HANG = "LOCKWISE_HANG_TIMEOUT"
 ENV_FAIL_ON = "LOCKWISE_FAIL_ON"
 ENV_QUIET = "LOCKWISE_QUIET"
+ENV_VERBOSE = "LOCKWISE_VERBOSE"
 ENV_RUN_ID = "LOCKWISE_RUN_ID"
 
 
@@ -112,20 +124,25 @@ class Options(Record):
     ``profile_collapsed`` is where to write the collapsed stacks of waiting
     time (``--profile-collapsed``)."""
 
-    __slots__ = ("json", "hang_timeout", "fail_on", "quiet", "profile", "profile_sample",
-                 "profile_collapsed")
+    __slots__ = ("json", "hang_timeout", "fail_on", "quiet", "verbose", "profile",
+                 "profile_sample", "profile_collapsed")
 
     def __init__(self, json: Optional[str] = None, hang_timeout: Optional[float] = None,
                  fail_on: frozenset[str] = frozenset({"deadlock"}), quiet: bool = False,
-                 profile: bool = False, profile_sample: int = 1,
+                 verbose: bool = False, profile: bool = False, profile_sample: int = 1,
                  profile_collapsed: Optional[str] = None) -> None:
         self.json = json
         self.hang_timeout = hang_timeout
         self.fail_on = fail_on
         self.quiet = quiet
+        self.verbose = verbose
         self.profile = profile
         self.profile_sample = profile_sample
         self.profile_collapsed = profile_collapsed
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def options_from_env(environ: Optional[dict[str, str]] = None,
@@ -137,7 +154,8 @@ def options_from_env(environ: Optional[dict[str, str]] = None,
     env = os.environ if environ is None else environ
     opts = Options(fail_on=frozenset())
     opts.json = env.get(ENV_JSON) or None
-    opts.quiet = env.get(ENV_QUIET, "").strip().lower() not in ("", "0", "false", "no", "off")
+    opts.quiet = _flag(env.get(ENV_QUIET, ""))
+    opts.verbose = _flag(env.get(ENV_VERBOSE, ""))
     for name, setter in ((ENV_HANG, "hang_timeout"), (ENV_FAIL_ON, "fail_on")):
         value = env.get(name)
         if not value:
@@ -220,7 +238,9 @@ class Session:
         if settings.on_lock_order == "warn":
             settings.on_lock_order = "log"
         _findings.stop_propagation()
+        _errors.reports_on_stderr = not self.options.quiet
         _install.install()
+        _tracebacks.install()
         if self.options.hang_timeout is not None:
             self.watchdog = _watchdog.Watchdog(self.options.hang_timeout).start()
         if self.options.profile or self.options.profile_collapsed is not None:
@@ -268,6 +288,8 @@ class Session:
             env[ENV_HANG] = repr(self.options.hang_timeout)
         if self.options.quiet:
             env[ENV_QUIET] = "1"
+        if self.options.verbose:
+            env[ENV_VERBOSE] = "1"
         env.pop(ENV_FAIL_ON, None)  # the parent decides, from the merged report
         env.setdefault(ENV_RUN_ID, f"{os.getpid()}-{time.time():.6f}")
 
@@ -283,6 +305,8 @@ class Session:
             _findings.remove_listener(self.writer)
             _findings.remove_note_listener(self.writer.flush)
         _findings.remove_listener(self._print_finding)
+        _errors.reports_on_stderr = False
+        _tracebacks.uninstall()
         _install.uninstall()
         if _active is self:
             _active = None
@@ -306,7 +330,8 @@ class Session:
             self._repeats[sig] = 1
             self._printed += 1
             if self._printed <= FULL_REPORTS:
-                self._write_err(_report.render(finding) + "\n")
+                render = _report.render if self.options.verbose else _report.render_brief
+                self._write_err(render(finding) + "\n")
             else:
                 self._write_err(f"lockwise: [{printable(finding.kind)}] "
                                 f"{printable(finding.summary)}")

@@ -1,0 +1,236 @@
+"""The first minute of a new user: short default output, a short exception,
+tracebacks that end at the user's line, pytest suites with
+``filterwarnings = error``, and commands that exit as documented."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import warnings
+from pathlib import Path
+
+import pytest
+
+import lockwise
+from lockwise import DeadlockError
+
+from .runner_helpers import clean_env
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parent.parent
+BANK = ROOT / "examples" / "bank_transfer.py"
+
+
+def _run(args: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env or clean_env())
+
+
+def _deadlock_block(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("lockwise: deadlock:"))
+    block = []
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        block.append(line)
+    return block
+
+
+def test_bank_demo_default_output_is_short_and_complete() -> None:
+    result = _run([sys.executable, "-m", "lockwise", "run", str(BANK)])
+    assert result.returncode == 3, result.stderr
+    out = (result.stdout + result.stderr).splitlines()
+    assert len(out) <= 40, "\n".join(out)
+    err = result.stderr
+    for needed in ("teller-1", "teller-2", "Account.lock#1", "Account.lock#2",
+                   "bank_transfer.py:24", "bank_transfer.py:26", "Fix: take these locks in one "
+                   "global order"):
+        assert needed in err, (needed, err)
+    block = _deadlock_block(err)
+    assert len(block) <= 25, block
+    # one line per thread: what it holds, what it wants, at which user line
+    per_thread = [line for line in block if " holds " in line and " wants " in line]
+    assert len(per_thread) == 2 and all("bank_transfer.py:26" in line for line in per_thread)
+
+
+def test_bank_demo_deadlock_is_printed_once_and_traceback_ends_at_user_code() -> None:
+    result = _run([sys.executable, "-m", "lockwise", "run", str(BANK)])
+    err = result.stderr
+    assert err.count("lockwise: deadlock:") == 2  # the report, and the exception's one line
+    traceback = err[err.index("Traceback (most recent call last)"):]
+    traceback = traceback[:traceback.index("lockwise.DeadlockError")]
+    frames = [line for line in traceback.splitlines() if line.strip().startswith("File ")]
+    assert frames and "bank_transfer.py" in frames[-1], traceback
+    assert not any(os.sep + "lockwise" + os.sep in line for line in frames), traceback
+    message = err[err.index("lockwise.DeadlockError"):].splitlines()[0]
+    assert "reported on stderr" in message
+
+
+def test_verbose_prints_the_full_report() -> None:
+    result = _run([sys.executable, "-m", "lockwise", "run", "--verbose", str(BANK)])
+    assert result.returncode == 3
+    assert "*** DEADLOCK ***" in result.stderr  # the interleaving drawn
+    assert 'File "' in result.stderr and "then acquired" in result.stderr
+
+
+def test_env_verbose_reaches_the_environment_activated_process() -> None:
+    env = clean_env()
+    env.update(LOCKWISE="1", LOCKWISE_VERBOSE="1")
+    result = _run([sys.executable, str(BANK)], env=env)
+    assert "*** DEADLOCK ***" in result.stderr
+
+
+def test_environment_activation_fails_on_request() -> None:
+    env = clean_env()
+    env.update(LOCKWISE="1")
+    assert _run([sys.executable, str(BANK)], env=env).returncode == 0  # documented default
+    env.update(LOCKWISE_FAIL_ON="deadlock")
+    assert _run([sys.executable, str(BANK)], env=env).returncode == 3
+    env.update(LOCKWISE_QUIET="1")
+    quiet = _run([sys.executable, str(BANK)], env=env)
+    assert quiet.returncode == 3 and "lockwise: deadlock:" not in quiet.stderr.split(
+        "Traceback")[0]
+
+
+def test_readme_documents_the_environment_variables() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in ("LOCKWISE_FAIL_ON", "LOCKWISE_QUIET", "LOCKWISE_VERBOSE", "LOCKWISE_JSON",
+                 "LOCKWISE_HANG_TIMEOUT", "--verbose"):
+        assert name in readme, name
+
+
+def test_exception_message_is_short_and_the_finding_is_full() -> None:
+    a, b = lockwise.Lock(name="left"), lockwise.Lock(name="right")
+    both = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def worker(first: lockwise.Lock, second: lockwise.Lock) -> None:
+        try:
+            with first:
+                both.wait()
+                with second:
+                    pass
+        except DeadlockError as exc:
+            errors.append(exc)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        threads = [threading.Thread(target=worker, args=pair, name=name)
+                   for pair, name in (((a, b), "one"), ((b, a), "two"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert len(errors) == 1
+    error = errors[0]
+    assert isinstance(error, DeadlockError) and error.finding is not None
+    message = str(error).splitlines()
+    assert 3 <= len(message) <= 8, message
+    assert all(name in str(error) for name in ("one", "two", "left", "right", "Fix:"))
+    assert "test_first_minute.py:" in str(error)  # the user's line
+    full = str(error.finding)
+    assert len(full.splitlines()) > len(message) and 'File "' in full
+
+
+def test_warning_is_one_line_and_carries_the_finding() -> None:
+    lockwise.configure(on_lock_order="warn")
+    a, b = lockwise.Lock(name="w1"), lockwise.Lock(name="w2")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with a, b:
+            pass
+        with b, a:
+            pass
+    found = [w for w in caught if issubclass(w.category, lockwise.PotentialDeadlockWarning)]
+    assert len(found) == 1
+    text = str(found[0].message)
+    assert "\n" not in text and "w1" in text and "w2" in text and "lockwise.findings()" in text
+    finding = found[0].message.finding  # type: ignore[attr-defined]
+    assert finding is not None and finding.kind == "lock-order"
+    assert "then acquired" in str(finding)
+
+
+# ---------------------------------------------------------------- pytest
+
+
+SUITE = {
+    "pytest.ini": "[pytest]\nfilterwarnings =\n    error\n",
+    "test_suite.py": textwrap.dedent("""
+        import threading
+
+        def test_lock():
+            lock = threading.Lock()
+            with lock:
+                assert lock.locked()
+
+        def test_condition():
+            cond = threading.Condition()
+            with cond:
+                assert not cond.wait(0.01)
+    """),
+}
+
+
+@pytest.fixture()
+def strict_suite(tmp_path: Path) -> Path:
+    for name, text in SUITE.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.mark.parametrize("mode", ["run", "env", "flag", "p-option"])
+def test_a_suite_with_filterwarnings_error_passes(strict_suite: Path, mode: str) -> None:
+    env = clean_env()
+    pytest_args = ["-q", "-p", "no:cacheprovider"]
+    if mode == "run":
+        args = [sys.executable, "-m", "lockwise", "run", "-m", "pytest", *pytest_args]
+    elif mode == "env":
+        env["LOCKWISE"] = "1"
+        args = [sys.executable, "-m", "pytest", *pytest_args]
+    elif mode == "flag":
+        args = [sys.executable, "-m", "pytest", "--lockwise", *pytest_args]
+    else:
+        args = [sys.executable, "-m", "pytest", "-p", "lockwise.pytest_plugin", "--lockwise",
+                *pytest_args]
+    result = _run(args, cwd=strict_suite, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout, result.stdout
+    assert "PytestAssertRewriteWarning" not in result.stdout + result.stderr
+
+
+def test_report_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    # A report much longer than a pipe's buffer (64 KiB), so that it is
+    # still being written when the reader goes away.
+    program = tmp_path / "many.py"
+    block = textwrap.dedent("""
+        a, b = threading.Lock(), threading.Lock()
+        with a, b:
+            pass
+        with b, a:
+            pass
+    """)
+    program.write_text("import threading\n" + block * 100, encoding="utf-8")  # 100 sites
+    report = tmp_path / "run.json"
+    made = _run([sys.executable, "-m", "lockwise", "run", "--quiet", "--json", str(report),
+                 str(program)])
+    assert made.returncode == 0, made.stderr
+    whole = _run([sys.executable, "-m", "lockwise", "report", str(report)])
+    assert len(whole.stdout) > 2 * 65536, len(whole.stdout)
+    proc = subprocess.Popen([sys.executable, "-m", "lockwise", "report", str(report)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as `| head -1` does
+    try:
+        err = proc.stderr.read().decode()
+        proc.wait(60)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
