@@ -234,3 +234,51 @@ def test_report_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+# ---------------------------------------------------------------- the README
+
+
+def _normalise(line: str) -> str:
+    """What may differ between two runs of one command: times, thread and lock
+    numbers, addresses, the standard library's line numbers, the victim."""
+    import re
+
+    line = line.rstrip()
+    line = re.sub(r"0x[0-9a-f]+", "0x?", line)
+    line = re.sub(r"\b\d+(\.\d+)?(ns|us|ms|s)\b", "T", line)
+    line = re.sub(r"(teller-|Thread-|#)\d+", r"\1N", line)
+    line = re.sub(r"(queue\.py|threading\.py):\d+", r"\1:N", line)
+    line = re.sub(r"alice=\d+ bob=\d+", "alice=N bob=N", line)
+    return line
+
+
+def _readme_samples() -> list[tuple[str, list[str]]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    samples = []
+    marker = "<!-- output of: "
+    for part in text.split(marker)[1:]:
+        command, rest = part.split(" -->", 1)
+        block = rest.split("```", 2)[1]
+        samples.append((command.strip(), block.strip("\n").splitlines()))
+    return samples
+
+
+def test_readme_has_samples() -> None:
+    commands = [command for command, _lines in _readme_samples()]
+    assert len(commands) >= 3 and all(c.startswith("lockwise run ") for c in commands)
+
+
+@pytest.mark.parametrize("command,lines", _readme_samples(),
+                         ids=[c for c, _l in _readme_samples()])
+def test_readme_sample_is_what_the_command_prints(command: str, lines: list[str]) -> None:
+    import shlex
+
+    result = _run([sys.executable, "-m", "lockwise", *shlex.split(command)[1:]], timeout=90)
+    printed = {_normalise(line) for line in (result.stdout + result.stderr).splitlines()}
+    for line in lines:
+        if line.strip() in ("...", "") or line.startswith("  File \"/.../"):
+            continue  # elided, or an absolute path that depends on the checkout
+        if line.strip().startswith("with ") or line.startswith("Traceback"):
+            continue
+        assert _normalise(line) in printed, (line, result.stderr)
