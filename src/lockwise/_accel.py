@@ -16,7 +16,7 @@ objects, which die with it); ``_primitives`` then keeps the pure classes.
 
 from __future__ import annotations
 
-import threading
+import _thread
 from types import MemberDescriptorType
 
 from . import _order
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 #: Names the C base types implement.
 C_METHODS = frozenset({"acquire", "release", "__enter__", "__exit__", "_is_owned",
                        "_set_held_in_with"})
-_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_allocate_lock = _thread.allocate_lock
 _SKIP = frozenset({"__slots__", "__dict__", "__weakref__", "__module__", "__qualname__",
                    "__annotations__"})
 

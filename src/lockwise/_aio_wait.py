@@ -25,7 +25,7 @@ from ._describe import acquired_at, lock_refs
 from ._errors import DeadlockError
 from ._findings import Finding, FrameInfo, StackInfo
 from ._sites import INTERNAL_FILES, frame_info
-from ._state import internal_threads, new_uid
+from ._state import internal_threads, new_uid, threads_starting
 from ._state import states as thread_states
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -232,7 +232,7 @@ def _threads_may_run() -> bool:
     wait is read twice, so one woken in between counts as running. Threads
     blocked in C (sockets, ``time.sleep``, ``SimpleQueue.get``) can run.
     """
-    if getattr(threading, "_limbo", None):
+    if threads_starting():
         return True
     me = threading.get_ident()
     idents = [i for i in sys._current_frames() if i != me and i not in internal_threads]

@@ -8,6 +8,7 @@ so the detector can tell a waiting thread from a woken one. The others are
 
 from __future__ import annotations
 
+import _thread
 import sys
 import threading
 from operator import attrgetter
@@ -25,12 +26,32 @@ if TYPE_CHECKING:
 else:
     from _collections import deque as _deque  # as threading does: collections costs start-up
 
-_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_allocate_lock = _thread.allocate_lock
 _ThreadingCondition: Any = threading.Condition
 _ThreadingSemaphore: Any = threading.Semaphore
 _ThreadingBoundedSemaphore: Any = threading.BoundedSemaphore
 _ThreadingEvent: Any = threading.Event
 _ThreadingBarrier: Any = threading.Barrier
+
+
+def _attributes_of(cls: Any, *args: Any) -> frozenset[str]:
+    """The instance attributes ``threading``'s own ``__init__`` sets (feature test)."""
+    try:
+        return frozenset(vars(cls(*args)))
+    except Exception:
+        return frozenset()
+
+
+# The constructors below set threading's private attributes themselves (the
+# fast path, and a lockwise Condition in ``_cond``). They do so only where the
+# running CPython's classes have exactly those attributes (3.10-3.14 do);
+# elsewhere they run threading's own ``__init__`` and then replace ``_cond``.
+# 3.14's Condition also exports its lock's ``locked`` (``Condition.locked()``).
+_CONDITION_EXPORTS_LOCKED = "locked" in _attributes_of(_ThreadingCondition, _allocate_lock())
+_SEMAPHORE_LAYOUT = _attributes_of(_ThreadingSemaphore, 1) == {"_cond", "_value"}
+_BOUNDED_LAYOUT = (_attributes_of(_ThreadingBoundedSemaphore, 1)
+                   == {"_cond", "_value", "_initial_value"})
+_EVENT_LAYOUT = _attributes_of(_ThreadingEvent) == {"_cond", "_flag"}
 
 
 class _Waiter(CondWaiter):
@@ -96,6 +117,8 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             self._release_save = lock._release_save  # type: ignore[method-assign]
             self._acquire_restore = lock._acquire_restore  # type: ignore[method-assign]
             self._is_owned = lock._is_owned
+            if _CONDITION_EXPORTS_LOCKED:
+                self.locked = lock.locked
             self._waiters: _deque[Any] = _deque()
             self._mode = _RLOCK
         else:
@@ -244,10 +267,22 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
                 pass
 
 
+def _replace_cond(obj: Any) -> None:
+    """After threading's own ``__init__`` (an unknown layout): use a lockwise
+    Condition where it keeps a ``threading.Condition`` in ``_cond``; else
+    leave the object as threading made it (its waits go unseen)."""
+    if isinstance(obj.__dict__.get("_cond"), _ThreadingCondition):
+        obj._cond = Condition(Lock())
+
+
 class Semaphore(_ThreadingSemaphore):  # type: ignore[misc]
     """A semaphore, drop-in for ``threading.Semaphore`` (waits are visible)."""
 
     def __init__(self, value: int = 1) -> None:
+        if not _SEMAPHORE_LAYOUT:
+            super().__init__(value)
+            _replace_cond(self)
+            return
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._cond = Condition(Lock())
@@ -258,6 +293,10 @@ class BoundedSemaphore(_ThreadingBoundedSemaphore):  # type: ignore[misc]
     """A bounded semaphore, drop-in for ``threading.BoundedSemaphore``."""
 
     def __init__(self, value: int = 1) -> None:
+        if not _BOUNDED_LAYOUT:
+            super().__init__(value)
+            _replace_cond(self)
+            return
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._cond = Condition(Lock())
@@ -269,6 +308,10 @@ class Event(_ThreadingEvent):  # type: ignore[misc]
     """An event, drop-in for ``threading.Event`` (waits are visible)."""
 
     def __init__(self) -> None:
+        if not _EVENT_LAYOUT:
+            super().__init__()
+            _replace_cond(self)
+            return
         self._cond = Condition(Lock())
         self._flag = False
 

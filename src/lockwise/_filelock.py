@@ -37,6 +37,7 @@ creating or locking the file it points to.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import sys
@@ -69,7 +70,7 @@ TYPE_CHECKING = False  # True for type checkers: typing is not imported at run t
 if TYPE_CHECKING:
     from typing import Any, Optional
 
-_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_allocate_lock = _thread.allocate_lock
 _monotonic = time.monotonic
 
 

@@ -11,12 +11,14 @@ Calls nest: the patch is removed by the matching last ``uninstall()``.
 Lock and RLock that keep the standard library's constructor contract (the
 standard suites test it): ``threading.Lock()`` takes no arguments,
 ``threading.RLock(*args, **kwargs)`` ignores its arguments (with the
-DeprecationWarning of 3.13), and neither can be subclassed (in CPython they
+DeprecationWarning of 3.13) where the running CPython does, and raises
+TypeError where it does not (3.15), and neither can be subclassed (in CPython they
 are factory functions, or a final type). ``lockwise.Lock("name")`` is unchanged.
 """
 
 from __future__ import annotations
 
+import _thread
 import importlib.util
 import sys
 import threading
@@ -31,6 +33,20 @@ TYPE_CHECKING = False  # True for type checkers: typing is not imported at run t
 if TYPE_CHECKING:
     import importlib.machinery
     from typing import Any, Callable, NoReturn, Optional, Sequence
+
+
+def _rlock_takes_arguments() -> bool:
+    """Whether this CPython's ``_thread.RLock`` accepts (and ignores) arguments:
+    3.10-3.14 do (3.13 and 3.14 warn in ``threading.RLock``), 3.15 raises
+    TypeError (python/cpython#134087)."""
+    try:
+        _thread.RLock(None)  # type: ignore[call-arg]
+    except TypeError:
+        return False
+    return True
+
+
+_RLOCK_TAKES_ARGUMENTS = _rlock_takes_arguments()
 
 
 class Lock(_Lock):
@@ -55,10 +71,13 @@ class RLock(_RLock):
     __slots__ = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if (args or kwargs) and sys.version_info >= (3, 13):
-            warnings.warn("Passing arguments to RLock is deprecated and will be removed "
-                          "in 3.15", DeprecationWarning, stacklevel=2)
-        _RLock.__init__(self)  # _thread.RLock ignores its arguments
+        if args or kwargs:
+            if not _RLOCK_TAKES_ARGUMENTS:
+                raise TypeError("RLock() takes no arguments")
+            if sys.version_info >= (3, 13):
+                warnings.warn("Passing arguments to RLock is deprecated and will be removed "
+                              "in 3.15", DeprecationWarning, stacklevel=2)
+        _RLock.__init__(self)  # _thread.RLock ignores its arguments (3.10-3.14)
 
     def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
         raise TypeError("threading.RLock is a factory function, not a base class")

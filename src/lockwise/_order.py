@@ -273,17 +273,54 @@ def _edge_info(ts: ThreadState, held: Any, lock: Any, a: Any, b: Any,
     return _EdgeInfo(actor_name(ts), refs[0], refs[1], _stack_to(user, held), user_stack(user))
 
 
+def _refcount_at(held: list[Any], i: int) -> int:
+    """``sys.getrefcount`` of ``held[i]``: the one expression both the
+    calibration below and ``_drop_orphans`` use, so both count alike."""
+    return sys.getrefcount(held[i])
+
+
+def _calibrate_orphan_refcount() -> int:
+    """What ``_refcount_at`` reads for an object only a list references.
+
+    2 on CPython 3.10-3.13 and 3.13t (the list's reference and the argument's).
+    Measured, not assumed: 3.14 lets the interpreter pass borrowed references
+    (``sys.getrefcount`` "may be lower than expected"), so a constant could
+    take a lock still referenced elsewhere for an orphan. 0 (never drop) when
+    the reading makes no sense: orphans are kept, as before this rule existed.
+    """
+    try:
+        probe: list[Any] = [_Probe()]
+        count = _refcount_at(probe, 0)
+        probe.append(probe[0])  # a second reference must read one more
+        if _refcount_at(probe, 0) != count + 1:
+            return 0
+    except Exception:
+        return 0
+    return count if 1 <= count <= 3 else 0
+
+
+class _Probe:
+    __slots__ = ()
+
+
+_ORPHAN_REFCOUNT = _calibrate_orphan_refcount()
+
+
 def _drop_orphans(ts: ThreadState) -> None:
     """Forget held locks that nothing but the held list references.
 
     A lock acquired and then dropped without release can never be released or
     waited for again; keeping it would add edges from a lock nobody can take.
-    (``getrefcount`` counts the list's reference and its own argument.)
+    The count that means "only the list" is measured at import
+    (``_calibrate_orphan_refcount``); if it cannot be, nothing is dropped.
     """
+    orphan = _ORPHAN_REFCOUNT
+    if not orphan:
+        return
     held = ts.held
     i = 0
     while i < len(held):
-        if sys.getrefcount(held[i]) <= 2:
+        if _refcount_at(held, i) <= orphan:
             del held[i]
         else:
             i += 1

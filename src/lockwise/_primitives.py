@@ -10,6 +10,7 @@ path and, for hold times, by swapping the classes' methods while it runs.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 import threading
@@ -20,13 +21,13 @@ from ._config import settings
 from ._errors import DeadlockError
 from ._findings import printable
 from ._sites import INTERNAL_FILES, Site, named_site, site_of, thread_name, user_frame
-from ._state import ThreadState, _local, current_state, new_state
+from ._state import ThreadState, _local, current_state, new_state, registered_thread
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
-_allocate_lock = threading._allocate_lock  # type: ignore[attr-defined]
+_allocate_lock = _thread.allocate_lock
 _get_ident = threading.get_ident
 _getframe = sys._getframe
 
@@ -169,7 +170,7 @@ class _Introspection:
         ts = self._owner
         if ts is None:
             return None
-        return threading._active.get(ts.ident)  # type: ignore[attr-defined,no-any-return]
+        return registered_thread(ts.ident)
 
     @property
     def owner_ident(self) -> Optional[int]:

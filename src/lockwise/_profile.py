@@ -61,7 +61,7 @@ from types import CodeType, FrameType
 
 from . import _findings, _primitives, _waitfor
 from ._sites import INTERNAL_FILES, Site, thread_name
-from ._state import ThreadState, _local
+from ._state import ThreadState, _local, registered_thread
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 
 _monotonic_ns = time.monotonic_ns
 _get_ident = threading.get_ident
-_active: dict[int, threading.Thread] = threading._active  # type: ignore[attr-defined]
 
 FORMAT = 1
 #: Waits kept per lock class for the p99 (uniform reservoir sample).
@@ -140,7 +139,7 @@ class _Collector:
         """Keep ``ts.name`` right for the timeline (once per thread, while it runs)."""
         if id(ts) in self.named:
             return
-        thread = _active.get(ts.ident)
+        thread = registered_thread(ts.ident)
         if thread is not None:
             ts.name = thread.name
             self.named.add(id(ts))

@@ -15,6 +15,7 @@ import threading
 from types import CodeType, FrameType
 
 from ._findings import FrameInfo
+from ._state import registered_thread
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -203,7 +204,7 @@ def user_stack(frame: Optional[FrameType], limit: int = 40) -> list[FrameInfo]:
 
 def thread_name(ident: int) -> str:
     """The current name of the thread ``ident`` (or a stand-in if it is gone)."""
-    thread = threading._active.get(ident)  # type: ignore[attr-defined]
+    thread = registered_thread(ident)
     if thread is not None:
         return str(thread.name)
     if ident == threading.main_thread().ident:

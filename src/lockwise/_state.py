@@ -32,13 +32,51 @@ if TYPE_CHECKING:
 _get_ident = threading.get_ident
 
 
+#: threading's registries of live and of starting threads, CPython internals
+#: that 3.10-3.15 all have (module-level dicts, never rebound; see
+#: docs/python-versions.md). Where either is missing, ``REGISTRIES`` is False:
+#: threads are then named from ``threading.enumerate()``, and the rules that
+#: need to know every thread ("nobody left to run") stay silent.
+_active: Optional[dict[int, threading.Thread]] = getattr(threading, "_active", None)
+_limbo: Optional[dict[threading.Thread, threading.Thread]] = getattr(threading, "_limbo", None)
+REGISTRIES = isinstance(_active, dict) and isinstance(_limbo, dict)
+if not REGISTRIES:
+    _active = _limbo = None
+
+
+def registered_thread(ident: Optional[int]) -> Optional[threading.Thread]:
+    """The live ``Thread`` of ``ident``, or None."""
+    if _active is not None:
+        return _active.get(ident)  # type: ignore[arg-type]
+    try:
+        for thread in threading.enumerate():
+            if thread.ident == ident:
+                return thread
+    except Exception:  # at shutdown, threading may be half torn down
+        pass
+    return None
+
+
+def threads_starting() -> bool:
+    """True if a thread may be starting (listed in ``_limbo``), or if that
+    cannot be known: the callers then assume some thread can still run."""
+    return _limbo is None or bool(_limbo)
+
+
+def threads_registered() -> int:
+    """How many threads ``threading`` knows (live and starting); 0 if unknown."""
+    if _active is None or _limbo is None:
+        return 0
+    return len(_active) + len(_limbo)
+
+
 def _thread_name_now(ident: int) -> str:
     """The name of the thread ``ident``, also while it is still starting (its
     first lock may be threading's own ``_active_limbo_lock``, taken before the
     thread is listed in ``_active``)."""
-    thread = threading._active.get(ident)  # type: ignore[attr-defined]
-    if thread is None:
-        for starting in list(threading._limbo):  # type: ignore[attr-defined]
+    thread = _active.get(ident) if _active is not None else None
+    if thread is None and _limbo is not None:
+        for starting in list(_limbo):
             if getattr(starting, "_ident", None) == ident:
                 thread = starting
                 break

@@ -75,6 +75,8 @@ from ._state import (
     internal_threads,
     state_of,
     states,
+    threads_registered,
+    threads_starting,
 )
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -454,8 +456,8 @@ def _in_shutdown(frame: Any) -> bool:
 def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
     """Every live thread with its wait, if all are blocked and nothing lockwise
     cannot see could wake one; else None."""
-    if getattr(threading, "_limbo", None):
-        return None  # a thread is starting: it can run
+    if threads_starting():
+        return None  # a thread is starting (or unknowable): it can run
     main_ident = threading.main_thread().ident
     blocked: list[tuple[ThreadState, int, Any]] = []
     frames: dict[int, Any] = sys._current_frames()
@@ -501,8 +503,8 @@ def _may_all_be_blocked() -> bool:
     One registered thread may be missing: the main thread waiting in
     ``threading._shutdown`` is blocked without being registered.
     """
-    running = len(threading._active) + len(threading._limbo)  # type: ignore[attr-defined]
-    return len(blocked) + 1 + len(internal_threads) >= running
+    running = threads_registered()
+    return running > 0 and len(blocked) + 1 + len(internal_threads) >= running
 
 
 def _quiescence(me: ThreadState, pending: Pending) -> Pending:

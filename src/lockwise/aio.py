@@ -640,12 +640,15 @@ def _held_across(loop: Any, ts: ThreadState, before: Optional[list[Any]]) -> Non
 
 
 _BaseEventLoop: Any = asyncio.base_events.BaseEventLoop
-_original_run_once: Any = _BaseEventLoop._run_once
+# One loop iteration: a private method (3.10-3.14 have it, see
+# docs/python-versions.md). Where it is missing, loops are not hooked: no
+# re-check when a loop goes idle and no held-across-await check.
+_original_run_once: Any = getattr(_BaseEventLoop, "_run_once", None)
 _thread_states = _state.states
 
 
 def _run_once(self: Any) -> None:
-    if not self._ready:
+    if not getattr(self, "_ready", True):  # nothing ready: the loop is going idle
         try:
             _aio_wait.on_idle(self)
         except Exception as exc:
@@ -664,7 +667,8 @@ def _run_once(self: Any) -> None:
 
 def track_loops(enabled: bool = True) -> None:
     """Check asyncio loops for thread locks held across awaits (on by default)."""
-    _BaseEventLoop._run_once = _run_once if enabled else _original_run_once
+    if _original_run_once is not None:
+        _BaseEventLoop._run_once = _run_once if enabled else _original_run_once
     hooks = _waitfor.wait_checks
     if enabled and _loop_thread_check not in hooks:
         hooks.append(_loop_thread_check)

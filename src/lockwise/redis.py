@@ -218,7 +218,7 @@ class _Renewer:
         # while this thread is inside (e.g. starting the renewer) removes it
         # from ``_due`` under the same mutex.
         self._mutex = _thread.RLock()
-        self._wake = threading._allocate_lock()  # type: ignore[attr-defined]
+        self._wake = _thread.allocate_lock()
         self._wake.acquire()
         self._due: dict[RedisLock, float] = {}
         self._thread: Optional[threading.Thread] = None
