@@ -282,3 +282,47 @@ def test_readme_sample_is_what_the_command_prints(command: str, lines: list[str]
         if line.strip().startswith("with ") or line.startswith("Traceback"):
             continue
         assert _normalise(line) in printed, (line, result.stderr)
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_names_are_right_per_instance_and_per_subclass(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import logging, queue, threading, lockwise
+        lockwise.install()
+        a = threading.Lock(); b = threading.Lock()
+        g, x, y = threading.Lock(), threading.Lock(), threading.Lock()
+        class Base:
+            def __init__(self): self.lock = threading.Lock()
+        class Sub(Base):
+            pass
+        stop = threading.Event()
+        t = threading.Thread(target=print)
+        q = queue.Queue()
+        handlers = [logging.StreamHandler(), logging.FileHandler(__import__("os").devnull)]
+        print(a.name, b.name, g.name, x.name, y.name)
+        print(Base().lock.name, Sub().lock.name, Base().lock.name)
+        print(stop._cond._lock.name, t._started._cond._lock.name, q.mutex.name)
+        print(*(h.lock.name for h in handlers))
+    """)
+    program = tmp_path / "names.py"
+    program.write_text(code, encoding="utf-8")
+    program_lines = _run([sys.executable, str(program)]).stdout.splitlines()
+    assert len(program_lines) == 4, program_lines
+    if sys.version_info >= (3, 11):  # columns tell two calls on one line apart
+        assert program_lines[0].split() == ["a", "b", "g", "x", "y"]
+    else:  # 3.10: one line, several locks: no name rather than a wrong one
+        names = program_lines[0].split()
+        assert names[1] not in ("a", "a#2"), names
+    assert program_lines[1].split() == ["Base.lock", "Sub.lock", "Base.lock"]
+    assert program_lines[2].split() == ["stop", "Thread._started", "Queue.mutex"]
+    assert program_lines[3].split() == ["StreamHandler.lock", "FileHandler.lock"]
+
+
+def test_two_locks_on_one_line_are_two_sites() -> None:
+    a = lockwise.Lock(); b = lockwise.Lock()  # noqa: E702 - the case under test
+    assert str(a._site) == str(b._site)  # one line
+    if sys.version_info >= (3, 11):  # 3.10 has no columns: one site, named by its line
+        assert a._site is not b._site
+        assert (a.name, b.name) == ("a", "b")

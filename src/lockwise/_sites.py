@@ -35,6 +35,9 @@ def _internal_files() -> set[str]:
 
 #: Files whose frames never appear in sites or stacks.
 INTERNAL_FILES: set[str] = _internal_files()
+#: lockwise's own files (INTERNAL_FILES less threading's).
+_OWN_FILES: set[str] = {f for f in INTERNAL_FILES
+                        if os.path.normcase(f) != os.path.normcase(threading.__file__)}
 
 
 def is_internal(code: CodeType) -> bool:
@@ -109,7 +112,7 @@ class Site:
 
 
 UNKNOWN_SITE = Site("<unknown>", 0, "?", "lock")
-_sites: dict[tuple[CodeType, int], Site] = {}
+_sites: dict[Any, Site] = {}
 #: (id(code), instruction offset) -> (code, site). Keyed by id, not by the code
 #: object: hashing a code object hashes its whole contents (about 1.5 us each
 #: time on 3.13). The entry keeps its code object alive, so the id cannot be
@@ -117,26 +120,162 @@ _sites: dict[tuple[CodeType, int], Site] = {}
 _by_offset: dict[tuple[int, int], tuple[CodeType, Site]] = {}
 
 
-def _guess_label(frame: FrameType) -> str:
+_HEADERS = ("def ", "async def ", "class ", "if ", "elif ", "else:", "else :", "for ",
+            "async for ", "while ", "with ", "async with ", "try:", "try :", "except",
+            "finally:", "finally :")
+
+
+def _split_top(text: str, sep: str) -> list[tuple[int, str]]:
+    """``text`` split at ``sep`` outside brackets and strings: (offset, part)."""
+    parts = []
+    depth = 0
+    quote = ""
+    start = 0
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif ch in "\"'":
+            quote = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else ch
+            i += len(quote) - 1
+        elif ch == "#":
+            break
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and text.startswith(sep, i) and not (
+                sep == "=" and (text[i + 1:i + 2] == "=" or text[i - 1:i] in "=!<>:+-*/%&|^@")):
+            parts.append((start, text[start:i]))
+            start = i + len(sep)
+            i += len(sep) - 1
+        i += 1
+    parts.append((start, text[start:]))
+    return parts
+
+
+def _strip_header(offset: int, statement: str) -> tuple[int, str]:
+    """The body of a one-line compound statement (``def f(self): x = Lock()``)."""
+    stripped = statement.lstrip()
+    if not stripped.startswith(_HEADERS):
+        return offset, statement
+    colons = _split_top(statement, ":")
+    if len(colons) < 2:
+        return offset, statement
+    body_at, _body = colons[-1] if stripped.startswith(("def ", "async def ")) else colons[1]
+    return offset + body_at, statement[body_at:]
+
+
+def _call_column(code: CodeType, lasti: int) -> Optional[int]:
+    """The source column (characters) of the instruction at ``lasti``, if known (3.11+)."""
+    positions = getattr(code, "co_positions", None)
+    if positions is None or lasti < 0:
+        return None
+    for i, pos in enumerate(positions()):
+        if i == lasti // 2:
+            return None if pos[2] is None else int(pos[2])
+    return None
+
+
+def assigned_target(line: str, column: Optional[int]) -> str:
+    """The target that receives the value made at ``column`` of ``line``:
+    ``b`` in ``a = Lock(); b = Lock()``, ``a`` in ``g, a, b = Lock(), Lock(),
+    Lock()`` (by which value holds the column), ``lock`` in a one-line
+    ``def __init__(self): self.lock = Lock()``; '' when there is none.
+    Without a column (3.10) only a line with one statement and one target
+    has an answer."""
+    if column is not None:
+        column = len(line.encode("utf-8")[:column].decode("utf-8", "ignore"))
+    statements = _split_top(line, ";")
+    if column is None:
+        if len(statements) != 1:
+            return ""
+        offset, statement = statements[0]
+    else:
+        offset, statement = statements[0]
+        for at, part in statements:
+            if at <= column:
+                offset, statement = at, part
+    offset, statement = _strip_header(offset, statement)
+    sides = _split_top(statement, "=")
+    if len(sides) < 2:
+        return ""
+    # ``a = b = Lock()``: the first target names it
+    targets = [t.strip() for _at, t in _split_top(sides[0][1], ",")]
+    if len(targets) == 1:
+        return _assigned_name(sides[0][1] + "=")
+    values = _split_top(sides[-1][1], ",")
+    if column is None or len(values) != len(targets):
+        return ""
+    value_offset = offset + sides[-1][0]
+    index = 0
+    for k, (at, _value) in enumerate(values):
+        if value_offset + at <= column:
+            index = k
+    target = targets[index].strip("() ")
+    return _assigned_name(target + "=")
+
+
+#: (id(code), instruction offset) -> (code, assignment target) of a creation point.
+_targets: dict[tuple[int, int], tuple[CodeType, str]] = {}
+
+
+def _target_at(frame: FrameType) -> str:
     code = frame.f_code
+    key = (id(code), frame.f_lasti)
+    known = _targets.get(key)
+    if known is not None and known[0] is code:
+        return known[1]
     try:
         text = linecache.getline(code.co_filename, frame.f_lineno)
     except Exception:  # e.g. at interpreter shutdown: "sys.meta_path is None"
         text = ""
-    target = _assigned_name(text)
-    owner = ""
-    if target.startswith(("self.", "cls.")):
-        target = target.split(".", 1)[1]
-        try:
-            me = frame.f_locals.get("self", frame.f_locals.get("cls"))
-        except Exception:  # f_locals can fail on exotic frames
-            me = None
-        if me is not None:
-            owner = (me if isinstance(me, type) else type(me)).__name__
-    if target:
-        return f"{owner}.{target}" if owner else target
-    base = os.path.basename(code.co_filename)
-    return f"{base}:{frame.f_lineno}"
+    try:
+        target = assigned_target(text.rstrip("\n"), _call_column(code, frame.f_lasti))
+    except Exception:  # an unusual line: no name rather than an error
+        target = ""
+    _targets[key] = (code, target)
+    return target
+
+
+#: Classes whose ``__init__`` makes a lock for the object itself: the name is
+#: that of the object (``stop`` for ``stop = Event()``), found further out.
+_WRAPPERS = (threading.Event, threading.Condition, threading.Semaphore, threading.Barrier)
+
+
+def _namer(frame: Optional[FrameType]) -> Optional[FrameType]:
+    """The frame whose line names the object: the first one outside lockwise
+    and outside the ``__init__`` of an Event, Condition, Semaphore or Barrier
+    (a ``threading`` frame for the locks a Thread makes for itself)."""
+    while frame is not None:
+        code = frame.f_code
+        if not is_internal_to_lockwise(code):
+            if not (code.co_name == "__init__" and code.co_filename in INTERNAL_FILES):
+                return frame
+            owner = _owner_class(frame)
+            if owner is None or not issubclass(owner, _WRAPPERS):
+                return frame
+        frame = frame.f_back
+    return frame
+
+
+def is_internal_to_lockwise(code: CodeType) -> bool:
+    return code.co_filename in _OWN_FILES
+
+
+def _owner_class(frame: FrameType) -> Optional[type]:
+    try:
+        me = frame.f_locals.get("self", frame.f_locals.get("cls"))
+    except Exception:  # f_locals can fail on exotic frames
+        return None
+    if me is None:
+        return None
+    return me if isinstance(me, type) else type(me)
 
 
 def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
@@ -147,24 +286,45 @@ def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
 
 
 def site_of(frame: Optional[FrameType]) -> Site:
-    """The interned site of the first user frame at or above ``frame``."""
-    frame = user_frame(frame)
-    if frame is None:
+    """The interned site of a lock made at ``frame``: located at the first user
+    frame at or above it, named from the frame that assigns it.
+
+    A name is right per instance: ``self.lock = Lock()`` in a class and in its
+    subclass are two sites (``Base.lock``, ``Sub.lock``); so are two locks made
+    on one line (``a = Lock(); b = Lock()``), and a lock a Thread makes for
+    itself is named for what it is (``Thread._started``), at the user's line
+    that made the Thread. Sites whose name depends on the instance are not
+    cached by offset (their lookup reads the frame's ``self``).
+    """
+    user = user_frame(frame)
+    if user is None:
         return UNKNOWN_SITE
     # Keyed by instruction offset first: f_lasti is a plain read, f_lineno
     # decodes the line table (measurable when a program creates many locks).
-    code = frame.f_code
-    key = (id(code), frame.f_lasti)
+    code = user.f_code
+    key = (id(code), user.f_lasti)
     entry = _by_offset.get(key)
     if entry is not None and entry[0] is code:
         return entry[1]
-    lineno = frame.f_lineno
-    site = _sites.get((code, lineno))
+    namer = _namer(frame) or user
+    target = _target_at(namer)
+    owner: Optional[type] = None
+    if target.startswith(("self.", "cls.")):
+        target = target.split(".", 1)[1]
+        owner = _owner_class(namer)
+    lineno = user.f_lineno
+    if target:
+        label = f"{owner.__name__}.{target}" if owner is not None else target
+    else:
+        label = f"{os.path.basename(code.co_filename)}:{lineno}"
+    fixed = namer is user and owner is None
+    site_key: Any = (code, lineno, label) if fixed else (
+        code, lineno, namer.f_code, namer.f_lineno, label, owner)
+    site = _sites.get(site_key)
     if site is None:
-        site = _sites.setdefault(
-            (code, lineno), Site(code.co_filename, lineno, code.co_name, _guess_label(frame))
-        )
-    _by_offset[key] = (code, site)
+        site = _sites.setdefault(site_key, Site(code.co_filename, lineno, code.co_name, label))
+    if fixed:
+        _by_offset[key] = (code, site)
     return site
 
 
