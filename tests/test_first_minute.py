@@ -326,3 +326,29 @@ def test_two_locks_on_one_line_are_two_sites() -> None:
     if sys.version_info >= (3, 11):  # 3.10 has no columns: one site, named by its line
         assert a._site is not b._site
         assert (a.name, b.name) == ("a", "b")
+
+
+def test_an_exited_owner_is_named_by_its_name() -> None:
+    lock = lockwise.Lock(name="flag")
+    t = threading.Thread(target=lock.acquire, name="short-lived")
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    try:
+        assert "owner=short-lived" in repr(lock), repr(lock)
+        snap = lockwise.snapshot()
+        assert not any(info.name.startswith("Thread-") for info in snap.threads), snap.threads
+    finally:
+        lock.release()
+
+
+def test_profile_rows_never_say_unknown_as_question_marks() -> None:
+    from lockwise._report import render_profile
+
+    data = {"sample": 1, "duration_ns": 10, "locks": [{
+        "name": "hot", "site": "app.py:5", "acquisitions": 2, "contentions": 1,
+        "wait_total_ns": 5, "waiters": [{"site": "app.py:9", "function": "work", "count": 1,
+                                         "wait_ns": 5}],
+        "holders": [{"site": "?", "function": "?", "count": 1, "wait_ns": 5}]}]}
+    text = render_profile(data)
+    assert "? in ?" not in text and "held from an unknown site" in text

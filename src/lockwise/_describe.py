@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._findings import LockRef
-from ._sites import Site, frame_info, thread_name
+from ._sites import Site, frame_info, state_name
 from ._state import ThreadState
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -58,8 +58,4 @@ def name_of(ts: Optional[ThreadState]) -> str:
     """The thread's current name, or its last known name once it has exited."""
     if ts is None:
         return "nobody"
-    if not ts.alive:
-        return ts.name
-    name = thread_name(ts.ident)
-    ts.name = name
-    return name
+    return state_name(ts)

@@ -58,7 +58,7 @@ from ._shared_store import (
     report_order,
     store_for,
 )
-from ._sites import named_site, site_of, thread_name
+from ._sites import named_site, site_of, state_name, thread_name
 from ._state import ThreadState, begin_wait, current_state, end_wait
 
 try:
@@ -265,7 +265,7 @@ class FileLock(_Introspection):
                  f"{self.name!r} ({self._site})"]
         owner = self._owner
         if owner is not None:
-            parts.append(f"owner={thread_name(owner.ident)} (ident {owner.ident})")
+            parts.append(f"owner={state_name(owner)} (ident {owner.ident})")
             if self.reentrant:
                 parts.append(f"count={self._count}")
             if self.acquired_at:

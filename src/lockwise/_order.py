@@ -56,7 +56,7 @@ from ._describe import kind_of
 from ._errors import PotentialDeadlockError
 from ._findings import Finding, FrameInfo, LockRef, StackInfo
 from ._graph import Edge, OrderGraph
-from ._sites import Site, frame_info, thread_name, user_frame, user_stack
+from ._sites import Site, frame_info, state_name, user_frame, user_stack
 from ._state import ThreadState, current_state
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -103,7 +103,7 @@ class _EdgeInfo:
 def actor_name(ts: Any) -> str:
     """The name of the thread, or task (``display_name``), that took an edge."""
     display = getattr(ts, "display_name", None)
-    return str(display()) if display is not None else thread_name(ts.ident)
+    return str(display()) if display is not None else state_name(ts)
 
 
 def note(ts: ThreadState, lock: Any) -> Optional[BaseException]:

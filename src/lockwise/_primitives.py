@@ -20,7 +20,7 @@ from . import _order, _sites, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
 from ._findings import printable
-from ._sites import INTERNAL_FILES, Site, named_site, site_of, thread_name, user_frame
+from ._sites import INTERNAL_FILES, Site, named_site, site_of, state_name, user_frame
 from ._state import ThreadState, _local, current_state, new_state, registered_thread
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -199,7 +199,7 @@ class _Introspection:
                  f"{self.name!r} ({self._site})"]
         owner = self._owner
         if owner is not None:
-            parts.append(f"owner={thread_name(owner.ident)} (ident {owner.ident})")
+            parts.append(f"owner={state_name(owner)} (ident {owner.ident})")
             if count is not None:
                 parts.append(f"count={count}")
             if self.acquired_at:

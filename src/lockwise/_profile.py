@@ -60,7 +60,7 @@ from collections import deque
 from types import CodeType, FrameType
 
 from . import _findings, _primitives, _waitfor
-from ._sites import INTERNAL_FILES, Site, thread_name
+from ._sites import INTERNAL_FILES, Site, state_name
 from ._state import ThreadState, _local, registered_thread
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -584,9 +584,7 @@ def _collapse(stack: tuple[_Where, ...], site: Site) -> str:
 def _thread_label(ts: Any) -> str:
     if ts is None:
         return "?"
-    if getattr(ts, "alive", False):
-        return thread_name(ts.ident)
-    return str(getattr(ts, "name", "?"))
+    return state_name(ts)
 
 
 #: Lock classes drawn in the timeline (the most waited-for).

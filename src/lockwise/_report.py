@@ -487,8 +487,10 @@ def render_profile(data: dict[str, Any], limit: int = 20, sites: int = 3) -> str
             "  " + c.rjust(w) for c, w in zip(row, widths)))
         for label, key in (("waited at", "waiters"), ("held from", "holders")):
             for s in list(d.get(key, []))[:sites]:
-                lines.append(f"      {label} {_p(s.get('site', '?'))} in "
-                             f"{_p(s.get('function', '?'))}"
+                where = (f"{_p(s.get('site', '?'))} in {_p(s.get('function', '?'))}"
+                         if s.get("site", "?") != "?" else
+                         "an unknown site (taken before profiling began, or outside Python)")
+                lines.append(f"      {label} {where}"
                              f"  ({s.get('count', 0)}x, {format_ns(s.get('wait_ns'))})")
     if len(locks) > limit:
         lines.append(f"  ... and {len(locks) - limit} more lock classes (see the JSON report)")

@@ -372,5 +372,21 @@ def thread_name(ident: int) -> str:
     return f"Thread-{ident}"
 
 
+def state_name(ts: Any) -> str:
+    """The name of the thread of a ThreadState: its current one while it
+    runs, the last one known once it has exited (not ``Thread-<ident>``)."""
+    known = str(getattr(ts, "name", None) or "")
+    if not getattr(ts, "alive", True):
+        return known or f"Thread-{ts.ident}"
+    name = thread_name(ts.ident)
+    if known and name == f"Thread-{ts.ident}":
+        return known  # exiting: no longer registered, but known
+    try:
+        ts.name = name
+    except AttributeError:
+        pass
+    return name
+
+
 def current_frames() -> dict[int, FrameType]:
     return sys._current_frames()

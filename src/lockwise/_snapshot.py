@@ -9,7 +9,7 @@ from ._describe import acquired_at, kind_of, lock_refs, name_of
 from ._findings import Record
 from ._primitives import Lock, RLock
 from ._report import render_table
-from ._sites import thread_name
+from ._sites import state_name
 from ._state import ThreadState, current_state, state_of, states
 from ._waitfor import CondWaiter, JoinWait
 
@@ -129,7 +129,7 @@ def _take(all_locks: bool) -> tuple[Snapshot, list[tuple[ThreadState, int]]]:
         if isinstance(res, CondWaiter):
             conds.append(res.cond)
         elif not isinstance(res, JoinWait):
-            waited.setdefault(id(res), []).append(thread_name(ts.ident))
+            waited.setdefault(id(res), []).append(state_name(ts))
             if id(res) not in seen:
                 seen.add(id(res))
                 locks.append(res)
@@ -150,7 +150,7 @@ def _take(all_locks: bool) -> tuple[Snapshot, list[tuple[ThreadState, int]]]:
         res = ts.waiting
         if not holds and res is None:
             continue
-        snap.threads.append(ThreadInfo(thread_name(ts.ident), ts.ident, holds,
+        snap.threads.append(ThreadInfo(state_name(ts), ts.ident, holds,
                                        _wait_label(res, refs),
                                        ts.wait_since if res is not None else None))
     return snap, before

@@ -41,7 +41,7 @@ from ._config import settings
 from ._describe import lock_refs
 from ._findings import Finding, LockRef, StackInfo
 from ._report import render_hang
-from ._sites import thread_name, user_stack
+from ._sites import state_name, thread_name, user_stack
 from ._state import ThreadState, internal_threads, states
 from ._waitfor import CondWaiter, JoinWait, _in_shutdown, _valid
 
@@ -186,7 +186,7 @@ def build_hang(stuck: list[tuple[ThreadState, int]], timeout: float) -> Finding:
             objs.append(res)
         objs.extend(ts.held)
     refs = lock_refs(objs)
-    names = [thread_name(ts.ident) for ts, _c in stuck]
+    names = [state_name(ts) for ts, _c in stuck]
     parts = []
     entries = []
     for (ts, _c), name in zip(stuck, names):
@@ -204,7 +204,7 @@ def build_hang(stuck: list[tuple[ThreadState, int]], timeout: float) -> Finding:
     for ts in list(states.values()):
         res = ts.waiting
         if ts.alive and isinstance(res, CondWaiter):
-            conds.setdefault(id(res.cond), (res.cond, []))[1].append(thread_name(ts.ident))
+            conds.setdefault(id(res.cond), (res.cond, []))[1].append(state_name(ts))
     cond_refs = lock_refs([cond for cond, _w in conds.values()])
     for key, (_cond, waiters) in conds.items():
         ref = cond_refs[key].to_dict()
@@ -342,7 +342,7 @@ def report_unproven(threads: list[ThreadState], weak: list[Any], seconds: float)
         finding = build_hang(stuck, seconds)
         refs = lock_refs(weak)
         why = ", ".join(f"{refs[id(lock)].name} ({refs[id(lock)].site})" for lock in weak)
-        names = [thread_name(ts.ident) for ts, _c in stuck]
+        names = [state_name(ts) for ts, _c in stuck]
         exited = [ts for ts in threads if not ts.alive]
         who = (f"{names[0]} waits for a lock held by {exited[0].name}, which has exited"
                if exited else f"{', '.join(names)} wait for each other in a cycle")

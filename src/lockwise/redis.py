@@ -76,7 +76,7 @@ from ._shared_store import (
     raise_deadlock,
     report_order,
 )
-from ._sites import site_of, thread_name
+from ._sites import site_of, state_name, thread_name
 from ._state import ThreadState, begin_wait, current_state, end_wait, internal_threads
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -372,7 +372,7 @@ class RedisLock(_Introspection):
         parts = [f"<{'locked' if held else 'unlocked'} lockwise.redis.RedisLock object at "
                  f"{id(self):#x} {self.name!r} ({self._site})"]
         if held and self._owner is not None:
-            parts.append(f"owner={thread_name(self._owner.ident)} token={self._token}")
+            parts.append(f"owner={state_name(self._owner)} token={self._token}")
             if self.acquired_at:
                 parts.append(f"acquired at {self.acquired_at}")
             if self._lost:
