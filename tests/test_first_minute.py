@@ -352,3 +352,26 @@ def test_profile_rows_never_say_unknown_as_question_marks() -> None:
         "holders": [{"site": "?", "function": "?", "count": 1, "wait_ns": 5}]}]}
     text = render_profile(data)
     assert "? in ?" not in text and "held from an unknown site" in text
+
+
+def test_plugin_installs_before_conftest_and_says_what_it_watched(tmp_path: Path) -> None:
+    # shaped like pykka's actor registry: a library lock made at import time
+    # by a module that conftest.py imports
+    (tmp_path / "registry.py").write_text("import threading\nLOCK = threading.RLock()\n",
+                                          encoding="utf-8")
+    (tmp_path / "conftest.py").write_text("import registry  # noqa: F401\n", encoding="utf-8")
+    (tmp_path / "test_registry.py").write_text(textwrap.dedent("""
+        import registry
+
+        def test_registry_lock_is_watched():
+            assert type(registry.LOCK).__module__.startswith("lockwise"), type(registry.LOCK)
+    """), encoding="utf-8")
+    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--lockwise"],
+                  cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "lockwise: watched the locks made after the plugin installed" in result.stdout
+
+
+def test_run_summary_says_what_it_watched() -> None:
+    result = _run([sys.executable, "-m", "lockwise", "run", "examples/lock_order.py"])
+    assert "lockwise: watched the locks made since the program started" in result.stderr

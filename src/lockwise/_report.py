@@ -413,6 +413,13 @@ def render_summary(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
+def watched_line(sites: int, since: str) -> str:
+    """What was watched, so that "no findings" is not read as "checked everything"."""
+    return (f"lockwise: watched the locks {since}, from {sites} creation "
+            f"site{'s' if sites != 1 else ''}; locks made before lockwise was installed "
+            "are not watched")
+
+
 # ---------------------------------------------------------------- profile
 
 

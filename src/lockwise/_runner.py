@@ -274,7 +274,9 @@ class Session:
         """The JSON report's sections besides the findings (see ``_jsonreport``)."""
         if os.getpid() != self._pid:
             return {}  # a forked child: the parent writes its own
-        out: dict[str, Any] = {"order_graph": _order.graph_data()}
+        out: dict[str, Any] = {"order_graph": _order.graph_data(),
+                               "watched": {"sites": _sites.watched_sites(),
+                                           "since": "program start"}}
         if self.profiler is not None:
             out["profile"] = self.profiler.to_dict()
         return out
@@ -383,6 +385,8 @@ class Session:
             self._finish_profile(self.profiler)
         if found or not (self.child or forked):
             self._write_err(_report.render_summary(found))
+            self._write_err(_report.watched_line(_sites.watched_sites(),
+                                                 "made since the program started"))
         if self._temp_json is not None and not forked:
             for leftover in (self._temp_json, self._temp_json + ".lock"):
                 try:

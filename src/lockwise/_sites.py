@@ -328,6 +328,11 @@ def site_of(frame: Optional[FrameType]) -> Site:
     return site
 
 
+def watched_sites() -> int:
+    """How many creation sites (lock classes) have made a lockwise lock so far."""
+    return len(_sites)
+
+
 def named_site(name: str, frame: Optional[FrameType]) -> Site:
     """The site of a lock given an explicit name: the name is its class."""
     key: Any = (name, 0)

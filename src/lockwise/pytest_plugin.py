@@ -78,6 +78,11 @@ class LockwisePlugin:
         self._install.uninstall()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from ._report import watched_line
+        from ._sites import watched_sites
+
+        terminalreporter.write_line(watched_line(
+            watched_sites(), "made after the plugin installed (before the first conftest.py)"))
         if self.profiler is None:
             return
         self.profiler.stop()
@@ -111,26 +116,55 @@ class LockwisePlugin:
             report.sections.append(("lockwise findings", text))
 
 
-def _enabled(config: pytest.Config) -> bool:
-    if config.getoption("lockwise_profile"):
+def _enabled(config: pytest.Config, early: bool = False) -> bool:
+    if early:  # before pytest_configure only the known arguments are parsed
+        known = config.known_args_namespace
+        profile, option = getattr(known, "lockwise_profile", None), getattr(known, "lockwise", None)
+    else:
+        profile, option = config.getoption("lockwise_profile"), config.getoption("lockwise")
+    if profile:
         return True
-    option = config.getoption("lockwise")
     if option is not None:
         return bool(option)
     return bool(config.getini("lockwise"))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if not _enabled(config):
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: list[str]) -> None:
+    """Install before the first conftest.py is imported: the locks of the
+    libraries it imports are then lockwise's too (pytest_configure would come
+    after them). The options are parsed already; a bad value is left for
+    pytest_configure to report."""
+    try:
+        enabled = _enabled(early_config, early=True)
+    except (ValueError, KeyError, AttributeError):
         return
+    if enabled:
+        try:
+            _start(early_config, early=True)
+        except pytest.UsageError:
+            pass
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.get_plugin(_KEY) is not None or not _enabled(config):
+        return
+    _start(config)
+
+
+def _start(config: pytest.Config, early: bool = False) -> None:
     from ._runner import UsageError, parse_kinds
 
-    text = config.getoption("lockwise_fail_on") or config.getini("lockwise_fail_on")
+    option = (getattr(config.known_args_namespace, "lockwise_fail_on", None) if early
+              else config.getoption("lockwise_fail_on"))
+    text = option or config.getini("lockwise_fail_on")
     try:
         fail_on = parse_kinds(str(text), "--lockwise-fail-on")
     except UsageError as exc:
         raise pytest.UsageError(str(exc)) from None
-    profile = bool(config.getoption("lockwise_profile"))
+    profile = bool(getattr(config.known_args_namespace, "lockwise_profile", None) if early
+                   else config.getoption("lockwise_profile"))
     config.pluginmanager.register(LockwisePlugin(fail_on, profile), _KEY)
 
 
