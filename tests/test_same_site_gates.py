@@ -41,16 +41,23 @@ def _orders(g: lockwise.Lock | None, a: lockwise.Lock, b: lockwise.Lock) -> tupl
     return one, two
 
 
+def _one_site(n: int) -> list[lockwise.Lock]:
+    """``n`` locks of one creation site (one line, one target: one class).
+    (``g, a, b = Lock(), Lock(), Lock()`` makes three classes on 3.11+,
+    named g, a and b.)"""
+    return [lockwise.Lock() for _ in range(n)]
+
+
 def test_same_line_gate_suppresses_the_inversion(runner: Runner) -> None:
     lockwise.configure(on_lock_order="log")
-    g, a, b = lockwise.Lock(), lockwise.Lock(), lockwise.Lock()
+    g, a, b = _one_site(3)
     _run(runner, *_orders(g, a, b))
     assert lockwise.findings("lock-order") == []
 
 
 def test_same_line_without_gate_is_reported(runner: Runner) -> None:
     lockwise.configure(on_lock_order="log")
-    g, a, b = lockwise.Lock(), lockwise.Lock(), lockwise.Lock()
+    g, a, b = _one_site(3)
     del g
     _run(runner, *_orders(None, a, b))
     found = lockwise.findings("lock-order")
@@ -91,7 +98,7 @@ def test_different_gate_instances_do_not_serialise(runner: Runner) -> None:
 def test_gate_of_another_site_with_same_site_pair(runner: Runner) -> None:
     lockwise.configure(on_lock_order="log")
     gate = lockwise.Lock()
-    a, b = lockwise.Lock(), lockwise.Lock()
+    a, b = _one_site(2)
     _run(runner, *_orders(gate, a, b))
     assert lockwise.findings("lock-order") == []
     assert threading.active_count() >= 1
