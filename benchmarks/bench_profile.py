@@ -4,7 +4,9 @@
   ``lockwise run --profile`` and ``--profile-sample 100``, against plain
   ``lockwise run`` (median wall time, subprocesses interleaved);
 * hot path: an uncontended ``with lock:`` inside ``lockwise.profile()``
-  against the same without profiling, per implementation (pure, c).
+  against the same without profiling, per implementation (pure, c);
+* contended: 4 threads taking one lock in a loop, inside ``lockwise.profile()``
+  (full, and ``sample=100``) against the same without profiling.
 
 No target: the issue asks for the overhead to be measured and stated.
 """
@@ -77,5 +79,45 @@ def _hot_path_rows(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _contended_rows(quick: bool) -> list[dict[str, Any]]:
+    import threading
+
+    import lockwise
+    from lockwise import _primitives
+
+    n = 5_000 if quick else 50_000
+    rounds = 3 if quick else 7
+    rows = []
+    for label, lock_cls, _rlock_cls in implementations():
+        if lock_cls not in (_primitives.Lock, _primitives.PureLock):
+            continue
+        lock = lock_cls()
+
+        def four(k: int, lock: Any = lock) -> float:
+            def work() -> None:
+                for _ in range(k // 4):
+                    with lock:
+                        pass
+
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            t = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return time.perf_counter() - t
+
+        for sample in (1, 100):
+            def profiled(k: int, four: Any = four, sample: int = sample) -> float:
+                with lockwise.profile(sample=sample):
+                    return float(four(k))
+
+            base, prof, ratio = compare(four, profiled, n, rounds)
+            mode = "lockwise.profile()" if sample == 1 else "lockwise.profile(sample=100)"
+            rows.append(row(f"4 threads contending, in {mode} vs not [{label}]",
+                            base, prof, ratio, note=f"{n} acquires in all, time per acquire"))
+    return rows
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
-    return _hot_path_rows(quick) + _program_rows(quick)
+    return _hot_path_rows(quick) + _contended_rows(quick) + _program_rows(quick)

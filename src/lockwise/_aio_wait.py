@@ -171,15 +171,19 @@ def task_holding(loop: Any, code: CodeType) -> Any:
 
 
 def lock_wait(task: Any) -> Any:
-    """The lockwise lock/semaphore ``task`` is queued on now, or None (validated)."""
+    """The lockwise lock/semaphore ``task`` is queued on now, or None (validated).
+
+    O(1): ``waiting`` is set only around asyncio's own ``acquire``, whose one
+    suspension point awaits the waiter future it queued; so a task suspended
+    with ``waiting`` set awaits that future, and it is still queued while the
+    future is not done (asyncio removes it when it completes). A task in
+    ``check_wait``, about to queue, is running (``_fut_waiter`` is None).
+    """
     ts = states.get(task)
     if ts is None or ts.waiting is None:
         return None
     fut = getattr(task, "_fut_waiter", None)
-    if fut is None or fut.done():
-        return None
-    waiters = ts.waiting._waiters
-    if waiters is None or not any(w is fut for w in waiters):
+    if fut is None or fut.done() or isinstance(fut, _Task):
         return None
     return ts.waiting
 
@@ -568,12 +572,14 @@ def victim_in(cycle: list[Any], current: Any = None) -> Any:
 
 
 class _Waiters:
-    """The tasks of one loop queued on lockwise locks (the roots of the re-check)."""
+    """The tasks of one loop queued on lockwise locks (the roots of the re-check),
+    by lock: ``locks[lock]`` maps each task queued on ``lock`` to its state."""
 
-    __slots__ = ("tasks", "handle")
+    __slots__ = ("locks", "lock_of", "handle")
 
     def __init__(self) -> None:
-        self.tasks: dict[Any, TaskState] = {}
+        self.locks: dict[Any, dict[Any, TaskState]] = {}
+        self.lock_of: dict[Any, Any] = {}
         self.handle: Any = None
 
 
@@ -581,17 +587,28 @@ _waiters: dict[Any, _Waiters] = {}
 
 
 def watch(loop: Any, ts: TaskState) -> None:
+    """``ts`` is queued on ``ts.waiting``: O(1)."""
     w = _waiters.get(loop)
     if w is None:
         w = _waiters[loop] = _Waiters()
-    w.tasks[ts.task] = ts
+    lock = ts.waiting
+    w.lock_of[ts.task] = lock
+    queued = w.locks.get(lock)
+    if queued is None:
+        queued = w.locks[lock] = {}
+    queued[ts.task] = ts
 
 
 def unwatch(loop: Any, ts: TaskState) -> None:
     w = _waiters.get(loop)
     if w is not None:
-        w.tasks.pop(ts.task, None)
-        if not w.tasks and w.handle is None:
+        lock = w.lock_of.pop(ts.task, None)
+        queued = w.locks.get(lock)
+        if queued is not None:
+            queued.pop(ts.task, None)
+            if not queued:
+                del w.locks[lock]
+        if not w.lock_of and w.handle is None:
             del _waiters[loop]
 
 
@@ -602,7 +619,7 @@ class _RecheckMark:
         w = _waiters.get(loop)
         if w is not None:
             w.handle = None
-            if not w.tasks:
+            if not w.lock_of:
                 del _waiters[loop]
 
 
@@ -617,6 +634,32 @@ def _all_waiting(loop: Any) -> list[Any]:
         return []
 
 
+def _roots(w: _Waiters) -> list[Any]:
+    """One queued task per lock waited for: the roots of the idle re-check.
+
+    All the tasks queued on one lock wait for the same holders, so they are
+    stuck together or not at all: one of them stands for the others, and the
+    re-check costs O(locks waited for), not O(waiting tasks). The one chosen
+    is one that may raise (not in ``Condition.wait``, see ``victim_in``) when
+    there is one; such tasks are usually first in the queue.
+    """
+    roots: list[Any] = []
+    for queued in list(w.locks.values()):
+        spare = None
+        for task, ts in queued.items():
+            if lock_wait(task) is None:
+                continue
+            if not ts.cond_waits:
+                roots.append(task)
+                spare = None
+                break
+            if spare is None:
+                spare = task
+        if spare is not None:
+            roots.append(spare)
+    return roots
+
+
 def on_idle(loop: Any) -> None:
     """The loop has nothing ready and no timer: is one of its task cycles provable?
 
@@ -629,7 +672,7 @@ def on_idle(loop: Any) -> None:
     w = _waiters.get(loop)
     if loop_may_wake(loop, threads=False, signals=False) is not None:
         return
-    roots = [t for t in w.tasks if lock_wait(t) is not None] if w is not None else []
+    roots = _roots(w) if w is not None else []
     dead, waits = dead_tasks(roots, loop) if roots else (set(), {})
     if not dead:
         # No lock waiter is stuck: a cycle of awaits only, looked for among all

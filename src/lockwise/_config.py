@@ -27,7 +27,8 @@ class Settings:
         self.on_hang: Policy = "log"
         #: Master switch for the lock-order graph.
         self.lock_order = True
-        #: Longest time a blocked thread sleeps between two deadlock checks.
+        #: A blocked thread's first sleep between two deadlock checks; it doubles
+        #: after each uneventful check, up to 1 s (see ``_waitfor``).
         self.check_interval = 0.02
         #: How long "every thread is blocked" must hold before it is a deadlock.
         self.confirm_delay = 0.01
@@ -79,8 +80,9 @@ def configure(**options: Any) -> dict[str, Any]:
       ``"raise"`` raises :class:`PotentialDeadlockError` in the acquiring thread).
     * ``on_hang``: the same for a hang found by the watchdog (default ``"log"``).
     * ``lock_order``: record the lock-order graph (default True).
-    * ``check_interval``: longest sleep, in seconds, between two checks of a
-      blocked thread (default 0.02).
+    * ``check_interval``: first sleep, in seconds, between two checks of a
+      blocked thread; it doubles after each uneventful check, up to 1 s or
+      more when many threads are blocked (default 0.02).
     * ``confirm_delay``: how long every thread must stay blocked before that
       is called a deadlock (default 0.01).
     * ``signals_wake_main``: while a Python signal handler is installed, a

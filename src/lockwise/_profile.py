@@ -31,11 +31,16 @@ How, and what it costs:
   ``_primitives.hold_hook``. Every acquire then runs a few
   microseconds of Python (see benchmarks/RESULTS.md).
 * ``sample=N`` (N > 1) leaves the fast path alone: no hold times, no
-  acquisition counts, no hand-offs. Every contention is counted, and one in
-  N (every N-th contention of the process) is timed and attributed to its
-  sites and stack; wait totals (and collapsed-stack values) are the measured
-  sums multiplied by N, and say so (``"scaled": true``). Max, mean and p99
-  are those of the measured waits.
+  acquisition counts, no hand-offs. Every contention is counted, and each is
+  timed with probability 1/N (a random draw: a 1-in-N counter aliases with
+  periodic patterns, e.g. two locks whose contentions alternate) and then
+  attributed to its sites and stack. A lock class's wait total (and its
+  collapsed-stack values) is its measured sum times its contentions per
+  timed one, an unbiased estimate, and says so (``"scaled": true``). Max,
+  mean and p99 are those of the measured waits.
+* Timed waits still in progress when the profile stops are counted up to
+  that moment and marked (``"unfinished"``): a thread stuck at the end is
+  the most interesting wait of all.
 
 Limits: one profile at a time per process; a Condition created before the
 profile started and used through its own ``acquire()``/``release()`` (bound
@@ -51,7 +56,6 @@ data is per process (subprocesses are not merged).
 from __future__ import annotations
 
 import _thread
-import itertools
 import os
 import random
 import threading
@@ -89,7 +93,7 @@ class _Class:
 
     __slots__ = ("site", "type", "acquisitions", "contentions", "sampled", "wait_sum",
                  "wait_max", "reservoir", "hold_sum", "hold_max", "holds", "handoffs",
-                 "waiters", "holders", "events")
+                 "waiters", "holders", "events", "unfinished")
 
     def __init__(self, site: Site, kind: str) -> None:
         self.site = site
@@ -97,6 +101,9 @@ class _Class:
         self.acquisitions = 0
         self.contentions = 0
         self.sampled = 0
+        #: Measured waits still in progress when the profile stopped (counted
+        #: up to that moment, in ``contentions``, ``sampled`` and the totals).
+        self.unfinished = 0
         self.wait_sum = 0
         self.wait_max = 0
         self.reservoir: list[int] = []
@@ -126,8 +133,15 @@ class _Collector:
         self.instances: dict[int, list[Any]] = {}
         #: (stack of (code, line), lock site) -> measured wait ns
         self.stacks: dict[tuple[tuple[_Where, ...], Site], int] = {}
-        self.counter = itertools.count()
         self.random = random.Random(0x10C4)
+        #: ``sample`` > 1: a contention is timed when this draw is below 1/sample.
+        #: A random draw, not a 1-in-N counter: a counter shared by all locks
+        #: aliases with any periodic pattern (two locks whose contentions
+        #: alternate would be measured as one at double and one at zero).
+        self.draw = random.Random(0x5A3E).random
+        #: Timed waits in progress: thread state -> (lock, holder site, stack,
+        #: start). Those still waiting when the profile stops are counted then.
+        self.inflight: dict[Any, tuple[Any, Optional[_Where], tuple[_Where, ...], int]] = {}
         self.start_ns = _monotonic_ns()
         self.end_ns = 0
         self.failed = False
@@ -203,7 +217,8 @@ class _Collector:
             self.error("the profiler (release)", exc)
 
     def waited(self, lock: Any, ts: ThreadState, holder_acq: Optional[_Where],
-               stack: tuple[_Where, ...], start: int, end: int) -> None:
+               stack: tuple[_Where, ...], start: int, end: int,
+               unfinished: bool = False) -> None:
         """A measured contended wait on ``lock`` by ``ts`` from ``start`` to ``end``."""
         try:
             waited = end - start
@@ -212,6 +227,8 @@ class _Collector:
                 entry = self.cls(lock)
                 entry.contentions += 1
                 entry.sampled += 1
+                if unfinished:
+                    entry.unfinished += 1
                 entry.wait_sum += waited
                 if waited > entry.wait_max:
                     entry.wait_max = waited
@@ -251,8 +268,17 @@ class _Collector:
         except Exception as exc:
             self.error("the profiler (wait)", exc)
 
+    def stopped(self, end: int) -> None:
+        """Count the timed waits still in progress, up to ``end``, as unfinished."""
+        with self.mu:
+            pending = list(self.inflight.items())
+            self.inflight.clear()
+        for ts, (lock, holder_acq, stack, start) in pending:
+            self.waited(lock, ts, holder_acq, stack, start, max(start, end), unfinished=True)
+
     def after_fork(self) -> None:
         self.mu = _thread.RLock()
+        self.inflight.clear()
 
 
 _current: Optional[_Collector] = None
@@ -279,16 +305,20 @@ def _wait_hook(ts: ThreadState, lock: Any, timeout: float, frame: Optional[Frame
         return _wait_lock(ts, lock, timeout)
     if lock._inner.acquire(False):
         return True  # free after all (a timed acquire, or released meanwhile): no wait
-    if coll.sample > 1 and next(coll.counter) % coll.sample:
+    if coll.sample > 1 and coll.draw() * coll.sample >= 1.0:
         coll.contended(lock)
         return _wait_lock(ts, lock, timeout)
     holder_acq = lock._acq if lock._owner is not None else None
     stack = _user_stack(frame)
     start = _monotonic_ns()
+    inflight = coll.inflight
+    inflight[ts] = (lock, holder_acq, stack, start)
     try:
         return _wait_lock(ts, lock, timeout)
     finally:
-        coll.waited(lock, ts, holder_acq, stack, start, _monotonic_ns())
+        # Not recorded here if the profile stopped meanwhile (``stopped`` did).
+        if inflight.pop(ts, None) is not None:
+            coll.waited(lock, ts, holder_acq, stack, start, _monotonic_ns())
 
 
 # ------------------------------------------------------ method swapping
@@ -447,6 +477,7 @@ class Profiler:
         _swap_out()
         _current = None
         coll.end_ns = _monotonic_ns()
+        coll.stopped(coll.end_ns)
         return self
 
     def __enter__(self) -> Profiler:
@@ -474,7 +505,8 @@ class Profiler:
             -(pairs[i][0]["acquisitions"] or 0), pairs[i][0]["name"]))
         locks = [pairs[i][0] for i in order]
         scale = coll.sample
-        collapsed = sorted(((_collapse(stack, site), total * scale)
+        factors = {c.site: _factor(c) for _d, c in pairs}
+        collapsed = sorted(((_collapse(stack, site), round(total * factors.get(site, scale)))
                             for (stack, site), total in stacks), key=lambda x: -x[1])
         data: dict[str, Any] = {
             "format": FORMAT, "clock": "monotonic_ns", "sample": scale, "scaled": scale > 1,
@@ -533,9 +565,18 @@ def _where(where: Optional[_Where]) -> dict[str, Any]:
             "code": info.line}
 
 
-def _top(table: dict[Optional[_Where], list[int]], scale: int) -> list[dict[str, Any]]:
+def _top(table: dict[Optional[_Where], list[int]], scale: float) -> list[dict[str, Any]]:
     rows = sorted(table.items(), key=lambda kv: -kv[1][1])[:TOP_SITES]
-    return [dict(_where(where), count=cell[0], wait_ns=cell[1] * scale) for where, cell in rows]
+    return [dict(_where(where), count=cell[0], wait_ns=round(cell[1] * scale))
+            for where, cell in rows]
+
+
+def _factor(c: _Class) -> float:
+    """What a lock class's measured wait is multiplied by: its contentions per
+    timed one (1 in full mode). Each contention is timed with the same
+    probability, so the mean of the timed waits estimates the mean of all,
+    without bias; times the exact count of contentions, it estimates the total."""
+    return c.contentions / c.sampled if c.sampled else 0.0
 
 
 def _p99(values: list[int]) -> int:
@@ -547,13 +588,13 @@ def _p99(values: list[int]) -> int:
 
 
 def _class_dict(c: _Class, coll: _Collector) -> dict[str, Any]:
-    scale = coll.sample
+    scale = _factor(c)
     holds = coll.holds
     return {
         "name": c.site.label, "site": str(c.site), "type": c.type,
         "acquisitions": c.acquisitions if holds else None,
-        "contentions": c.contentions, "sampled": c.sampled,
-        "wait_total_ns": c.wait_sum * scale, "wait_max_ns": c.wait_max,
+        "contentions": c.contentions, "sampled": c.sampled, "unfinished": c.unfinished,
+        "wait_total_ns": round(c.wait_sum * scale), "wait_max_ns": c.wait_max,
         "wait_mean_ns": c.wait_sum // c.sampled if c.sampled else 0,
         "wait_p99_ns": _p99(c.reservoir),
         "hold_total_ns": c.hold_sum if holds else None,

@@ -457,8 +457,8 @@ def profile_header(data: dict[str, Any]) -> str:
     n = len(data.get("locks", []))
     sample = int(data.get("sample", 1) or 1)
     how = ("every contention timed" if sample <= 1 else
-           f"1 in {sample} contentions timed; wait totals are estimates scaled x{sample}, "
-           "no hold times")
+           f"1 in {sample} contentions timed, at random; wait totals are estimates "
+           "(per lock: its contentions x the mean of its timed waits), no hold times")
     return (f"lockwise profile: {n} lock class{'es' if n != 1 else ''}, "
             f"{format_ns(data.get('duration_ns', 0))} profiled; {how}")
 
@@ -492,6 +492,10 @@ def render_profile(data: dict[str, Any], limit: int = 20, sites: int = 3) -> str
         shown = name if len(name) <= width else name[:width - 3] + "..."
         lines.append("  " + shown.ljust(width) + "".join(
             "  " + c.rjust(w) for c, w in zip(row, widths)))
+        unfinished = d.get("unfinished")
+        if isinstance(unfinished, int) and unfinished > 0:
+            lines.append(f"      {unfinished} wait{'s' if unfinished != 1 else ''} still in "
+                         "progress when the profile ended (counted up to its end)")
         for label, key in (("waited at", "waiters"), ("held from", "holders")):
             for s in list(d.get(key, []))[:sites]:
                 where = (f"{_p(s.get('site', '?'))} in {_p(s.get('function', '?'))}"

@@ -15,6 +15,15 @@ Blocking protocol (the detector in ``_waitfor`` relies on its order):
 So a thread that is registered as waiting on a lock whose owner is recorded
 really is blocked, and a detector that reads the same ``changes`` twice knows
 the thread stayed registered in between.
+
+``epoch[0]`` is the process-wide counterpart of ``changes``: a new value at
+every wait registration or unregistration and every thread exit (and when the
+main thread starts waiting for the others at exit). A detector that read the
+same value before and after a scan of all threads knows no thread changed its
+wait in between, so a scan that found a thread able to run stays true until
+the value changes (see ``_waitfor._quiescence``). Each change stores a value
+never used before (``itertools.count``), so a store lost to a race between two
+threads still leaves a value that differs from the one any reader saw.
 """
 
 from __future__ import annotations
@@ -145,11 +154,28 @@ class _Sentinel:
     __slots__ = ("__weakref__",)
 
 
+#: See the module's docstring: ``epoch[0]`` changes whenever any thread's wait does.
+epoch = [0]
+next_epoch = itertools.count(1).__next__
+
+
+def _main_thread_exits() -> None:
+    # threading._shutdown: the main thread now waits, unregistered, for the others.
+    epoch[0] = next_epoch()
+
+
+try:
+    threading._register_atexit(_main_thread_exits)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # already shutting down
+    pass
+
+
 def _thread_ended(ts: ThreadState) -> None:
     ts.alive = False
     ts.waiting = None
     ts.changes += 1
     blocked.discard(ts)
+    epoch[0] = next_epoch()
     if states.get(ts.ident) is ts:
         states.pop(ts.ident, None)
 
@@ -160,12 +186,14 @@ def begin_wait(ts: ThreadState, resource: Any, timed: bool, now: float) -> None:
     ts.wait_timed = timed
     ts.wait_since = now
     ts.waiting = resource
+    epoch[0] = next_epoch()
 
 
 def end_wait(ts: ThreadState) -> None:
     """Unregister the wait of ``ts`` (before an acquirer records its ownership)."""
     ts.waiting = None
     ts.changes += 1
+    epoch[0] = next_epoch()
 
 
 def new_state() -> ThreadState:
@@ -229,6 +257,7 @@ def _after_fork_in_child() -> None:
     states.clear()
     blocked.clear()
     internal_threads.clear()
+    epoch[0] = next_epoch()
     if mine is not None:
         mine.ident = me
         mine.waiting = None

@@ -168,7 +168,7 @@ PROFILE_LOCK = Obj(optional={
     "name": str, "site": str, "type": str,
     **{k: Opt(NUM) for k in ("acquisitions", "contentions", "wait_total_ns", "wait_max_ns",
                              "wait_mean_ns", "wait_p99_ns", "hold_total_ns", "hold_max_ns",
-                             "hold_mean_ns", "handoffs")},
+                             "hold_mean_ns", "handoffs", "sampled", "unfinished")},
     "waiters": [SITE], "holders": [SITE],
 })
 TIMELINE = Obj(optional={"locks": [Obj(optional={

@@ -39,10 +39,18 @@ deadlock is found as it forms, by the thread that formed it, 1 ms late at
 most. A check that saw the graph change under it (two reads of the path
 differ) is inconclusive and is repeated after ``_RECHECK``; a stall seen
 once is confirmed after ``confirm_delay``. Otherwise a blocked thread sleeps
-``check_interval`` between checks: that catches what forms without a new
-wait (an owner that exits holding the lock, a victim chosen by another
-thread's stall check) and keeps waits free of wake-ups, which cost a GIL
-hand-off each.
+between checks: that catches what forms without a new wait (an owner that
+exits holding the lock, a victim chosen by another thread's stall check).
+The sleep starts at ``check_interval`` and doubles after every settled check
+up to ``_MAX_IDLE``; with n threads blocked, it is at least ``check_interval
+* n / _SPREAD``, so all blocked threads together wake about ``_SPREAD /
+check_interval`` times a second, however many they are (each wake-up costs a
+GIL hand-off). Since wakes of many threads are spread in time, the first of
+them sees a change much sooner than one thread's sleep. A periodic check
+costs O(1): the stall scan, O(threads), runs again only when some thread
+changed its wait since a scan found a thread able to run (``_state.epoch``),
+or ``_RESCAN`` later (for what lockwise cannot see change: a signal handler
+removed, a native thread ended).
 
 Precision first: a rule raises only when the freeze is provable from what
 lockwise sees. Where a wake-up could come from outside its view, nothing is
@@ -72,7 +80,9 @@ from ._state import (
     begin_wait,
     blocked,
     end_wait,
+    epoch,
     internal_threads,
+    next_epoch,
     state_of,
     states,
     threads_registered,
@@ -91,6 +101,17 @@ else:
 _monotonic = time.monotonic
 #: Delay before repeating an inconclusive check (the graph changed while it was read).
 _RECHECK = 0.001
+#: Blocked threads share a budget of about ``_SPREAD / check_interval`` wake-ups
+#: a second: with n threads blocked, each sleeps ``check_interval * n / _SPREAD``
+#: at least between two settled checks (see "Who checks when" above).
+_SPREAD = 8.0
+#: A blocked thread's sleep between settled checks doubles up to this (seconds),
+#: or up to the shared budget's share when more threads are blocked.
+_MAX_IDLE = 1.0
+#: How long a stall scan that found a thread able to run is trusted while no
+#: thread changed its wait (``_state.epoch``): what it cannot see change (a
+#: signal handler removed, a native thread ending) is looked at again after this.
+_RESCAN = 0.5
 #: How long an untimed wait lasts before it is registered and checked (the
 #: accelerator spends it in C for Lock and RLock: see ``_speedups.c``).
 QUIET_WAIT_US = 1000
@@ -170,11 +191,21 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float],
             return bool(got[0])
         blocked.add(ts)
         pending, settled = check(ts, None)
+        idle = 0.0
         while True:
             if pending is not None:
                 wait = settings.confirm_delay
             elif settled:
-                wait = settings.check_interval
+                # Back off: see "Who checks when" above.
+                interval = settings.check_interval
+                if idle == 0.0:
+                    idle = interval * max(1.0, len(blocked) / _SPREAD)
+                else:
+                    idle = min(idle * 2.0, max(_MAX_IDLE, interval,
+                                               interval * len(blocked) / _SPREAD))
+                # Each thread its own fraction of it, so that threads that
+                # blocked together do not all wake together (a GIL convoy).
+                wait = idle * _phase(ts)
             else:
                 wait = min(_RECHECK, settings.check_interval)
             got[:] = map(raw.acquire, _BLOCK, (wait,))
@@ -188,6 +219,11 @@ def block_on(ts: ThreadState, resource: Any, raw: Any, timeout: Optional[float],
     finally:
         end_wait(ts)
         blocked.discard(ts)
+
+
+def _phase(ts: ThreadState) -> float:
+    """A fraction in [0.5, 1) fixed per thread (a hash of its uid)."""
+    return 0.5 + ((ts.uid * 0x9E3779B1) & 0xFFFF) / 0x20000
 
 
 #: Arguments of the tries in ``block_on``, as ``map`` takes them.
@@ -287,7 +323,9 @@ def _next_hop(ts: ThreadState) -> Optional[tuple[ThreadState, int]]:
     if isinstance(res, JoinWait):
         target = state_of(res.thread.ident or 0)
         return None if target is None else (target, OWNER_ONLY)
-    owner: ThreadState = res._owner
+    owner: Optional[ThreadState] = res._owner
+    if owner is None:
+        return None  # released since _valid read it
     return owner, release_evidence(res)
 
 
@@ -453,11 +491,34 @@ def _in_shutdown(frame: Any) -> bool:
     return frame is not None and shutdown is not None and frame.f_code is shutdown.__code__
 
 
+def _one_runs() -> bool:
+    """Cheap first pass of ``_scan``: is a thread known to ``threading`` running?
+
+    The main thread first (the most likely to run), then the others, stopping
+    at the first one that runs: O(1) in the common case, and no allocation
+    but the list of idents.
+    """
+    main = threading.main_thread()
+    ts = states.get(main.ident or 0)
+    if ts is None or ts.waiting is None or ts.wait_timed:
+        # Unless it waits for the other threads at exit (``_scan`` reads its frame).
+        return not getattr(threading, "_SHUTTING_DOWN", True)
+    for ident in list(getattr(threading, "_active", ())):  # gone: the full scan decides
+        if ident in internal_threads:
+            continue
+        ts = states.get(ident)
+        if ts is None or ts.waiting is None or ts.wait_timed:
+            return True
+    return False
+
+
 def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
     """Every live thread with its wait, if all are blocked and nothing lockwise
     cannot see could wake one; else None."""
     if threads_starting():
         return None  # a thread is starting (or unknowable): it can run
+    if _one_runs():
+        return None
     main_ident = threading.main_thread().ident
     blocked: list[tuple[ThreadState, int, Any]] = []
     frames: dict[int, Any] = sys._current_frames()
@@ -507,13 +568,24 @@ def _may_all_be_blocked() -> bool:
     return running > 0 and len(blocked) + 1 + len(internal_threads) >= running
 
 
+#: (``_state.epoch[0]``, when): the last stall scan that found a thread able to run.
+_ran_at: tuple[int, float] = (-1, 0.0)
+
+
 def _quiescence(me: ThreadState, pending: Pending) -> Pending:
+    global _ran_at
     if not _may_all_be_blocked():
+        return None
+    seen = epoch[0]
+    now = _monotonic()
+    if pending is None and _ran_at[0] == seen and now - _ran_at[1] < _RESCAN:
+        # No thread changed its wait since a scan found one that can run: it
+        # still can (blocked threads' periodic checks cost O(1), not O(threads)).
         return None
     snap = _scan()
     if snap is None:
+        _ran_at = (seen, now)
         return None
-    now = _monotonic()
     if pending is None:
         return (snap, now)
     old, since = pending
@@ -572,6 +644,7 @@ def _deadlock(me: ThreadState, threads: list[ThreadState], rule: str,
         # the finding is recorded (block_on's finally repeats this harmlessly).
         me.waiting = None
         me.changes += 1
+        epoch[0] = next_epoch()
     me.quiet += 1
     try:
         new = _findings.record(finding)
@@ -584,6 +657,7 @@ def _deadlock(me: ThreadState, threads: list[ThreadState], rule: str,
             # one keeps waiting, registered again (a new formation).
             me.changes += 1
             me.waiting = res
+            epoch[0] = next_epoch()
         return
     if victim is me:
         raise DeadlockError(str(finding), finding)

@@ -414,7 +414,9 @@ class Semaphore(_Introspection, _AsyncioSemaphore):  # type: ignore[misc]
     Holders are the tasks that acquired and have not released. A wait on an
     exhausted semaphore is stuck when every holder is stuck. A release by a
     task that holds nothing marks the semaphore's site as a signal (its waits
-    are then never called stuck). Semaphores add no lock-order edges.
+    are then never called stuck) and ends the oldest holding, so a semaphore
+    released by other tasks than its acquirers keeps no more holders than
+    permits taken. Semaphores add no lock-order edges.
     """
 
     _kind = "asyncio.Semaphore"
@@ -469,13 +471,23 @@ class Semaphore(_Introspection, _AsyncioSemaphore):  # type: ignore[misc]
     def release(self) -> None:
         super().release()
         task = current_task()
-        count = self._holders.get(task, 0)
+        holders = self._holders
+        count = holders.get(task, 0)
         if count > 1:
-            self._holders[task] = count - 1
+            holders[task] = count - 1
         elif count == 1:
-            del self._holders[task]
+            del holders[task]
         else:
             self._site.signal = True
+            # A permit released for another task: one holding has ended, whose
+            # is unknown. Drop the oldest (O(1)), so holders never outnumber
+            # the permits taken, and finished tasks are not kept alive.
+            oldest = next(iter(holders), None)
+            if oldest is not None:
+                if holders[oldest] > 1:
+                    holders[oldest] -= 1
+                else:
+                    del holders[oldest]
 
     async def __aenter__(self) -> None:
         await self.acquire()
