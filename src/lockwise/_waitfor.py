@@ -285,7 +285,11 @@ def _next_hop(ts: ThreadState) -> Optional[tuple[ThreadState, int]]:
     if isinstance(res, JoinWait):
         target = state_of(res.thread.ident or 0)
         return None if target is None else (target, OWNER_ONLY)
-    owner: ThreadState = res._owner
+    # Read once: _valid read it too, but without the GIL the owner may have
+    # released it since (a second read would give None).
+    owner: Optional[ThreadState] = res._owner
+    if owner is None:
+        return None
     return owner, release_evidence(res)
 
 
