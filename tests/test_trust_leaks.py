@@ -223,8 +223,15 @@ def test_ctrl_c_storm_at_random_points(kind: str) -> None:
     try:
         for i in range(ROUNDS):
             sent = threading.Event()
+            go = threading.Event()
 
-            def interrupt(delay: float = (i % 11) * 0.0002, sent: Any = sent) -> None:
+            def interrupt(delay: float = (i % 11) * 0.0002, sent: Any = sent,
+                          go: Any = go) -> None:
+                # Not before helper.start() has returned: without the GIL this
+                # thread runs at once, and an interrupt inside start() lands in
+                # threading's own Condition.wait (its _acquire_restore), which
+                # leaves threading's lock released (not lockwise's business).
+                go.wait(5)
                 time.sleep(delay)
                 _thread.interrupt_main()
                 sent.set()
@@ -233,6 +240,7 @@ def test_ctrl_c_storm_at_random_points(kind: str) -> None:
             try:
                 try:
                     helper.start()
+                    go.set()
                     _churn(lock)
                 except KeyboardInterrupt as exc:
                     exit_entry += _held_at_exit_entry(lock, exc)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ._findings import LockRef
-from ._sites import Site, frame_info, state_name
+from ._sites import Site, frame_info, serial_for, state_name
 from ._state import ThreadState
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -20,14 +20,7 @@ def lock_ref(obj: Any, numbered: bool = False) -> LockRef:
     site: Site = obj._site
     name = site.label
     if numbered:
-        serial = getattr(obj, "_serial", 0)
-        if not serial:
-            serial = site.next_instance()
-            try:
-                obj._serial = serial
-            except AttributeError:
-                pass
-        name = f"{name}#{serial}"
+        name = f"{name}#{serial_for(obj)}"
     return LockRef(name, str(site), kind_of(obj))
 
 

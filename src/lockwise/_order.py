@@ -56,7 +56,7 @@ from ._describe import kind_of
 from ._errors import PotentialDeadlockError
 from ._findings import Finding, FrameInfo, LockRef, StackInfo
 from ._graph import Edge, OrderGraph
-from ._sites import Site, frame_info, state_name, user_frame, user_stack
+from ._sites import Site, frame_info, serial_for, state_name, user_frame, user_stack
 from ._state import ThreadState, current_state
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -128,11 +128,8 @@ def note(ts: ThreadState, lock: Any) -> Optional[BaseException]:
 
 
 def _serial(lock: Any) -> int:
-    serial: int = lock._serial
+    serial = serial_for(lock)
     site: Site = lock._site
-    if not serial:
-        serial = site.next_instance()
-        lock._serial = serial
     if (site, serial) not in _serial_refs:
         key = (site, serial)
 

@@ -357,11 +357,24 @@ class Lock(_Introspection):
         self._owner = None
         self._held_in_with = False
         try:  # the inner lock is given back whatever interrupts the bookkeeping
+            # Another thread releasing this lock at the same time (a bug that
+            # threading answers with RuntimeError, which the inner release
+            # below raises) may remove it between the check and the pop: the
+            # pop is checked, and a wrong one put back where it was (the end).
+            # No Python call here (its entry is an eval-breaker check).
             held = owner.held
             if held and held[-1] is self:
-                held.pop()
-            elif self in held:  # no Python call (an eval-breaker check) first
-                held.remove(self)
+                try:
+                    popped = held.pop()
+                except IndexError:
+                    popped = self
+                if popped is not self:
+                    held.append(popped)
+            elif self in held:
+                try:
+                    held.remove(self)
+                except ValueError:
+                    pass
             if owner.ident != _get_ident():
                 self._site.signal = True
         finally:
@@ -377,11 +390,19 @@ class Lock(_Introspection):
         self._owner = None
         self._held_in_with = False
         try:
-            held = owner.held
+            held = owner.held  # as in release
             if held and held[-1] is self:
-                held.pop()
-            elif self in held:  # no Python call (an eval-breaker check) first
-                held.remove(self)
+                try:
+                    popped = held.pop()
+                except IndexError:
+                    popped = self
+                if popped is not self:
+                    held.append(popped)
+            elif self in held:
+                try:
+                    held.remove(self)
+                except ValueError:
+                    pass
             if owner.ident != _get_ident():
                 self._site.signal = True
         finally:

@@ -8,6 +8,7 @@ skipped everywhere, so sites and stacks point at the user's code.
 
 from __future__ import annotations
 
+import _thread
 import linecache
 import os
 import sys
@@ -100,9 +101,13 @@ class Site:
         self._instances = 0
 
     def next_instance(self) -> int:
-        """A serial number for one more lock of this site (for '#n' in names)."""
-        self._instances += 1
-        return self._instances
+        """A serial number for one more lock of this site (for '#n' in names).
+
+        Under ``_numbering``: without the GIL, two threads incrementing at
+        once could both get the same number (two locks, one serial)."""
+        with _numbering:
+            self._instances += 1
+            return self._instances
 
     def __str__(self) -> str:
         return f"{self.filename}:{self.lineno}"
@@ -276,6 +281,29 @@ def _owner_class(frame: FrameType) -> Optional[type]:
     if me is None:
         return None
     return me if isinstance(me, type) else type(me)
+
+
+#: Serializes the numbering of locks (``next_instance``, ``serial_for``):
+#: reentrant, for a finalizer or signal handler that numbers a lock meanwhile.
+_numbering = _thread.RLock()
+
+
+def serial_for(obj: Any) -> int:
+    """The serial of a lock, numbered on first need, once: two threads that
+    number it at the same time get the same number (``_order`` keys its
+    instance graph by it, and a lock that changed serial would be two nodes)."""
+    serial: int = getattr(obj, "_serial", 0)
+    if serial:
+        return serial
+    with _numbering:
+        serial = getattr(obj, "_serial", 0)
+        if not serial:
+            serial = obj._site.next_instance()
+            try:
+                obj._serial = serial
+            except AttributeError:  # an object without the slot: a fresh number each time
+                pass
+    return serial
 
 
 def user_frame(frame: Optional[FrameType]) -> Optional[FrameType]:

@@ -34,6 +34,57 @@
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *lw_newref(PyObject *o) { Py_INCREF(o); return o; }
 #define Py_NewRef(o) lw_newref((PyObject *)(o))
+static inline PyObject *lw_xnewref(PyObject *o) { Py_XINCREF(o); return o; }
+#define Py_XNewRef(o) lw_xnewref((PyObject *)(o))
+#endif
+
+/* Free-threaded builds (no GIL): what the GIL used to order is ordered here by
+ *
+ *   - per-object critical sections (Py_BEGIN_CRITICAL_SECTION(self)) around
+ *     every store of a lock's object fields (owner, acq) and around the reads
+ *     of those fields by other threads, as CPython's own member descriptors
+ *     do (PyMember_SetOne stores under the object's critical section,
+ *     PyMember_GetOne reads with _Py_TryIncrefCompare or under it): a
+ *     reader's INCREF never races the writer's DECREF of the old value;
+ *   - atomics for the flags and counters read by other threads (InnerLock's
+ *     `locked`, whose release is a compare-exchange so that exactly one of
+ *     two racing releases wins; held_in_with; an RLock's count; the quiet
+ *     wait);
+ *   - no process-wide cache: the calling thread's state is found in its own
+ *     thread dict, with strong references (PyDict_GetItemRef);
+ *   - strong references from containers other threads may change (the held
+ *     list of a thread is snapshotted, the site cache read with
+ *     PyDict_GetItemRef).
+ *
+ * Fields assigned once when a lock is made, before it is shared (_inner,
+ * _site), and ThreadState slots assigned once in its __init__ (held, ident)
+ * or written only by their own thread (quiet), are read directly.
+ * With the GIL every macro below is the plain access it replaces, and the
+ * critical sections are no-ops: GIL builds run the code they ran before. */
+#ifdef Py_GIL_DISABLED
+#define LW_FT 1
+#define LW_LOAD_PTR(field) ((PyObject *)_Py_atomic_load_ptr_acquire(&(field)))
+#define LW_STORE_PTR(field, v) _Py_atomic_store_ptr_release(&(field), (v))
+#define LW_LOAD_I8(field) _Py_atomic_load_int8_relaxed(&(field))
+#define LW_STORE_I8(field, v) _Py_atomic_store_int8_relaxed(&(field), (int8_t)(v))
+#define LW_LOAD_SSIZE(field) _Py_atomic_load_ssize_relaxed(&(field))
+#define LW_STORE_SSIZE(field, v) _Py_atomic_store_ssize_relaxed(&(field), (v))
+#define LW_LOAD_I64(field) _Py_atomic_load_int64_relaxed(&(field))
+#define LW_STORE_I64(field, v) _Py_atomic_store_int64_relaxed(&(field), (v))
+#else
+#define LW_LOAD_PTR(field) ((PyObject *)(field))
+#define LW_STORE_PTR(field, v) ((field) = (v))
+#define LW_LOAD_I8(field) (field)
+#define LW_STORE_I8(field, v) ((field) = (int8_t)(v))
+#define LW_LOAD_SSIZE(field) (field)
+#define LW_STORE_SSIZE(field, v) ((field) = (v))
+#define LW_LOAD_I64(field) (field)
+#define LW_STORE_I64(field, v) ((field) = (v))
+#endif
+
+#ifndef Py_BEGIN_CRITICAL_SECTION  /* before 3.13: the GIL is the critical section */
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
 #endif
 
 typedef struct {
@@ -46,7 +97,7 @@ typedef struct {
     PyObject *weakreflist;
     Py_ssize_t count;       /* RLock recursion count (unused by Lock) */
     int acq_lasti;          /* instruction offset that gave acq (-1: unknown) */
-    char held_in_with;      /* Lock: the holder took it by __enter__ (its __exit__ releases) */
+    int8_t held_in_with;    /* Lock: the holder took it by __enter__ (its __exit__ releases) */
 } LockObject;
 
 /* Set once by setup(); strong references, kept for the life of the process. */
@@ -61,10 +112,15 @@ static Py_ssize_t g_held_offset = -1, g_ident_offset = -1, g_quiet_offset = -1;
 static PyObject *g_order;          /* the _order module (its _known set) */
 static PyTypeObject *g_inner_type; /* _thread.lock */
 static PyObject *g_inner_acquire, *g_inner_release;  /* its unbound methods */
-/* One-entry cache of the last thread's state: (thread state, its id) -> ts. */
+#ifndef LW_FT
+/* One-entry cache of the last thread's state: (thread state, its id) -> ts.
+ * With the GIL only: without it, two threads would race on it (and pair one
+ * thread's tstate with another's state), and its writes would be a shared
+ * cache line every acquire of every thread bounces. */
 static PyThreadState *g_last_tstate;
 static uint64_t g_last_tstate_id;
 static PyObject *g_last_ts;
+#endif
 
 static PyObject *s_locked;
 static PyObject *s_acquire, *s_release, *s_held, *s_ident, *s_signal, *s_lock_order,
@@ -95,6 +151,7 @@ frame_lasti(PyFrameObject *frame)
 #endif
 }
 
+#ifndef LW_FT
 /* The calling thread's ThreadState (borrowed), or NULL if it has none yet
  * (no exception set), or NULL with an exception set on error.
  * _state._local.ts is the truth; the thread dict caches it. */
@@ -163,6 +220,38 @@ current_state(void)
     Py_XDECREF(old);
     return ts;
 }
+#else  /* LW_FT */
+/* The calling thread's state, created (in Python) on first use. New ref.
+ * Found in the thread's own dict (only this thread reads or writes it), with a
+ * strong reference; _state._local.ts is the truth the dict caches. */
+static PyObject *
+current_state(void)
+{
+    PyObject *tdict = PyThreadState_GetDict();
+    PyObject *ts = NULL;
+    if (tdict != NULL) {
+        int r = PyDict_GetItemRef(tdict, g_ts_key, &ts);
+        if (r > 0)
+            return ts;
+        if (r < 0)
+            return NULL;
+    }
+    ts = PyObject_GetAttr(g_local, s_ts);
+    if (ts == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear();
+        ts = PyObject_CallNoArgs(g_new_state);
+        if (ts == NULL)
+            return NULL;
+    }
+    if (tdict != NULL && PyDict_SetItem(tdict, g_ts_key, ts) < 0) {
+        Py_DECREF(ts);
+        return NULL;
+    }
+    return ts;
+}
+#endif
 
 /* ---------------------------------------------------------------- InnerLock
  *
@@ -181,8 +270,28 @@ current_state(void)
 typedef struct {
     PyObject_HEAD
     PyThread_type_lock lock;
-    char locked;            /* held by someone (the GIL orders it with lock) */
+    int8_t locked;          /* held by someone: set after taking `lock`, cleared by
+                             * the one release that claims it (inner_claim) */
 } InnerLockObject;
+
+/* The release of an InnerLock: 1 when this caller turned `locked` from 1 to 0
+ * and so must give `lock` back, 0 when it was not locked. Without the GIL
+ * this is a compare-exchange: of two threads releasing at once (a program
+ * bug that threading reports as RuntimeError), exactly one wins, and the
+ * PyThread lock (a semaphore on some platforms) is never released twice. */
+static inline int
+inner_claim(InnerLockObject *il)
+{
+#ifdef LW_FT
+    int8_t expected = 1;
+    return _Py_atomic_compare_exchange_int8(&il->locked, &expected, 0);
+#else
+    if (!il->locked)
+        return 0;
+    il->locked = 0;
+    return 1;
+#endif
+}
 
 static PyTypeObject InnerLock_Type;
 static PyObject *g_allocate_lock;  /* _thread.allocate_lock, for validation */
@@ -217,7 +326,7 @@ inner_acquire_timed(InnerLockObject *self, long long us)
 {
     PyLockStatus r = PyThread_acquire_lock_timed(self->lock, 0, 0);
     if (r == PY_LOCK_ACQUIRED) {
-        self->locked = 1;
+        LW_STORE_I8(self->locked, 1);
         return 1;
     }
     if (us == 0)
@@ -242,7 +351,7 @@ inner_acquire_timed(InnerLockObject *self, long long us)
         }
     }
     if (r == PY_LOCK_ACQUIRED) {
-        self->locked = 1;
+        LW_STORE_I8(self->locked, 1);
         return 1;
     }
     return 0;
@@ -383,11 +492,10 @@ innerlock_enter(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 innerlock_release(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
 {
-    if (!self->locked) {
+    if (!inner_claim(self)) {
         PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
         return NULL;
     }
-    self->locked = 0;
     PyThread_release_lock(self->lock);
     Py_RETURN_NONE;
 }
@@ -402,7 +510,7 @@ innerlock_exit(InnerLockObject *self, PyObject *const *Py_UNUSED(args),
 static PyObject *
 innerlock_locked(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(self->locked);
+    return PyBool_FromLong(LW_LOAD_I8(self->locked));
 }
 
 /* In a child after fork(): a new, unlocked lock. A lock held at the fork
@@ -465,7 +573,8 @@ innerlock_dealloc(InnerLockObject *self)
 static PyObject *
 innerlock_repr(InnerLockObject *self)
 {
-    return PyUnicode_FromFormat("<%s %s object at %p>", self->locked ? "locked" : "unlocked",
+    return PyUnicode_FromFormat("<%s %s object at %p>",
+                                LW_LOAD_I8(self->locked) ? "locked" : "unlocked",
                                 Py_TYPE(self)->tp_name, (void *)self);
 }
 
@@ -505,7 +614,7 @@ inner_try(PyObject *inner)
         InnerLockObject *il = (InnerLockObject *)inner;
         if (PyThread_acquire_lock_timed(il->lock, 0, 0) != PY_LOCK_ACQUIRED)
             return 0;
-        il->locked = 1;
+        LW_STORE_I8(il->locked, 1);
         return 1;
     }
     if (Py_TYPE(inner) == g_inner_type) {
@@ -533,11 +642,10 @@ inner_release(PyObject *inner)
 {
     if (Py_IS_TYPE(inner, &InnerLock_Type)) {
         InnerLockObject *il = (InnerLockObject *)inner;
-        if (!il->locked) {
+        if (!inner_claim(il)) {
             PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
             return -1;
         }
-        il->locked = 0;
         PyThread_release_lock(il->lock);
         return 0;
     }
@@ -563,23 +671,24 @@ inner_release(PyObject *inner)
  * wait and checks for deadlock. Most contended waits end sooner, so they cost
  * no more than with threading. 0 (set while the profiler times every wait)
  * sends every contended acquire to the slow path at once. */
-static long long g_quiet_us = 1000;
+static int64_t g_quiet_us = 1000;  /* atomic: set from Python by any thread */
 
 /* Wait up to g_quiet_us for an InnerLock: 1 acquired, 0 not (timed out,
  * interrupted by a signal, or not an InnerLock: the slow path handles those). */
 static int
 inner_quiet_wait(PyObject *inner)
 {
-    if (g_quiet_us <= 0 || !Py_IS_TYPE(inner, &InnerLock_Type))
+    int64_t us = LW_LOAD_I64(g_quiet_us);
+    if (us <= 0 || !Py_IS_TYPE(inner, &InnerLock_Type))
         return 0;
     InnerLockObject *il = (InnerLockObject *)inner;
     PyLockStatus r;
     Py_BEGIN_ALLOW_THREADS
-    r = PyThread_acquire_lock_timed(il->lock, (PY_TIMEOUT_T)g_quiet_us, 1);
+    r = PyThread_acquire_lock_timed(il->lock, (PY_TIMEOUT_T)us, 1);
     Py_END_ALLOW_THREADS
     if (r != PY_LOCK_ACQUIRED)
         return 0;
-    il->locked = 1;
+    LW_STORE_I8(il->locked, 1);
     return 1;
 }
 
@@ -600,6 +709,21 @@ is_internal(PyCodeObject *code)
     return PySet_Contains(g_internal_files, code->co_filename);
 }
 
+/* self->acq = acq (stolen), with its acq_lasti. Other threads read _acq
+ * (reports): the store is made under the lock's critical section, and the old
+ * value released after it (see the top of this file). */
+static void
+set_acq(LockObject *self, PyObject *acq, int lasti)
+{
+    PyObject *old;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    old = self->acq;
+    self->acq_lasti = lasti;
+    LW_STORE_PTR(self->acq, acq);
+    Py_END_CRITICAL_SECTION();
+    Py_XDECREF(old);
+}
+
 /* Record in self->acq the (code, lineno) of the first user frame at or above
  * the caller's frame, as _primitives._acquire_site does. Reuses the current
  * tuple when the site is unchanged (the common case in a loop). */
@@ -608,7 +732,7 @@ record_site(LockObject *self)
 {
     PyFrameObject *frame = PyEval_GetFrame();  /* borrowed */
     if (frame == NULL) {
-        Py_XSETREF(self->acq, Py_NewRef(Py_None));
+        set_acq(self, Py_NewRef(Py_None), self->acq_lasti);
         return 0;
     }
     PyCodeObject *code = PyFrame_GetCode(frame);  /* new ref */
@@ -635,8 +759,7 @@ record_site(LockObject *self)
         Py_DECREF(code);
         if (acq == NULL)
             return -1;
-        self->acq_lasti = lasti;
-        Py_XSETREF(self->acq, acq);
+        set_acq(self, acq, lasti);
         return 0;
     }
     int first = 1;
@@ -654,7 +777,7 @@ record_site(LockObject *self)
         Py_DECREF(frame);
         Py_DECREF(code);
         if (back == NULL) {
-            Py_XSETREF(self->acq, Py_NewRef(Py_None));
+            set_acq(self, Py_NewRef(Py_None), self->acq_lasti);
             return 0;
         }
         frame = back;
@@ -680,8 +803,7 @@ record_site(LockObject *self)
         return -1;
     /* acq_lasti is the position, in acq's code, that gave acq: a position in
      * that code maps to one line wherever the frame is found. */
-    self->acq_lasti = lasti;
-    Py_XSETREF(self->acq, acq);
+    set_acq(self, acq, lasti);
     return 0;
 }
 
@@ -697,8 +819,31 @@ drop_held(PyObject *owner, PyObject *lock)
         PyErr_SetString(PyExc_TypeError, "ThreadState.held is not a list");
         return -1;
     }
-    Py_ssize_t n = PyList_GET_SIZE(held);
     int rc = 0;
+#ifdef LW_FT
+    /* Another thread may release a Lock this thread holds (a hand-off) and
+     * so change this list: the search and the removal are one step, under
+     * the list's own critical section (as list methods are). Items move one
+     * pointer at a time (atomically), as CPython's list does for its
+     * lock-free readers. */
+    int found = 0;
+    Py_BEGIN_CRITICAL_SECTION(held);
+    Py_ssize_t n = PyList_GET_SIZE(held);
+    PyObject **items = ((PyListObject *)held)->ob_item;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        if (items[i] == lock) {
+            for (Py_ssize_t j = i; j < n - 1; j++)
+                _Py_atomic_store_ptr_release(&items[j], items[j + 1]);
+            Py_SET_SIZE(held, n - 1);
+            found = 1;
+            break;
+        }
+    }
+    Py_END_CRITICAL_SECTION();
+    if (found)
+        Py_DECREF(lock);  /* alive in the caller: no code runs */
+#else
+    Py_ssize_t n = PyList_GET_SIZE(held);
     if (n && PyList_GET_ITEM(held, n - 1) == lock) {
         /* Pop without shrinking the list's storage (as list.pop may): the next
          * acquire appends into it without allocating. The item is `lock`,
@@ -714,6 +859,7 @@ drop_held(PyObject *owner, PyObject *lock)
             }
         }
     }
+#endif
     Py_DECREF(held);
     return rc;
 }
@@ -731,49 +877,72 @@ site_of_lock(PyObject *lock)  /* new ref */
     return PyObject_GetAttr(lock, s_site);
 }
 
+/* A lock's object field (new ref, or NULL without an error when unset), read
+ * under the lock's critical section: for the fields that other threads may
+ * set after the lock is shared (_serial, _acq). */
+static PyObject *
+lock_field(LockObject *self, PyObject **field)
+{
+    PyObject *v;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    v = Py_XNewRef(LW_LOAD_PTR(*field));
+    Py_END_CRITICAL_SECTION();
+    return v;
+}
+
 /* (key, serials of the held locks, serial of self): _order.note's key for
  * nested locks of one site. New ref; NULL without an error when self has no
- * serial yet (note must run), NULL with an error on failure. */
+ * serial yet (note must run), NULL with an error on failure. `held` is the
+ * thread's held list (GIL) or a snapshot of it (tuple, free-threaded). */
 static PyObject *
 instance_key(PyObject *key, PyObject *held, Py_ssize_t n, LockObject *self)
 {
-    if (self->serial == NULL)
+    PyObject *own = lock_field(self, &self->serial);
+    if (own == NULL)
         return NULL;
-    int numbered = PyObject_IsTrue(self->serial);
-    if (numbered <= 0)
+    int numbered = PyObject_IsTrue(own);
+    if (numbered <= 0) {
+        Py_DECREF(own);
         return NULL;
+    }
     PyObject *serials = PyTuple_New(n);
-    if (serials == NULL)
+    if (serials == NULL) {
+        Py_DECREF(own);
         return NULL;
+    }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (PyList_GET_SIZE(held) != n) {  /* changed under us */
+        if (PySequence_Fast_GET_SIZE(held) != n) {  /* changed under us */
             Py_DECREF(serials);
+            Py_DECREF(own);
             return NULL;
         }
-        PyObject *lock = PyList_GET_ITEM(held, i);
-        PyObject *serial;
-        if ((PyObject_TypeCheck(lock, &LockBase_Type) || PyObject_TypeCheck(lock, &RLockBase_Type))
-            && ((LockObject *)lock)->serial != NULL)
-            serial = Py_NewRef(((LockObject *)lock)->serial);
-        else
+        PyObject *lock = PySequence_Fast_GET_ITEM(held, i);
+        PyObject *serial = NULL;
+        if (PyObject_TypeCheck(lock, &LockBase_Type) || PyObject_TypeCheck(lock, &RLockBase_Type))
+            serial = lock_field((LockObject *)lock, &((LockObject *)lock)->serial);
+        if (serial == NULL)
             serial = PyObject_GetAttr(lock, s_serial);
         if (serial == NULL) {  /* not ours to judge: let note() decide */
             PyErr_Clear();
             Py_DECREF(serials);
+            Py_DECREF(own);
             return NULL;
         }
         PyTuple_SET_ITEM(serials, i, serial);
     }
-    PyObject *ikey = PyTuple_Pack(3, key, serials, self->serial);
+    PyObject *ikey = PyTuple_Pack(3, key, serials, own);
     Py_DECREF(serials);
+    Py_DECREF(own);
     return ikey;
 }
 
 /* The fast path of _order.note(ts, lock), in C: 1 when note would return None
  * at once (lockwise reporting, or this chain of sites was validated before),
- * 0 when note must run, -1 on error. Mirrors _order.note's first lines. */
+ * 0 when note must run, -1 on error. Mirrors _order.note's first lines.
+ * Without the GIL, another thread may change ts.held (it releases a Lock this
+ * thread holds): the chain is read from a snapshot, with strong references. */
 static int
-order_known(PyObject *ts, LockObject *self, PyObject *held)
+order_known(PyObject *ts, LockObject *self, PyObject *held_list)
 {
     if (g_order == NULL || self->site == NULL)
         return 0;
@@ -784,45 +953,59 @@ order_known(PyObject *ts, LockObject *self, PyObject *held)
     Py_DECREF(quiet);
     if (q)
         return q < 0 ? -1 : 1;
-    Py_ssize_t n = PyList_GET_SIZE(held);
+#ifdef LW_FT
+    PyObject *held = PyList_AsTuple(held_list);
+    if (held == NULL)
+        return -1;
+#else
+    PyObject *held = held_list;
+#endif
+    int r = -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(held);
+    PyObject *key = NULL;
     PyObject *chain = PyTuple_New(n);
     if (chain == NULL)
-        return -1;
+        goto done;
     int in_chain = 0;
-    for (Py_ssize_t i = 0; i < n && i < PyList_GET_SIZE(held); i++) {
-        PyObject *site = site_of_lock(PyList_GET_ITEM(held, i));
+    for (Py_ssize_t i = 0; i < n && i < PySequence_Fast_GET_SIZE(held); i++) {
+        PyObject *site = site_of_lock(PySequence_Fast_GET_ITEM(held, i));
         if (site == NULL) {
             Py_DECREF(chain);
-            return -1;
+            goto done;
         }
         if (site == self->site)
             in_chain = 1;
         PyTuple_SET_ITEM(chain, i, site);
     }
-    if (PyList_GET_SIZE(held) != n) {  /* changed under us */
+    if (PySequence_Fast_GET_SIZE(held) != n) {  /* changed under us */
         Py_DECREF(chain);
-        return 0;
+        r = 0;
+        goto done;
     }
-    PyObject *key = PyTuple_Pack(2, chain, self->site);
+    key = PyTuple_Pack(2, chain, self->site);
     Py_DECREF(chain);
     if (key == NULL)
-        return -1;
+        goto done;
     if (in_chain) {
         /* Locks of one site nested: _order._known_instances, keyed by serials. */
         PyObject *ikey = instance_key(key, held, n, self);
         Py_DECREF(key);
-        if (ikey == NULL)
-            return PyErr_Occurred() ? -1 : 0;
         key = ikey;
+        if (ikey == NULL) {
+            r = PyErr_Occurred() ? -1 : 0;
+            goto done;
+        }
     }
     PyObject *known = PyObject_GetAttr(g_order, in_chain ? s_known_instances : s_known);
-    if (known == NULL) {
-        Py_DECREF(key);
-        return -1;
-    }
-    int r = PySet_Check(known) ? PySet_Contains(known, key) : 0;
+    if (known == NULL)
+        goto done;
+    r = PySet_Check(known) ? PySet_Contains(known, key) : 0;
     Py_DECREF(known);
-    Py_DECREF(key);
+done:
+    Py_XDECREF(key);
+#ifdef LW_FT
+    Py_DECREF(held);
+#endif
     return r;
 }
 
@@ -924,6 +1107,27 @@ call_slow(LockObject *self, PyObject *blocking, PyObject *timeout, int waited, i
         s_acquire_slow, stack + 1, (in_with ? 6 : 5) | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+/* Clear the owner (None, and held_in_with and count 0) when it is `expect`,
+ * or whatever thread owns it when expect is NULL, in one step under the
+ * lock's critical section: of two threads releasing at once, one only takes
+ * the owner's reference. Returns that reference (the caller releases it), or
+ * NULL when the lock had no owner (or not `expect`). */
+static PyObject *
+take_owner(LockObject *self, PyObject *expect)
+{
+    PyObject *old = NULL;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    PyObject *cur = self->owner;
+    if (cur != NULL && cur != Py_None && (expect == NULL || cur == expect)) {
+        old = cur;
+        LW_STORE_I8(self->held_in_with, 0);
+        LW_STORE_SSIZE(self->count, 0);
+        LW_STORE_PTR(self->owner, Py_NewRef(Py_None));
+    }
+    Py_END_CRITICAL_SECTION();
+    return old;
+}
+
 /* After the inner lock was taken without waiting: the lock-order check (for a
  * blocking acquire made while holding others), then record the owner.
  * On error the inner lock is released again. Returns 0 / -1. */
@@ -943,11 +1147,14 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock, int in_with)
      * again. It must find the lock owned by this thread: an RLock re-entry
      * then succeeds, and a Lock's self-wait is seen (not a wait on a lock
      * owned by nobody, which no rule can report). */
-    PyObject *old_owner = self->owner;
-    self->held_in_with = (char)in_with;
-    self->owner = Py_NewRef(ts);
+    PyObject *old_owner;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    old_owner = self->owner;
+    LW_STORE_I8(self->held_in_with, in_with);
     if (is_rlock)
-        self->count = 1;
+        LW_STORE_SSIZE(self->count, 1);
+    LW_STORE_PTR(self->owner, Py_NewRef(ts));
+    Py_END_CRITICAL_SECTION();
     Py_XDECREF(old_owner);
     if (blocking) {
         int check = needs_order_check(held);
@@ -985,14 +1192,7 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock, int in_with)
     Py_DECREF(held);
     return 0;
 undo:
-    if (self->owner == ts) {
-        PyObject *o = self->owner;
-        self->owner = Py_NewRef(Py_None);
-        self->held_in_with = 0;
-        if (is_rlock)
-            self->count = 0;
-        Py_DECREF(o);
-    }
+    Py_XDECREF(take_owner(self, ts));
     Py_DECREF(held);
 fail:
     inner_release_keep_error(self->inner);
@@ -1033,7 +1233,7 @@ lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int f
                 Py_RETURN_FALSE;  /* a failed try, as the pure Lock answers it */
             got = inner_quiet_wait(self->inner);
             if (!got)
-                return call_slow(self, blocking, timeout, g_quiet_us > 0, in_with);
+                return call_slow(self, blocking, timeout, LW_LOAD_I64(g_quiet_us) > 0, in_with);
         }
         PyObject *ts = current_state();
         if (ts == NULL) {
@@ -1070,16 +1270,14 @@ lock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (check_init(self) < 0)
         return NULL;
-    PyObject *owner = self->owner;
-    if (owner == NULL || owner == Py_None) {
+    PyObject *owner = take_owner(self, NULL);  /* we now own the old reference */
+    if (owner == NULL) {
         /* Unlocked (the inner lock raises RuntimeError as threading does), or
          * an acquirer is between taking the inner lock and recording itself. */
         if (inner_release(self->inner) < 0)
             return NULL;
         Py_RETURN_NONE;
     }
-    self->held_in_with = 0;
-    self->owner = Py_NewRef(Py_None);  /* we now own the old reference */
     /* From here on the inner lock is given back whatever fails: the owner is
      * cleared, so a lock left taken would be held by nobody, for ever. */
     if (drop_held(owner, (PyObject *)self) < 0)
@@ -1123,7 +1321,7 @@ lock_is_owned(LockObject *self, PyObject *Py_UNUSED(ignored))
     if (check_init(self) < 0)
         return NULL;
     if (Py_IS_TYPE(self->inner, &InnerLock_Type))
-        return PyBool_FromLong(((InnerLockObject *)self->inner)->locked);
+        return PyBool_FromLong(LW_LOAD_I8(((InnerLockObject *)self->inner)->locked));
     PyObject *stack[2] = {NULL, self->inner};
     PyObject *res = PyObject_VectorcallMethod(
         s_locked, stack + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
@@ -1150,9 +1348,9 @@ rlock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int 
         PyObject *ts = current_state();
         if (ts == NULL)
             return NULL;
-        if (self->owner == ts) {
+        if (LW_LOAD_PTR(self->owner) == ts) {  /* only this thread stores ts there */
             Py_DECREF(ts);
-            self->count += 1;
+            LW_STORE_SSIZE(self->count, LW_LOAD_SSIZE(self->count) + 1);
             Py_RETURN_TRUE;
         }
         int got = inner_try(self->inner);
@@ -1168,7 +1366,7 @@ rlock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int 
             got = inner_quiet_wait(self->inner);
             if (!got) {
                 Py_DECREF(ts);
-                return call_slow(self, blocking, timeout, g_quiet_us > 0, 0);
+                return call_slow(self, blocking, timeout, LW_LOAD_I64(g_quiet_us) > 0, 0);
             }
         }
         int rc = take(self, ts, blk, 1, 0);
@@ -1204,26 +1402,25 @@ rlock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
     PyObject *ts = current_state();
     if (ts == NULL)
         return NULL;
-    if (self->owner != ts) {
+    if (LW_LOAD_PTR(self->owner) != ts) {
         Py_DECREF(ts);
         PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
         return NULL;
     }
-    Py_ssize_t count = self->count - 1;
+    Py_ssize_t count = LW_LOAD_SSIZE(self->count) - 1;
     if (count) {
-        self->count = count;
+        LW_STORE_SSIZE(self->count, count);
         Py_DECREF(ts);
         Py_RETURN_NONE;
     }
-    self->count = 0;
-    PyObject *owner = self->owner;  /* == ts; take over the field's reference */
-    self->owner = Py_NewRef(Py_None);
+    /* == ts: take over the field's reference (count set to 0 with it) */
+    PyObject *owner = take_owner(self, ts);
     int rc = drop_held(ts, (PyObject *)self);
     if (rc < 0) {
         /* The owner is cleared: give the inner lock back all the same. */
         inner_release_keep_error(self->inner);
     }
-    Py_DECREF(owner);
+    Py_XDECREF(owner);
     Py_DECREF(ts);
     if (rc < 0)
         return NULL;
@@ -1239,7 +1436,7 @@ rlock_is_owned(LockObject *self, PyObject *Py_UNUSED(ignored))
     PyObject *ts = current_state();
     if (ts == NULL)
         return NULL;
-    int mine = self->owner == ts;
+    int mine = LW_LOAD_PTR(self->owner) == ts;
     Py_DECREF(ts);
     return PyBool_FromLong(mine);
 }
@@ -1306,19 +1503,16 @@ static PyMemberDef rlock_members[] = {
 static PyObject *
 lock_get_acq(LockObject *self, void *Py_UNUSED(closure))
 {
-    if (self->acq == NULL) {
+    PyObject *acq = lock_field(self, &self->acq);
+    if (acq == NULL)
         PyErr_SetString(PyExc_AttributeError, "_acq");
-        return NULL;
-    }
-    return Py_NewRef(self->acq);
+    return acq;
 }
 
 static int
 lock_set_acq(LockObject *self, PyObject *value, void *Py_UNUSED(closure))
 {
-    self->acq_lasti = -1;
-    Py_XINCREF(value);
-    Py_XSETREF(self->acq, value);
+    set_acq(self, Py_XNewRef(value), -1);
     return 0;
 }
 
@@ -1330,7 +1524,7 @@ static PyGetSetDef lock_getset[] = {
 static PyObject *
 lock_get_held_in_with(LockObject *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(self->held_in_with);
+    return PyBool_FromLong(LW_LOAD_I8(self->held_in_with));
 }
 
 /* Lock only: read-only for users; the shared Python code (slow path, fork)
@@ -1348,7 +1542,7 @@ lock_set_held_in_with(LockObject *self, PyObject *value)
     int v = PyObject_IsTrue(value);
     if (v < 0)
         return NULL;
-    self->held_in_with = (char)v;
+    LW_STORE_I8(self->held_in_with, v);
     Py_RETURN_NONE;
 }
 
@@ -1481,8 +1675,12 @@ speedups_set_quiet_wait(PyObject *Py_UNUSED(module), PyObject *arg)
     long long us = PyLong_AsLongLong(arg);
     if (us == -1 && PyErr_Occurred())
         return NULL;
+#ifdef LW_FT
+    long long previous = _Py_atomic_exchange_int64(&g_quiet_us, us < 0 ? 0 : (int64_t)us);
+#else
     long long previous = g_quiet_us;
     g_quiet_us = us < 0 ? 0 : us;
+#endif
     return PyLong_FromLongLong(previous);
 }
 
@@ -1516,15 +1714,26 @@ site_for(PyObject *frame_obj)  /* new ref */
     PyObject *key = Py_BuildValue("(Ni)", PyLong_FromVoidPtr(code), frame_lasti(frame));
     if (key == NULL)
         goto fail;
-    PyObject *entry = PyDict_GetItemWithError(g_by_offset, key);  /* borrowed */
+#if PY_VERSION_HEX >= 0x030D0000
+    /* Other threads add to the cache: a strong reference to the entry. */
+    PyObject *entry = NULL;
+    if (PyDict_GetItemRef(g_by_offset, key, &entry) < 0) {
+        Py_DECREF(key);
+        goto fail;
+    }
+#else
+    PyObject *entry = Py_XNewRef(PyDict_GetItemWithError(g_by_offset, key));
+#endif
     Py_DECREF(key);
     if (entry != NULL && PyTuple_CheckExact(entry) && PyTuple_GET_SIZE(entry) == 2
         && PyTuple_GET_ITEM(entry, 0) == (PyObject *)code) {
         PyObject *site = Py_NewRef(PyTuple_GET_ITEM(entry, 1));
+        Py_DECREF(entry);
         Py_DECREF(code);
         Py_DECREF(frame);
         return site;
     }
+    Py_XDECREF(entry);
     if (PyErr_Occurred())
         goto fail;
 slow:
@@ -1662,6 +1871,14 @@ PyInit__speedups(void)
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
         return NULL;
+#ifdef Py_GIL_DISABLED
+    /* Correct without the GIL (see the top of this file): importing lockwise
+     * leaves a free-threaded interpreter free-threaded. */
+    if (PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
     Py_INCREF(&InnerLock_Type);
     if (PyModule_AddObject(m, "InnerLock", (PyObject *)&InnerLock_Type) < 0) {
         Py_DECREF(&InnerLock_Type);

@@ -323,9 +323,11 @@ def _next_hop(ts: ThreadState) -> Optional[tuple[ThreadState, int]]:
     if isinstance(res, JoinWait):
         target = state_of(res.thread.ident or 0)
         return None if target is None else (target, OWNER_ONLY)
+    # Read once: _valid read it too, but the owner may have released it
+    # since (without the GIL, even between two reads here).
     owner: Optional[ThreadState] = res._owner
     if owner is None:
-        return None  # released since _valid read it
+        return None
     return owner, release_evidence(res)
 
 
