@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Optional
 
 import pytest
 
 import lockwise
 from lockwise import _state, _watchdog
+
+from .runner_helpers import clean_env
 
 
 def _poll_until(wd: _watchdog.Watchdog, deadline: float = 10.0) -> Optional[lockwise.Finding]:
@@ -266,3 +271,35 @@ def test_idle_consumer_while_the_producer_runs_is_not_a_hang() -> None:
     lockwise.watchdog(None)
     assert got == [0, 1, 2]
     assert lockwise.findings("hang") == []
+
+
+RECURRING = """
+import queue, signal
+q = queue.Queue()
+
+def tick(signum, frame):
+    q.put_nowait(1)
+
+signal.signal(signal.SIGALRM, tick)
+signal.setitimer(signal.ITIMER_REAL, 0.6, 0.6)
+for _ in range(6):
+    q.get()  # each gap is a wait that nothing lockwise sees can end
+signal.setitimer(signal.ITIMER_REAL, 0)
+print("done")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_recurring_wait_is_reported_once_with_a_count(tmp_path: Path) -> None:
+    program = tmp_path / "recurring.py"
+    program.write_text(RECURRING, encoding="utf-8")
+    report = tmp_path / "r.json"
+    result = subprocess.run([sys.executable, "-m", "lockwise", "run", "--hang-timeout", "0.3",
+                             "--json", str(report), str(program)], capture_output=True,
+                            text=True, timeout=90, cwd=tmp_path, env=clean_env())
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr
+    assert result.stderr.count("lockwise: hang:") == 1, result.stderr  # in full once
+    summary = [line for line in result.stderr.splitlines() if line.startswith("  - [hang]")]
+    assert len(summary) == 1, result.stderr  # one line, with the count
+    seen = int(summary[0].rsplit("(seen ", 1)[1].split()[0])
+    assert seen >= 3, summary

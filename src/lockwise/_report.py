@@ -241,7 +241,8 @@ def short_path(filename: str) -> str:
     return filename
 
 
-def _shorten(text: str) -> str:
+def shorten(text: str) -> str:
+    """``text`` with the working directory's and the standard library's prefixes dropped."""
     for prefix in _prefixes():
         text = text.replace(prefix, "")
     return text
@@ -365,11 +366,11 @@ def render_brief(finding: Finding) -> str:
     """The short report of ``finding`` (see above); the full one is ``render``."""
     try:
         if finding.kind == "deadlock" and finding.details.get("threads"):
-            return _shorten(brief_deadlock(finding))
+            return shorten(brief_deadlock(finding))
         if finding.kind == "lock-order" and finding.details.get("cycle"):
-            return _shorten(brief_lock_order(finding))
+            return shorten(brief_lock_order(finding))
         if finding.kind == "hang":
-            return _shorten(brief_hang(finding))
+            return shorten(brief_hang(finding))
     except Exception:  # a report loaded from a file may be shaped unexpectedly
         pass
     if finding.text:
@@ -408,7 +409,7 @@ def render_summary(findings: list[Finding]) -> str:
     total = sum(n for _f, n in merged)
     parts = ", ".join(f"{n} {_p(kind)}" for kind, n in sorted(counts.items()))
     lines = [f"lockwise: {total} finding(s): {parts}"]
-    lines += [f"  - [{_p(f.kind)}] {_p(_shorten(f.summary))}"
+    lines += [f"  - [{_p(f.kind)}] {_p(shorten(f.summary))}"
               + (f" (seen {n} times)" if n > 1 else "") for f, n in merged]
     return "\n".join(lines)
 

@@ -343,7 +343,8 @@ class Session:
         if count >= step:
             self._repeats[sig] = count
             self._write_err(f"lockwise: [{printable(finding.kind)}] seen {count} times: "
-                            f"{printable(finding.summary)} (reported in full once)")
+                            f"{printable(_report.shorten(finding.summary))} "
+                            "(reported in full once)")
 
     def all_findings(self) -> list[Finding]:
         """This process's findings plus those merged into the report by others."""
