@@ -221,6 +221,10 @@ class Session:
             settings.on_lock_order = "log"
         _findings.stop_propagation()
         _install.install()
+        if os.environ.get("LOCKWISE_SCHEDULE"):  # a run steered by `lockwise confirm`
+            from . import _schedule
+
+            _schedule.start_from_env()
         if self.options.hang_timeout is not None:
             self.watchdog = _watchdog.Watchdog(self.options.hang_timeout).start()
         if self.options.profile or self.options.profile_collapsed is not None:
