@@ -230,3 +230,54 @@ def test_the_core_does_not_import_the_scheduler() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+PYTEST_FILE = """\
+import threading
+
+
+def nest(x, y):
+    with x:
+        with y:
+            pass
+
+
+def test_inversion():
+    a, b = threading.Lock(), threading.Lock()
+    threads = [threading.Thread(target=nest, args=(a, b)),
+               threading.Thread(target=nest, args=(b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_joined_orders():
+    a, b = threading.Lock(), threading.Lock()
+    for x, y in ((a, b), (b, a)):
+        t = threading.Thread(target=nest, args=(x, y))
+        t.start()
+        t.join()
+"""
+
+
+@pytest.mark.timeout(240)
+def test_pytest_confirm_fails_the_test_and_replays_it(tmp_path: os.PathLike) -> None:
+    with open(os.path.join(str(tmp_path), "test_inv.py"), "w", encoding="utf-8") as f:
+        f.write(PYTEST_FILE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--lockwise", "--lockwise-confirm", "test_inv.py"],
+                          cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=200)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr
+    assert "1 failed, 1 passed" in out, out
+    assert "FAILED test_inv.py::test_inversion" in out
+    assert "CONFIRMED, a deadlock" in out
+    line = next(x for x in out.splitlines() if "replay: lockwise confirm --replay" in x)
+    replay = line.split("replay: ", 1)[1].split()
+    assert replay[:3] == ["lockwise", "confirm", "--replay"]
+    rep = confirm(*replay[2:], "--runs", "3", cwd=str(tmp_path))
+    assert rep.returncode == 3, rep.stdout + rep.stderr
+    assert "reproduced 3/3" in rep.stdout or "reproduced 2/3" in rep.stdout, rep.stdout
