@@ -81,6 +81,122 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+_CONFIRM_VALUE_OPTIONS = ("--runs", "--timeout", "--json", "--from-report", "--replay",
+                          "--finding", "--seed", "--pause")
+
+
+def add_confirm_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "confirm", help="steer threads into a predicted lock-order deadlock",
+        usage="lockwise confirm [options] (script.py | -m module) [args...]\n"
+              "       lockwise confirm --replay FILE [--finding K] [--runs N]",
+        description="Run the program once under lockwise to collect its lock-order "
+                    "findings (or read them with --from-report), then re-run it with a "
+                    "scheduler that pauses each thread of a predicted cycle before its "
+                    "second acquire until the cycle forms. A finding is confirmed only "
+                    "when lockwise's deadlock detector caught the deadlock; its schedule "
+                    "can be replayed. Exit status 3 when a finding is confirmed (or a "
+                    "replay reproduced it), 0 otherwise, 2 on bad input.")
+    parser.add_argument("--runs", metavar="N", default=None,
+                        help="directed runs per finding at most (default 5; --replay: 1)")
+    parser.add_argument("--timeout", metavar="SECONDS", default=None,
+                        help="kill a run after SECONDS (default 30); it counts as a run")
+    parser.add_argument("--json", metavar="FILE",
+                        help="write the findings with their 'confirmation' to FILE")
+    parser.add_argument("--from-report", metavar="FILE",
+                        help="take the lock-order findings from a JSON report of "
+                             "'lockwise run --json' instead of a collecting run")
+    parser.add_argument("--replay", metavar="FILE",
+                        help="re-run the schedule of a confirmed finding in FILE (written "
+                             "by 'lockwise confirm --json')")
+    parser.add_argument("--finding", metavar="K",
+                        help="with --replay: the K-th lock-order finding (default: the "
+                             "first confirmed one)")
+    parser.add_argument("--seed", metavar="N", default="0",
+                        help="seed of the first directed run (run i uses N+i)")
+    parser.add_argument("--pause", metavar="SECONDS", default=None,
+                        help="bound of one pause (default 2)")
+    parser.add_argument("-m", dest="module", metavar="MODULE",
+                        help="run a library module as a script, as python -m does")
+    parser.add_argument("script", nargs="?", help="the Python script to run")
+    parser.set_defaults(func=cmd_confirm, program_args=[])
+    return parser
+
+
+def _split_confirm_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``confirm``'s arguments split as ``run``'s are (lockwise's, the program's)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--", "-m"):
+            return argv[:i + 2], argv[i + 2:]
+        if arg.startswith("-m") and not arg.startswith("--"):
+            return argv[:i + 1], argv[i + 1:]
+        if arg in _CONFIRM_VALUE_OPTIONS:
+            i += 2
+            continue
+        if arg.startswith("-"):
+            i += 1
+            continue
+        return argv[:i + 1], argv[i + 1:]
+    return argv, []
+
+
+def _positive(text: Optional[str], option: str, default: float, integer: bool) -> float:
+    from ._confirm import ConfirmError
+
+    if text is None:
+        return default
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = -1
+    if not value > 0 or value != value or value == float("inf"):
+        kind = "a positive whole number" if integer else "a positive number of seconds"
+        raise ConfirmError(f"{option}: {text!r} is not valid; expected {kind}")
+    return value
+
+
+def cmd_confirm(ns: Any) -> int:
+    from . import _confirm
+
+    try:
+        if ns.module is not None and ns.script is not None:
+            ns.program_args.insert(0, ns.script)
+            ns.script = None
+        timeout = _positive(ns.timeout, "--timeout", _confirm.DEFAULT_TIMEOUT, False)
+        pause = _positive(ns.pause, "--pause", _confirm.DEFAULT_PAUSE, False)
+        try:
+            seed = int(ns.seed)
+        except ValueError:
+            raise _confirm.ConfirmError(f"--seed: {ns.seed!r} is not valid; expected a "
+                                        "whole number") from None
+        if ns.replay is not None:
+            if ns.module is not None or ns.script is not None:
+                raise _confirm.ConfirmError("--replay: the schedule names the program; "
+                                            "expected no script or -m module with it")
+            runs = int(_positive(ns.runs, "--runs", 1, True))
+            finding = (None if ns.finding is None
+                       else int(_positive(ns.finding, "--finding", 1, True)))
+            return _confirm.main_replay(ns.replay, finding, runs, timeout, sys.stdout)
+        if ns.finding is not None:
+            raise _confirm.ConfirmError("--finding: only with --replay FILE")
+        runs = int(_positive(ns.runs, "--runs", _confirm.DEFAULT_RUNS, True))
+        target = None
+        if ns.module is not None:
+            target = _confirm.Target(ns.module, ns.program_args, True)
+        elif ns.script is not None:
+            if not __import__("os").path.isfile(ns.script):
+                raise _confirm.ConfirmError(f"confirm: cannot open {ns.script!r}: no such "
+                                            "file; expected a Python script")
+            target = _confirm.Target(ns.script, ns.program_args, False)
+        return _confirm.main_confirm(target, runs, timeout, ns.json, ns.from_report, seed,
+                                     pause, sys.stdout)
+    except _confirm.ConfirmError as exc:
+        sys.stderr.write(f"lockwise: error: {exc}\n")
+        return USAGE_STATUS
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: a plain `lockwise run` never needs it.
     import argparse
@@ -100,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        parser_class=_Parser)
     add_run_parser(subparsers)
     add_report_parser(subparsers)
+    add_confirm_parser(subparsers)
     return parser
 
 
@@ -258,7 +375,10 @@ def _show_report(ns: argparse.Namespace, data: dict[str, Any], found: list[Any])
     for note in data.get("notes", []):
         out.write(f"lockwise: note: {printable(note)}\n")
     for finding in found:
-        out.write(printable(_report.render(finding), newlines=True) + "\n\n")
+        text = _report.render(finding)
+        if finding.kind == "lock-order" and "confirmation" not in finding.details:
+            text += "\n\n  " + _report.confirmation_status(finding)
+        out.write(printable(text, newlines=True) + "\n\n")
     profile = data.get("profile")
     if isinstance(profile, dict):
         out.write(printable(_report.render_profile(profile), newlines=True) + "\n\n")
@@ -279,12 +399,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             return USAGE_STATUS
         args = ["run"] + mine
         ns = _quick_run_namespace(mine)
+    elif args and args[0] == "confirm":
+        mine, program_args = _split_confirm_args(args[1:])
+        args = ["confirm"] + mine
     if ns is None:
         parser = build_parser()
         ns = parser.parse_args(args)
         if getattr(ns, "func", None) is None:
-            parser.error("expected a command: run or report")
-    if ns.command == "run":
+            parser.error("expected a command: run, report or confirm")
+    if ns.command in ("run", "confirm"):
         ns.program_args = program_args
     from ._runner import UsageError
 

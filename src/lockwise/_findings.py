@@ -254,13 +254,16 @@ class Finding(Record):
     def from_dict(cls, data: dict[str, Any]) -> Finding:
         if not isinstance(data, dict) or "kind" not in data:
             raise ValueError("a finding must be an object with a 'kind'")
+        details = dict(data.get("details", {}))
+        if isinstance(data.get("confirmation"), dict):  # written by `lockwise confirm`
+            details["confirmation"] = data["confirmation"]
         return cls(
             kind=str(data["kind"]),
             summary=str(data.get("summary", "")),
             threads=[str(t) for t in data.get("threads", [])],
             locks=[LockRef.from_dict(lock) for lock in data.get("locks", [])],
             stacks=[StackInfo.from_dict(s) for s in data.get("stacks", [])],
-            details=dict(data.get("details", {})),
+            details=details,
             text=str(data.get("text", "")),
             time=float(data.get("time", 0.0)),
             pid=int(data.get("pid", 0)),

@@ -27,7 +27,7 @@ from html import escape
 
 from ._files import atomic_write
 from ._findings import Finding, StackInfo
-from ._report import format_ns, format_stack, profile_header, render
+from ._report import confirmation_status, format_ns, format_stack, profile_header, render
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -313,6 +313,8 @@ def render_findings(findings: list[Finding]) -> str:
             f'<h3><span class="kind">{_e(f.kind)}</span>{_e(f.summary)}</h3>'
             + (f'<p class="note">Locks: {locks}; threads: '
                f'{_e(", ".join(f.threads))}</p>' if f.locks or f.threads else "")
+            + (f'<p class="note confirmation">{_e(confirmation_status(f))}</p>'
+               if f.kind == "lock-order" else "")
             + f"<details><summary>Full report</summary><pre>{_e(render(f))}</pre></details>"
             + (f"<h4>Stacks</h4>{stacks}" if stacks else "") + "</article>")
     return "".join(parts)

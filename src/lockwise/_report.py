@@ -174,7 +174,27 @@ def render_hang(finding: Finding) -> str:
     return "\n".join(lines)
 
 
+def confirmation_status(finding: Finding) -> str:
+    """A lock-order finding's status: unconfirmed, or what ``lockwise confirm``
+    found (confirmed, with the replay command; not confirmed, with the reason)."""
+    conf = finding.details.get("confirmation")
+    if not isinstance(conf, dict):
+        return ("Status: unconfirmed (lockwise confirm PROGRAM steers the threads into it, "
+                "or says why it cannot happen)")
+    if conf.get("status") == "confirmed":
+        schedule = conf.get("schedule")
+        replay = schedule.get("replay") if isinstance(schedule, dict) else None
+        return ("Status: confirmed: lockwise steered the threads into this deadlock"
+                + (f"; replay: {replay}" if replay else ""))
+    return (f"Status: not confirmed after {conf.get('runs', '?')} directed run(s): "
+            f"{conf.get('reason', 'no reason given')}")
+
+
 def render(finding: Finding) -> str:
+    if finding.kind == "lock-order" and "confirmation" in finding.details:
+        text = printable(finding.text, newlines=True) if finding.text else \
+            render_lock_order(finding)
+        return text + "\n\n  " + _p(confirmation_status(finding))
     if finding.text:
         return printable(finding.text, newlines=True)
     if finding.kind == "deadlock":

@@ -241,6 +241,10 @@ class Session:
         _errors.reports_on_stderr = not self.options.quiet
         _install.install()
         _tracebacks.install()
+        if os.environ.get("LOCKWISE_SCHEDULE"):  # a run steered by `lockwise confirm`
+            from . import _schedule
+
+            _schedule.start_from_env()
         if self.options.hang_timeout is not None:
             self.watchdog = _watchdog.Watchdog(self.options.hang_timeout).start()
         if self.options.profile or self.options.profile_collapsed is not None:

@@ -161,6 +161,8 @@ DETAILS = {"deadlock": DEADLOCK, "lock-order": LOCK_ORDER, "hang": HANG}
 FINDING = Obj(required={"kind": str}, optional={
     "summary": str, "threads": [str], "locks": [LOCK], "stacks": [STACK],
     "details": dict, "text": str, "time": NUM, "pid": INT,
+    "confirmation": Obj(required={"status": str}, optional={"reason": str, "runs": NUM,
+                                                            "schedule": dict}),
 })
 SITE = Obj(optional={"site": str, "function": str, "code": Opt(str), "count": NUM,
                      "wait_ns": Opt(NUM)})

@@ -15,6 +15,12 @@ even import lockwise. When enabled:
 * with ``--lockwise-profile`` (which implies ``--lockwise``), lock
   contention is profiled for the whole session (``lockwise.profile()``) and
   the contention table is printed in the terminal summary;
+* with ``--lockwise-confirm`` (implies ``--lockwise``), each test during
+  which a lock-order finding was recorded is re-run (``python -m pytest
+  NODEID`` under ``lockwise run``, up to 3 times per finding) with the
+  directed scheduler of ``lockwise confirm``; a confirmed deadlock fails the
+  test with the command that replays it (a schedule file in a temporary
+  directory);
 * the ``lockwise_findings`` fixture gives a test the list of findings
   recorded during it so far (live: it grows as findings are recorded).
   Without ``--lockwise`` the fixture still collects the findings of
@@ -45,6 +51,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lockwise-profile", action="store_true", default=None,
                     help="profile lock contention during the session (implies --lockwise) "
                          "and print the contention table at the end")
+    group.addoption("--lockwise-confirm", action="store_true", default=None,
+                    help="re-run each test that produced a lock-order finding under "
+                         "lockwise confirm's directed scheduler (implies --lockwise); a "
+                         "confirmed deadlock fails the test, with the replay command")
     parser.addini("lockwise", "run the tests with lockwise installed", type="bool",
                   default=False)
     parser.addini("lockwise_fail_on", "finding kinds that fail a test (comma list)",
@@ -54,10 +64,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 class LockwisePlugin:
     """The enabled plugin: owns the install and the per-test findings."""
 
-    def __init__(self, fail_on: frozenset[str], profile: bool = False) -> None:
+    def __init__(self, fail_on: frozenset[str], profile: bool = False,
+                 confirm: Optional[str] = None) -> None:
         from . import _findings, _install, _profile
 
         self.fail_on = fail_on
+        #: With --lockwise-confirm: the directory for the schedules (JSON).
+        self.confirm_dir = confirm
         self.current: list[Finding] = []
         self._findings = _findings
         self._install = _install
@@ -102,6 +115,14 @@ class LockwisePlugin:
         new = self.current[getattr(self, "_checked", 0):]
         self._checked = len(self.current)
         failing = [f for f in new if f.kind in self.fail_on]
+        if self.confirm_dir is not None and call.when == "call":
+            confirmed = self._confirm(item, [f for f in new if f.kind == "lock-order"])
+            if confirmed:
+                if report.passed:
+                    report.outcome = "failed"
+                    report.longrepr = confirmed
+                else:
+                    report.sections.append(("lockwise confirm", confirmed))
         if not failing:
             return
         from ._report import render
@@ -116,13 +137,49 @@ class LockwisePlugin:
             report.sections.append(("lockwise findings", text))
 
 
+    def _confirm(self, item: pytest.Item, found: list[Finding]) -> str:
+        """Steer this test's lock-order findings (``lockwise confirm``) in
+        ``python -m pytest NODEID`` subprocesses; the text of the confirmed ones."""
+        if not found or self.confirm_dir is None:
+            return ""
+        import json
+        import os
+
+        from . import _confirm
+
+        cwd = str(item.config.invocation_params.dir)
+        target = _confirm.Target("pytest", ["-q", "-p", "no:cacheprovider", item.nodeid],
+                                 True, cwd)
+        safe = "".join(c if c.isalnum() else "_" for c in item.nodeid)[-80:]
+        out = []
+        try:
+            for k, finding in enumerate(found, 1):
+                data = finding.to_dict()
+                conf = _confirm.confirm_finding(target, data, 3, 60.0, self.confirm_dir,
+                                                f"{safe}-{k}")
+                if conf["status"] != "confirmed":
+                    continue
+                path = os.path.join(self.confirm_dir, f"{safe}-{k}.json")
+                conf["schedule"]["replay"] = _confirm.replay_command(path, 1)
+                data["confirmation"] = conf
+                with open(path, "w", encoding="utf-8") as f:
+                    json.dump({"findings": [data]}, f, indent=1)
+                out.append(f"lockwise confirm: {finding.summary}: CONFIRMED, a deadlock "
+                           f"({conf['reason']})\n  replay: {conf['schedule']['replay']}")
+        except Exception as exc:  # never breaks the session: say it
+            out.append(f"lockwise confirm: internal error: {type(exc).__name__}: {exc}")
+        return "\n\n".join(out)
+
+
 def _enabled(config: pytest.Config, early: bool = False) -> bool:
     if early:  # before pytest_configure only the known arguments are parsed
         known = config.known_args_namespace
         profile, option = getattr(known, "lockwise_profile", None), getattr(known, "lockwise", None)
+        confirm = getattr(known, "lockwise_confirm", None)
     else:
         profile, option = config.getoption("lockwise_profile"), config.getoption("lockwise")
-    if profile:
+        confirm = config.getoption("lockwise_confirm")
+    if profile or confirm:
         return True
     if option is not None:
         return bool(option)
@@ -165,7 +222,13 @@ def _start(config: pytest.Config, early: bool = False) -> None:
         raise pytest.UsageError(str(exc)) from None
     profile = bool(getattr(config.known_args_namespace, "lockwise_profile", None) if early
                    else config.getoption("lockwise_profile"))
-    config.pluginmanager.register(LockwisePlugin(fail_on, profile), _KEY)
+    confirm: Optional[str] = None
+    if (getattr(config.known_args_namespace, "lockwise_confirm", None) if early
+            else config.getoption("lockwise_confirm")):
+        import tempfile
+
+        confirm = tempfile.mkdtemp(prefix="lockwise-confirm-")
+    config.pluginmanager.register(LockwisePlugin(fail_on, profile, confirm), _KEY)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
