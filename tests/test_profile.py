@@ -265,7 +265,7 @@ def test_full_profile_matches_ground_truth() -> None:
     """Every contention timed: the wait total is what the waiters measured
     themselves, within about 1%."""
     lock = lockwise.Lock(name="truth")
-    rounds, hold = 8, 0.03
+    rounds, hold = 8, 0.1  # long waits: 1% is then well above scheduling delays
     measured: list[float] = []
     start_round = threading.Barrier(3)
 

@@ -60,7 +60,7 @@ def test_run_profile_table_json_and_collapsed(tmp_path: Path) -> None:
     assert lines[start + 2].split()[0] == "hot", result.stderr
     assert f"waited at {prog}:{_line(HOT_PROGRAM, '# WAITER')} in waiter" in result.stderr
     assert f"held from {prog}:{_line(HOT_PROGRAM, '# HOLDER')} in holder" in result.stderr
-    assert lines[-1] == "lockwise: no findings."
+    assert lines[-2] == "lockwise: no findings." and lines[-1].startswith("lockwise: watched")
     # The JSON report's profile section.
     data = json.loads(out.read_text())
     profile = data["profile"]
