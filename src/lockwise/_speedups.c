@@ -221,18 +221,44 @@ current_state(void)
     return ts;
 }
 #else  /* LW_FT */
+/* A per-thread cache of the state (thread-local storage, never shared): the
+ * thread state it belongs to (its address, interpreter and id: ids are only
+ * unique per interpreter) and the state, borrowed from the thread's dict. The
+ * dict entry is written once (when missing) and never replaced, and the dict
+ * lives as long as the thread state, so the borrowed reference is valid
+ * whenever the three keys match. */
+#if defined(_MSC_VER)
+#define LW_THREAD_LOCAL __declspec(thread)
+#else
+#define LW_THREAD_LOCAL _Thread_local
+#endif
+static LW_THREAD_LOCAL PyThreadState *tls_tstate;
+static LW_THREAD_LOCAL PyInterpreterState *tls_interp;
+static LW_THREAD_LOCAL uint64_t tls_id;
+static LW_THREAD_LOCAL PyObject *tls_ts;
+
 /* The calling thread's state, created (in Python) on first use. New ref.
  * Found in the thread's own dict (only this thread reads or writes it), with a
  * strong reference; _state._local.ts is the truth the dict caches. */
 static PyObject *
 current_state(void)
 {
+    PyThreadState *tstate = PyThreadState_Get();
+    PyInterpreterState *interp = PyThreadState_GetInterpreter(tstate);
+    uint64_t id = PyThreadState_GetID(tstate);
+    if (tls_ts != NULL && tls_tstate == tstate && tls_interp == interp && tls_id == id)
+        return Py_NewRef(tls_ts);
     PyObject *tdict = PyThreadState_GetDict();
     PyObject *ts = NULL;
     if (tdict != NULL) {
         int r = PyDict_GetItemRef(tdict, g_ts_key, &ts);
-        if (r > 0)
+        if (r > 0) {
+            tls_tstate = tstate;
+            tls_interp = interp;
+            tls_id = id;
+            tls_ts = ts;  /* borrowed: the dict keeps it */
             return ts;
+        }
         if (r < 0)
             return NULL;
     }
