@@ -4,6 +4,16 @@ A ``Site`` is interned per (code object, line), so every lock created on one
 line shares one object: that object is the lock's class in the order graph,
 and costs no memory per lock. Frames inside lockwise and ``threading`` are
 skipped everywhere, so sites and stacks point at the user's code.
+
+Generated code (``exec``/``eval``, template engines, ``namedtuple``- and
+``dataclass``-style factories, notebook cells: a ``co_filename`` that is
+``<...>`` or no existing file) can create code objects without end. Its
+sites are interned per code object too (two generated functions never share
+a class, whatever their text), but the table holds the code object only
+weakly: an entry goes when its code object is freed, so the table is
+bounded by the live code, as under plain Python. A lock keeps its own site;
+a later code object at the same address gets a new site. Sites of files
+on disk are kept for good (bounded by the source).
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import linecache
 import os
 import sys
 import threading
+import weakref
 from types import CodeType, FrameType
 
 from ._findings import FrameInfo
@@ -114,6 +125,51 @@ _sites: dict[tuple[CodeType, int], Site] = {}
 #: time on 3.13). The entry keeps its code object alive, so the id cannot be
 #: reused while the entry exists.
 _by_offset: dict[tuple[int, int], tuple[CodeType, Site]] = {}
+#: Sites of generated code: (id(code), line) -> (weak reference to the code,
+#: site); the reference's callback removes the code's entries (see above).
+_generated: dict[tuple[int, int], tuple[weakref.ref[CodeType], Site]] = {}
+#: id(code) -> the lines of its entries in ``_generated``.
+_generated_lines: dict[int, list[int]] = {}
+#: Whether a co_filename is generated code (bounded: file names, not code objects).
+_is_generated: dict[str, bool] = {}
+
+
+def generated(filename: str) -> bool:
+    """Whether code of ``filename`` is generated: ``<string>`` and the like,
+    or a name that is no file (a notebook cell's, a template's)."""
+    if filename.startswith("<"):
+        return True
+    known = _is_generated.get(filename)
+    if known is None:
+        known = not os.path.isfile(filename)
+        if len(_is_generated) < 4096:
+            _is_generated[filename] = known
+    return known
+
+
+def _forget_code(ident: int) -> None:
+    """The code object ``ident`` was freed: drop its generated sites."""
+    for line in _generated_lines.pop(ident, ()):
+        _generated.pop((ident, line), None)
+
+
+def _generated_site(frame: FrameType) -> Site:
+    code = frame.f_code
+    lineno = frame.f_lineno
+    key = (id(code), lineno)
+    entry = _generated.get(key)
+    if entry is not None and entry[0]() is code:
+        return entry[1]
+    site = Site(code.co_filename, lineno, code.co_name, _guess_label(frame))
+    ident = id(code)
+    lines = _generated_lines.get(ident)
+    if lines is None or entry is not None:  # first site of this code object
+        ref = weakref.ref(code, lambda _r, ident=ident: _forget_code(ident))
+        lines = _generated_lines[ident] = []
+    else:
+        ref = _generated[(ident, lines[0])][0]
+    lines.append(lineno)
+    return _generated.setdefault(key, (ref, site))[1]
 
 
 def _guess_label(frame: FrameType) -> str:
@@ -157,6 +213,8 @@ def site_of(frame: Optional[FrameType]) -> Site:
     entry = _by_offset.get(key)
     if entry is not None and entry[0] is code:
         return entry[1]
+    if generated(code.co_filename):
+        return _generated_site(frame)  # not in _by_offset: that would keep the code
     lineno = frame.f_lineno
     site = _sites.get((code, lineno))
     if site is None:
