@@ -212,8 +212,7 @@ def _hook_os_exit() -> None:
         return real(status)
 
     _exit.__doc__ = real.__doc__
-    _exit.__wrapped__ = real  # type: ignore[attr-defined]
-    os._exit = _exit  # type: ignore[assignment]
+    os._exit = _exit
 
 
 class JsonWriter:

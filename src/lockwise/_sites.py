@@ -164,7 +164,10 @@ def _generated_site(frame: FrameType) -> Site:
     ident = id(code)
     lines = _generated_lines.get(ident)
     if lines is None or entry is not None:  # first site of this code object
-        ref = weakref.ref(code, lambda _r, ident=ident: _forget_code(ident))
+        def forget(_ref: weakref.ref[CodeType], ident: int = ident) -> None:
+            _forget_code(ident)
+
+        ref = weakref.ref(code, forget)
         lines = _generated_lines[ident] = []
     else:
         ref = _generated[(ident, lines[0])][0]
