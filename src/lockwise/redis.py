@@ -206,6 +206,7 @@ if ARGV[5] == '1' then return false end
 local path = {}
 local seen = {}
 local cur = me
+local links = false
 local w = cjson.decode(ARGV[3])
 for step = 1, 1000 do
   local nxt
@@ -214,10 +215,16 @@ for step = 1, 1000 do
     if not nxt then return false end
   else
     nxt = w.t
+    links = true
   end
   path[#path + 1] = cjson.encode({who = cur, k = w.k, t = w.t, n = w.n, th = w.th, s = w.s,
                                   holder = nxt})
-  if nxt == me then return path end
+  if nxt == me then
+    -- locks only: the caller raises; its wait goes now, so that another
+    -- waiter of the cycle does not see it too (exactly one raises)
+    if not links then redis.call('DEL', KEYS[1]) end
+    return path
+  end
   if seen[nxt] then return false end
   seen[nxt] = true
   local v = redis.call('GET', prefix .. 'wait:' .. nxt)
