@@ -783,6 +783,8 @@ class RedisLock(_Introspection):
                     ts.doom = None
                     raise DeadlockError(str(doom), doom)
                 now = _monotonic()
+                if deadline is not None and now >= deadline:
+                    return None  # a call ran past it (CALL_MARGIN): no other
                 try:
                     if self.detect and now >= next_check:
                         registered = True
