@@ -98,12 +98,14 @@ return 1
 
 def counter(args: dict[str, Any]) -> dict[str, Any]:
     path = args["counter"]
+    # Made (redis imported) before the clock starts: under load, importing
+    # took longer than the test's seconds and no thread ever got to work.
+    locks = [make_lock(args, "counter") for _ in range(args["threads"])]
     wait_file(os.path.join(args["dir"], "start"))
     deadline = time.monotonic() + args["seconds"]
     done: list[int] = []
 
-    def work() -> None:
-        lock = make_lock(args, "counter")
+    def work(lock: Any) -> None:
         n = 0
         while time.monotonic() < deadline:
             with lock:
@@ -114,7 +116,7 @@ def counter(args: dict[str, Any]) -> dict[str, Any]:
             n += 1
         done.append(n)
 
-    threads = [threading.Thread(target=work) for _ in range(args["threads"])]
+    threads = [threading.Thread(target=work, args=(lock,)) for lock in locks]
     for t in threads:
         t.start()
     for t in threads:
