@@ -224,3 +224,18 @@ def test_restart_with_aof_keeps_the_lease(servers: Any) -> None:
     state, result, _took = in_thread(lambda: other.acquire(timeout=0.3), 10)
     assert (state, result) == ("ok", False)
     lock.release()
+
+
+def test_renewer_thread_ends_and_gives_back_its_ident(servers: Any) -> None:
+    from lockwise import _state
+
+    srv = servers()
+    lock = RedisLock(redis.Redis(host="127.0.0.1", port=srv.port), "r", ttl=2)
+    lock.acquire(timeout=2)
+    renewer = lock._server.renewer._thread
+    assert renewer is not None and renewer.ident in _state.internal_threads
+    lock.release()
+    renewer.join(5)
+    assert not renewer.is_alive()
+    # a program thread reusing the ident must not be taken for lockwise's
+    assert renewer.ident not in _state.internal_threads

@@ -477,7 +477,16 @@ class _Renewer:
                 pass
 
     def _run(self) -> None:
-        internal_threads.add(threading.get_ident())
+        ident = threading.get_ident()
+        internal_threads.add(ident)
+        try:
+            self._loop()
+        finally:
+            # This thread ends: a later thread given the same ident is the
+            # program's, and must be seen by the detector and the watchdog.
+            internal_threads.discard(ident)
+
+    def _loop(self) -> None:
         while True:
             with self._mutex:
                 items = list(self._due.items())
