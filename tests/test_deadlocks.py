@@ -31,7 +31,7 @@ def test_self_reacquire_raises_naming_lock_and_sites() -> None:
     assert "waits for itself" in text
     created = test_self_reacquire_raises_naming_lock_and_sites.__code__.co_firstlineno + 1
     assert f"test_deadlocks.py:{created}" in text
-    assert "acquired at" in text and "test_deadlocks.py" in text
+    assert "taken at" in text and "test_deadlocks.py" in text
     # the failed attempt leaves the lock held once, by this thread, and nothing waiting
     assert lock.locked() and lock.owner is threading.current_thread()
     assert lockwise.held_locks() == [lock]

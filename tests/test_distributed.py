@@ -445,3 +445,85 @@ def test_redis_restart_while_held(server: Any) -> None:
         lock.release()
     assert lock.acquire(timeout=5) > token
     lock.release()
+
+
+# ---------------------------------------------------------------- exactly one raises
+
+
+def _in_threads(steps: list[tuple[int, Any]]) -> list[Any]:
+    """Run each (thread number, fn) in order, each in its own of two
+    long-lived threads (participants are per thread); the results."""
+    import queue
+
+    inbox: list[queue.Queue[Any]] = [queue.Queue(), queue.Queue()]
+    outbox: queue.Queue[Any] = queue.Queue()
+
+    def worker(q: queue.Queue[Any]) -> None:
+        while True:
+            fn = q.get()
+            if fn is None:
+                return
+            try:
+                outbox.put(("ok", fn()))
+            except BaseException as exc:  # noqa: BLE001 - reported to the test
+                outbox.put(("raised", exc))
+
+    threads = [threading.Thread(target=worker, args=(q,), daemon=True) for q in inbox]
+    for t in threads:
+        t.start()
+    results = []
+    try:
+        for n, fn in steps:
+            inbox[n].put(fn)
+            state, value = outbox.get(timeout=20)
+            if state == "raised":
+                raise value
+            results.append(value)
+    finally:
+        for q in inbox:
+            q.put(None)
+        for t in threads:
+            t.join(10)
+    return results
+
+
+def test_filelock_store_cycle_seen_by_one_waiter_only(shared: str) -> None:
+    from lockwise import _shared_store
+
+    store = _shared_store.store_for(shared)
+    x, y = "file:/x", "file:/y"
+    results = _in_threads([
+        (0, lambda: store.add_holder(x, "x", "?", "?")),
+        (1, lambda: store.add_holder(y, "y", "?", "?")),
+        (0, lambda: store.wait(y, "y", "?", False)),  # no cycle yet
+        (1, lambda: store.wait(x, "x", "?", False)),  # closes it: raises
+        # the first waiter re-checks before the second has unwound
+        (0, lambda: store.wait(y, "y", "?", False)),
+        (0, store.end_wait), (0, lambda: store.remove_holder(x)),
+        (1, store.end_wait), (1, lambda: store.remove_holder(y)),
+    ])
+    assert results[2] is None and results[3] is not None
+    assert results[4] is None, "a second waiter of one cycle saw it too"
+
+
+@needs_redis
+def test_redis_cycle_seen_by_one_waiter_only(server: Any) -> None:
+    import redis
+
+    from lockwise.redis import RedisLock
+
+    client = redis.Redis.from_url(server.url)
+    locks = [{n: RedisLock(client, n, ttl=5) for n in "xy"} for _ in range(2)]
+    who: list[str] = []
+    results = _in_threads([
+        (0, lambda: who.append(lockwise._shared_store.participant())),
+        (1, lambda: who.append(lockwise._shared_store.participant())),
+        (0, lambda: locks[0]["x"].acquire()),
+        (1, lambda: locks[1]["y"].acquire()),
+        (0, lambda: locks[0]["y"]._check(who[0], False, None)),
+        (1, lambda: locks[1]["x"]._check(who[1], False, None)),
+        (0, lambda: locks[0]["y"]._check(who[0], False, None)),
+        (0, locks[0]["x"].release), (1, locks[1]["y"].release),
+    ])
+    assert results[4] is None and results[5] is not None
+    assert results[6] is None, "a second waiter of one cycle saw it too"

@@ -5,6 +5,7 @@ tracebacks that end at the user's line, pytest suites with
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,8 @@ def test_bank_demo_deadlock_is_printed_once_and_traceback_ends_at_user_code() ->
     result = _run([sys.executable, "-m", "lockwise", "run", str(BANK)])
     err = result.stderr
     assert err.count("lockwise: deadlock:") == 2  # the report, and the exception's one line
+    # the report and the traceback are not interleaved (both go to stderr)
+    assert re.search(r"^Exception in thread teller-\d:$", err, re.M), err
     traceback = err[err.index("Traceback (most recent call last)"):]
     traceback = traceback[:traceback.index("lockwise.DeadlockError")]
     frames = [line for line in traceback.splitlines() if line.strip().startswith("File ")]

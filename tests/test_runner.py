@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -238,6 +239,10 @@ def test_report_written_at_each_finding_survives_kill(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
+        # Written by the report's writer thread, within milliseconds.
+        deadline = time.monotonic() + 5
+        while not report(out) and time.monotonic() < deadline:
+            time.sleep(0.005)
         [finding] = report(out)
         assert finding["kind"] == "lock-order"
     finally:

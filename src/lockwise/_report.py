@@ -314,6 +314,14 @@ def _brief_wait(wait: dict[str, Any]) -> str:
     return _wait_text(wait)
 
 
+def _taken_at(held: dict[str, Any]) -> str:
+    """`` (taken at path:line)`` for a held lock, when known."""
+    where = str(held.get("acquired_at") or "?")
+    if where == "?":
+        return ""
+    return f" (taken at {_p(short_path(where.split(' in ', 1)[0]))})"
+
+
 def brief_deadlock(finding: Finding) -> str:
     details = finding.details
     rule = str(details.get("rule", ""))
@@ -322,7 +330,7 @@ def brief_deadlock(finding: Finding) -> str:
     where = {stack.thread: _last(stack.frames) for stack in finding.stacks}
     for entry in threads[:BRIEF_MAX]:
         name = _p(entry.get("thread", "?"))
-        holds = ", ".join(_name(h.get("lock")) for h in entry.get("holds", []))
+        holds = ", ".join(_name(h.get("lock")) + _taken_at(h) for h in entry.get("holds", []))
         parts = []
         if holds:
             parts.append(f"holds {holds}")
@@ -337,8 +345,7 @@ def brief_deadlock(finding: Finding) -> str:
     if self_wait:  # where it was taken first is what the reader looks for
         for held in threads[0].get("holds", [])[:BRIEF_MAX]:
             lock = held.get("lock") or {}
-            lines.append(f"  {_name(lock)} (made at {_p(short_path(str(lock.get('site', '?'))))})"
-                         f" was acquired at {_p(short_path(str(held.get('acquired_at', '?'))))}")
+            lines.append(f"  {_name(lock)} was made at {_p(short_path(str(lock.get('site', '?'))))}")
     victim = details.get("victim")
     if victim:
         others = "tasks" if details.get("asyncio") and rule != "loop" else "threads"

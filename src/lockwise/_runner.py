@@ -229,8 +229,9 @@ class Session:
         if self.stderr is None:
             self.stderr = sys.stderr
         if self.writer is not None:
-            _findings.add_listener(self.writer, internal=True)  # on disk at once
-            _findings.add_note_listener(self.writer.flush)
+            # Internal: it only wakes the writer thread (on disk within ms).
+            _findings.add_listener(self.writer, internal=True)
+            _findings.add_note_listener(self.writer.request)
         # In the reporter thread: the stream may be the program's (and take its locks).
         _findings.add_listener(self._print_finding)
         # The stderr report (or --quiet) says it: no warning, and no copy through
@@ -309,7 +310,7 @@ class Session:
             self.profiler.stop()
         if self.writer is not None:
             _findings.remove_listener(self.writer)
-            _findings.remove_note_listener(self.writer.flush)
+            _findings.remove_note_listener(self.writer.request)
         _findings.remove_listener(self._print_finding)
         _errors.reports_on_stderr = False
         _tracebacks.uninstall()
@@ -377,8 +378,8 @@ class Session:
             self.watchdog.stop()
         forked = os.getpid() != self._pid
         _findings.drain()  # the reports of the last findings come before the summary
-        if self.writer is not None and self.writer.stale:
-            self.writer.flush()  # the final repeat counts
+        if self.writer is not None:
+            self.writer.finish()  # pending findings, and the final repeat counts
         if self.profiler is not None:
             self.profiler.stop()
             if forked:  # the parent reports its own profile

@@ -473,7 +473,9 @@ class SQLiteStore:
         """Register (or refresh) the caller's wait and look for a cycle through it.
 
         Returns (cycle path, uses links) or None. The caller's wait row is
-        left in place; :meth:`end_wait` removes it.
+        left in place (:meth:`end_wait` removes it), except when a cycle of
+        locks only is found: the caller raises, and of the waiters of one
+        cycle exactly one must.
         """
         who = participant()
         me = os.getpid()
@@ -493,7 +495,13 @@ class SQLiteStore:
                        site, int(timed), me, time.time()))
             if timed:
                 return None
-            return self._walk(c, who)
+            found = self._walk(c, who)
+            if found is not None and not found[1]:
+                # The caller raises: its wait goes in this transaction, so
+                # that another waiter of the cycle re-checking before the
+                # caller unwinds does not see the cycle (and raise) too.
+                c.execute("DELETE FROM waits WHERE who=?", (who,))
+            return found
 
     def _walk(self, c: sqlite3.Connection,
               me: str) -> Optional[tuple[list[dict[str, Any]], bool]]:

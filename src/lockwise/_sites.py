@@ -4,6 +4,16 @@ A ``Site`` is interned per (code object, line), so every lock created on one
 line shares one object: that object is the lock's class in the order graph,
 and costs no memory per lock. Frames inside lockwise and ``threading`` are
 skipped everywhere, so sites and stacks point at the user's code.
+
+Generated code (``exec``/``eval``, template engines, ``namedtuple``- and
+``dataclass``-style factories, notebook cells: a ``co_filename`` that is
+``<...>`` or no existing file) can create code objects without end. Its
+sites are interned per code object too (two generated functions never share
+a class, whatever their text), but the table holds the code object only
+weakly: an entry goes when its code object is freed, so the table is
+bounded by the live code, as under plain Python. A lock keeps its own site;
+a later code object at the same address gets a new site. Sites of files
+on disk are kept for good (bounded by the source).
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ import linecache
 import os
 import sys
 import threading
+import weakref
 from types import CodeType, FrameType
 
 from ._findings import FrameInfo
@@ -123,6 +134,52 @@ _sites: dict[Any, Site] = {}
 #: time on 3.13). The entry keeps its code object alive, so the id cannot be
 #: reused while the entry exists.
 _by_offset: dict[tuple[int, int], tuple[CodeType, Site]] = {}
+#: Sites of generated code: (id(code), line, label) -> (weak reference to the
+#: code, site); the reference's callback removes the code's entries (see above).
+_generated: dict[tuple[int, int, str], tuple[weakref.ref[CodeType], Site]] = {}
+#: id(code) -> the keys of its entries in ``_generated``.
+_generated_keys: dict[int, list[tuple[int, int, str]]] = {}
+#: Whether a co_filename is generated code (bounded: file names, not code objects).
+_is_generated: dict[str, bool] = {}
+
+
+def generated(filename: str) -> bool:
+    """Whether code of ``filename`` is generated: ``<string>`` and the like,
+    or a name that is no file (a notebook cell's, a template's)."""
+    if filename.startswith("<"):
+        return True
+    known = _is_generated.get(filename)
+    if known is None:
+        known = not os.path.isfile(filename)
+        if len(_is_generated) < 4096:
+            _is_generated[filename] = known
+    return known
+
+
+def _forget_code(ident: int) -> None:
+    """The code object ``ident`` was freed: drop its generated sites."""
+    for key in _generated_keys.pop(ident, ()):
+        _generated.pop(key, None)
+
+
+def _generated_site(code: CodeType, lineno: int, label: str) -> Site:
+    ident = id(code)
+    key = (ident, lineno, label)
+    entry = _generated.get(key)
+    if entry is not None and entry[0]() is code:
+        return entry[1]
+    site = Site(code.co_filename, lineno, code.co_name, label)
+    keys = _generated_keys.get(ident)
+    if keys is None or entry is not None:  # first site of this code object
+        def forget(_ref: weakref.ref[CodeType], ident: int = ident) -> None:
+            _forget_code(ident)
+
+        ref = weakref.ref(code, forget)
+        keys = _generated_keys[ident] = []
+    else:
+        ref = _generated[keys[0]][0]
+    keys.append(key)
+    return _generated.setdefault(key, (ref, site))[1]
 
 
 _HEADERS = ("def ", "async def ", "class ", "if ", "elif ", "else:", "else :", "for ",
@@ -244,7 +301,8 @@ def _target_at(frame: FrameType) -> str:
         target = assigned_target(text.rstrip("\n"), _call_column(code, frame.f_lasti))
     except Exception:  # an unusual line: no name rather than an error
         target = ""
-    _targets[key] = (code, target)
+    if not generated(code.co_filename):  # the entry keeps the code object alive
+        _targets[key] = (code, target)
     return target
 
 
@@ -345,9 +403,13 @@ def site_of(frame: Optional[FrameType]) -> Site:
         label = f"{owner.__name__}.{target}" if owner is not None else target
     else:
         label = f"{os.path.basename(code.co_filename)}:{lineno}"
+    if generated(code.co_filename):
+        # not in _by_offset: that would keep the code object alive
+        return _generated_site(code, lineno, label)
     fixed = namer is user and owner is None
-    site_key: Any = (code, lineno, label) if fixed else (
-        code, lineno, namer.f_code, namer.f_lineno, label, owner)
+    # The file name too: code objects compare equal across files.
+    site_key: Any = (code.co_filename, code, lineno, label) if fixed else (
+        code.co_filename, code, lineno, namer.f_code, namer.f_lineno, label, owner)
     site = _sites.get(site_key)
     if site is None:
         site = _sites.setdefault(site_key, Site(code.co_filename, lineno, code.co_name, label))
@@ -378,7 +440,7 @@ def named_site(name: str, frame: Optional[FrameType]) -> Site:
 def frame_info(code: CodeType, lineno: int) -> FrameInfo:
     try:
         line = linecache.getline(code.co_filename, lineno).strip()
-    except Exception:  # as in _guess_label
+    except Exception:  # as in _target_at
         line = ""
     return FrameInfo(code.co_filename, lineno, code.co_name, line)
 

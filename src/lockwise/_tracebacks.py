@@ -48,8 +48,20 @@ def trim(exc: BaseException) -> None:
         entries[keep - 1].tb_next = None
 
 
+def _report_first() -> None:
+    """Let the reporter thread print the deadlock's report before the
+    traceback is printed: both write to stderr, and the hook writes in pieces
+    that would otherwise interleave with the report. Bounded: the traceback
+    is printed anyway if the reporter is stuck."""
+    from ._findings import flush
+
+    flush(1.0)
+
+
 def _sys_hook(exc_type: Any, exc: Any, tb: Any) -> Any:
     try:
+        if isinstance(exc, DeadlockError):
+            _report_first()
         trim(exc)
         tb = exc.__traceback__ if isinstance(exc, DeadlockError) else tb
     except Exception:
@@ -61,6 +73,7 @@ def _sys_hook(exc_type: Any, exc: Any, tb: Any) -> Any:
 def _thread_hook(args: Any) -> Any:
     try:
         if isinstance(args.exc_value, DeadlockError):
+            _report_first()
             trim(args.exc_value)
             args = threading.ExceptHookArgs(
                 [args.exc_type, args.exc_value, args.exc_value.__traceback__, args.thread])

@@ -6,9 +6,12 @@ Algorithm. ``RedisLock(client, name)`` keeps, under ``prefix`` (default
 * ``lock:<name>``: the holder's participant id (``host|pid|thread|nonce``)
   with a TTL (the lease), set by a Lua script only when the key is absent;
 * ``info:<name>``: holder details (token, host, pid, thread, sites), same TTL;
-* ``fence:<name>``: the fencing counter. Every grant takes ``INCR``; the
-  counter is seeded from the server clock in microseconds when missing, so
-  tokens keep increasing even after a restart of a Redis without persistence;
+* ``fence:<name>``: the last fencing token. Every grant issues
+  ``max(stored + 1, server TIME in microseconds)`` and stores it, so tokens
+  keep increasing across restarts that lose the counter: without
+  persistence (the key is gone), and with RDB (the snapshot holds an older
+  counter), since every grant after the restart happens later by the
+  server's clock than every grant before it;
 * ``wake:<name>``: a list a release pushes to; waiters ``BLPOP`` it (bounded
   by ``RECHECK`` seconds, the fallback re-check for expired leases and for
   the deadlock check), so a blocked acquire does not poll;
@@ -25,8 +28,23 @@ raises :class:`lockwise.DeadlockError` naming every participant and lock.
 Waits of the process's threads on local lockwise locks are published as
 ``thread -> thread`` links, so a cycle mixing local and Redis locks is found.
 
-Leases. A background thread per process renews every held lease each
-``ttl/3``. A lease is *lost* when a renewal is refused (the key expired or
+Connections. lockwise sends its commands on its own connections (made
+from the client's connection class and settings: password, TLS, db), one
+small pool per server (:class:`_Server`), without redis-py's retries and
+with a socket timeout chosen per call: a timed ``acquire(timeout=t)``
+gives every call what is left of ``t`` (at least ``CALL_MARGIN``), so it
+returns within ``t + CALL_MARGIN`` even when the server is down or stalled
+(``SIGSTOP``, a partition). Connection errors and timeouts are retried
+until the deadline. Authentication and configuration errors (a wrong or
+missing password, ``NOPERM``, ``READONLY``, ``OOM``, ``MISCONF``, an
+unknown command) are not: they raise :class:`ServerError` at once, naming
+the server. A grant whose reply is lost to a timeout stays on the server
+until its TTL expires.
+
+Leases. Each server has its own renewer thread, which renews that server's
+held leases every ``ttl/3`` with calls bounded by the lease's remaining
+validity: a stalled server never delays the renewal of another server's
+locks. A lease is *lost* when a renewal is refused (the key expired or
 belongs to someone else) or when no renewal succeeded before the lease
 would have expired (the server is unreachable, or the process was paused):
 then ``lock.lost`` is True, ``on_lost(lock)`` is called, ``owned()`` is
@@ -34,31 +52,50 @@ False and ``release()`` raises :class:`LeaseLostError`. A paused holder
 that resumes thus knows, before writing, that it may no longer hold the
 lock; the fencing token makes the resource refuse it even if it writes.
 
-Redis restart. Without persistence the lock keys vanish: the lock is free
-at once, the holder's next renewal is refused (lost, as above), and the
-next grant has a larger token (clock-seeded counter). Waiters retry through
-connection errors until their timeout (an untimed acquire keeps retrying).
+Redis restart. The renewer keeps an idle connection to its server and
+watches it: when the server closes it (killed, restarted, or crashed), or
+a renewal fails to reach it, the server's leases are *unconfirmed*:
+``owned()`` is False (``lost`` is not yet True) and renewals are retried
+at once and every ``RETRY`` seconds. A renewal that succeeds (the server
+kept the lock: AOF, or a network blip) confirms the lease again; a refused
+one (the keys vanished: no persistence, or an RDB snapshot without them)
+makes it lost. So after a restart the old holder's ``owned()`` is already
+False before the server accepts a new holder, when the old connection
+was closed by the server's death (same host, or a reset that reaches the
+client). When nothing tells the client (a partition that drops packets,
+a restart hidden by a proxy), ``owned()`` stays True until the next failed
+renewal: at most ``ttl/3`` plus the call's timeout. The fencing token is
+the real protection in every case.
 
 Cost. Uncontended acquire and release: one script call each (one round
-trip). While held: one renewal per ``ttl/3``. Blocked: one ``BLPOP`` per
-release or ``RECHECK``, and one wait/check script per ``RECHECK``.
-Lock-order edges: one script call the first time this object sees a pair.
+trip). While held: one renewal per ``ttl/3``, one idle connection and one
+thread per server. Blocked: one ``BLPOP`` per release or ``RECHECK``, and
+one wait/check script per ``RECHECK``. Lock-order edges: one script call
+the first time this object sees a pair.
 
 Limits. One Redis server (not Redis Cluster: the scripts touch keys of
 several locks); Redis >= 6.2 (float ``BLPOP`` timeouts). Reentrancy is per
 object and thread. Only lock names, sites, host names, pids and thread names
 are written. Clock drift between client and server: leases are believed for
-``ttl * 0.9`` from the moment the request was sent.
+``ttl * 0.9`` from the moment the request was sent. Fencing tokens can
+repeat only if the counter is lost (a restart without persistence, or with
+an RDB snapshot older than the last grants) *and* the server's clock is
+then behind the time of the last grant before it (a clock set back, or a
+failover to a replica whose clock is behind and which missed the last
+writes); or if one lock sustained more than one grant per microsecond.
 """
 
 from __future__ import annotations
 
 import _thread
+import hashlib
 import json
 import os
+import select
 import sys
 import threading
 import time
+import weakref
 
 import redis as _redis
 
@@ -83,27 +120,53 @@ TYPE_CHECKING = False  # True for type checkers: typing is not imported at run t
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
-__all__ = ["LeaseLostError", "RedisLock"]
+__all__ = ["LeaseLostError", "RedisLock", "ServerError"]
 
 #: Longest wait between two checks of a blocked acquire (seconds).
 RECHECK = 0.1
+#: The least time given to one call to the server (seconds): a timed acquire
+#: returns within its timeout plus this margin.
+CALL_MARGIN = 0.1
+#: Bound of one call when no deadline applies (untimed and non-blocking
+#: acquires, release, queries), unless the client's socket_timeout is smaller.
+UNTIMED_CALL = 10.0
+#: Pause between retries of an unconfirmed lease's renewal (seconds).
+RETRY = 0.05
 _DRIFT = 0.9
 _monotonic = time.monotonic
-_CONN_ERRORS = (_redis.exceptions.ConnectionError, _redis.exceptions.TimeoutError)
+_exc = _redis.exceptions
+_CONN_ERRORS = (_exc.ConnectionError, _exc.TimeoutError, OSError)
+#: Errors that no retry can cure: raised at once as ServerError.
+_FATAL = (_exc.AuthenticationError, _exc.AuthorizationError, _exc.ResponseError)
 
 
 class LeaseLostError(RuntimeError):
     """The lease of a RedisLock expired or was taken over while it was held."""
 
 
+class ServerError(_exc.RedisError):
+    """The Redis server refused lockwise's commands for a reason no retry can
+    cure: authentication (a wrong or missing password), permissions, or the
+    server's configuration. The message names the server; ``__cause__`` is
+    redis-py's exception."""
+
+
+def _fatal(exc: BaseException) -> bool:
+    if isinstance(exc, _exc.BusyLoadingError) or not isinstance(exc, _FATAL):
+        return False
+    # "BUSY Redis is busy running a script": transient, like LOADING.
+    return not (isinstance(exc, _exc.ResponseError) and str(exc).startswith("BUSY"))
+
+
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur} end
-if not redis.call('GET', KEYS[3]) then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[3], t[1] .. string.format('%06d', tonumber(t[2])))
-end
-local token = redis.call('INCR', KEYS[3])
+local t = redis.call('TIME')
+local token = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local last = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if last >= token then token = last + 1 end
+token = string.format('%.0f', token)
+redis.call('SET', KEYS[3], token)
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'token', token, 'host', ARGV[3], 'pid', ARGV[4],
@@ -112,7 +175,6 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[4])
 return {1, token}
 """
-
 _EXTEND = """
 if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -144,6 +206,7 @@ if ARGV[5] == '1' then return false end
 local path = {}
 local seen = {}
 local cur = me
+local links = false
 local w = cjson.decode(ARGV[3])
 for step = 1, 1000 do
   local nxt
@@ -152,10 +215,16 @@ for step = 1, 1000 do
     if not nxt then return false end
   else
     nxt = w.t
+    links = true
   end
   path[#path + 1] = cjson.encode({who = cur, k = w.k, t = w.t, n = w.n, th = w.th, s = w.s,
                                   holder = nxt})
-  if nxt == me then return path end
+  if nxt == me then
+    -- locks only: the caller raises; its wait goes now, so that another
+    -- waiter of the cycle does not see it too (exactly one raises)
+    if not links then redis.call('DEL', KEYS[1]) end
+    return path
+  end
   if seen[nxt] then return false end
   seen[nxt] = true
   local v = redis.call('GET', prefix .. 'wait:' .. nxt)
@@ -210,27 +279,183 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class _Renewer:
-    """One daemon thread per process renewing every held lease."""
+def _internal_error(where: str, exc: BaseException) -> None:
+    from ._findings import internal_error
 
-    def __init__(self) -> None:
+    internal_error(where, exc)
+
+
+class _Server:
+    """lockwise's connections to one Redis server, and that server's renewer.
+
+    Connections are made from the client pool's connection class and
+    settings, with redis-py's retries switched off (lockwise retries within
+    its own deadlines) and the socket timeout set for each call. Shared by
+    every RedisLock whose client uses the same connection pool.
+    """
+
+    def __init__(self, client: Any) -> None:
+        pool = client.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        try:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            kwargs["retry"] = Retry(NoBackoff(), 0)
+        except ImportError:  # pragma: no cover - redis-py without Retry: no retries either
+            pass
+        self._cls = pool.connection_class
+        self._kwargs = kwargs
+        timeout = kwargs.get("socket_timeout")
+        self.untimed = UNTIMED_CALL if not timeout else min(float(timeout), UNTIMED_CALL)
+        if kwargs.get("path"):
+            self.name = f"unix:{kwargs['path']}"
+        else:
+            self.name = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        self.name += f" db {kwargs.get('db', 0)}"
+        self._free: list[Any] = []
+        self._mutex = _thread.allocate_lock()
+        self._pid = os.getpid()
+        self.renewer = _Renewer(self)
+
+    def connection(self, limit: float) -> Any:
+        """A connected connection (from the free list, or new) with ``limit``
+        as its timeouts; give it back with :meth:`done`."""
+        conn = None
+        with self._mutex:
+            if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+                self._free = []
+                self._pid = os.getpid()
+            if self._free:
+                conn = self._free.pop()
+        if conn is not None:
+            try:  # closed by the server meanwhile (restart, idle timeout)?
+                stale = conn.can_read(0)
+            except Exception:
+                stale = True
+            if stale:
+                conn.disconnect()
+        else:
+            conn = self._cls(**self._kwargs)
+        conn.socket_timeout = limit
+        conn.socket_connect_timeout = limit
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            sock.settimeout(limit)
+        try:
+            conn.connect()
+        except BaseException as exc:
+            conn.disconnect()
+            self._raise(exc)
+        return conn
+
+    def done(self, conn: Any) -> None:
+        with self._mutex:
+            if self._pid == os.getpid() and len(self._free) < 8:
+                self._free.append(conn)
+                return
+        conn.disconnect()
+
+    def call(self, deadline: Optional[float], *args: Any) -> Any:
+        """Run one command, within ``deadline`` (monotonic; at least
+        ``CALL_MARGIN``) or ``self.untimed`` seconds when None."""
+        limit = self.untimed if deadline is None else max(deadline - _monotonic(), CALL_MARGIN)
+        conn = self.connection(limit)
+        try:
+            conn.send_command(*args)
+            result = conn.read_response()
+        except _exc.ResponseError as exc:  # the connection is fine
+            self.done(conn)
+            self._raise(exc)
+        except BaseException as exc:
+            conn.disconnect()
+            self._raise(exc)
+        self.done(conn)
+        return result
+
+    def _raise(self, exc: BaseException) -> Any:
+        if _fatal(exc):
+            kind = ("refused authentication" if isinstance(
+                exc, (_exc.AuthenticationError, _exc.AuthorizationError,
+                      _exc.AuthenticationWrongNumberOfArgsError))
+                    else "refused the command")
+            raise ServerError(f"the Redis server {self.name} {kind}: {exc} "
+                              "(check the client's password and the server's configuration)"
+                              ) from exc
+        raise exc
+
+
+_servers: weakref.WeakKeyDictionary[Any, _Server] = weakref.WeakKeyDictionary()
+_servers_mutex = _thread.allocate_lock()
+
+
+def _server_for(client: Any) -> _Server:
+    pool = client.connection_pool
+    with _servers_mutex:
+        server = _servers.get(pool)
+        if server is None:
+            server = _servers[pool] = _Server(client)
+        return server
+
+
+class _Script:
+    """A Lua script run with EVALSHA (EVAL when the server does not know it)."""
+
+    __slots__ = ("server", "source", "sha")
+
+    def __init__(self, server: _Server, source: str) -> None:
+        self.server = server
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, keys: list[str], args: list[Any],
+                 deadline: Optional[float] = None) -> Any:
+        try:
+            return self.server.call(deadline, "EVALSHA", self.sha, len(keys), *keys, *args)
+        except ServerError as exc:
+            if not isinstance(exc.__cause__, _exc.NoScriptError):
+                raise
+        return self.server.call(deadline, "EVAL", self.source, len(keys), *keys, *args)
+
+
+class _Renewer:
+    """A daemon thread per server renewing that server's held leases.
+
+    It sleeps in ``select`` on an idle connection to the server (readable:
+    the server closed it) and on a pipe (a new lock to renew); a closed
+    connection or a failed renewal makes the server's leases unconfirmed
+    and retried every ``RETRY`` seconds. The thread ends when no lease of
+    its server is held.
+    """
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
         # Reentrant: a finalizer or signal handler that releases a RedisLock
         # while this thread is inside (e.g. starting the renewer) removes it
         # from ``_due`` under the same mutex.
         self._mutex = _thread.RLock()
-        self._wake = _thread.allocate_lock()
-        self._wake.acquire()
         self._due: dict[RedisLock, float] = {}
         self._thread: Optional[threading.Thread] = None
         self._pid = 0
+        self._pipe: Optional[tuple[int, int]] = None
+        self._watch: Any = None
 
     def add(self, lock: RedisLock, due: float) -> None:
         with self._mutex:
             self._due[lock] = due
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                if self._pid != os.getpid():
+                    self._pipe = None  # the parent's: leave its descriptors alone
+                    self._watch = None
                 self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="lockwise-redis-renewer",
-                                                daemon=True)
+                if self._pipe is None:
+                    r, w = os.pipe()
+                    os.set_blocking(r, False)
+                    os.set_blocking(w, False)
+                    self._pipe = (r, w)
+                self._thread = threading.Thread(
+                    target=self._run, name=f"lockwise-redis-renewer {self.server.name}",
+                    daemon=True)
                 self._thread.start()
         self.kick()
 
@@ -238,36 +463,101 @@ class _Renewer:
         with self._mutex:
             self._due.pop(lock, None)
 
+    def reschedule(self, lock: RedisLock, due: float) -> None:
+        with self._mutex:
+            if lock in self._due:
+                self._due[lock] = due
+
     def kick(self) -> None:
-        try:
-            self._wake.release()
-        except RuntimeError:
-            pass
+        pipe = self._pipe
+        if pipe is not None:
+            try:
+                os.write(pipe[1], b"!")
+            except OSError:  # full: the renewer will look anyway
+                pass
 
     def _run(self) -> None:
-        internal_threads.add(threading.get_ident())
+        ident = threading.get_ident()
+        internal_threads.add(ident)
+        try:
+            self._loop()
+        finally:
+            # This thread ends: a later thread given the same ident is the
+            # program's, and must be seen by the detector and the watchdog.
+            internal_threads.discard(ident)
+
+    def _loop(self) -> None:
         while True:
             with self._mutex:
                 items = list(self._due.items())
+                if not items:
+                    self._thread = None
+                    break
             now = _monotonic()
-            pause = min([due for _lock, due in items], default=now + 1.0) - now
+            pause = min(due for _lock, due in items) - now
             if pause > 0:
-                self._wake.acquire(True, min(pause, 1.0))
+                self._sleep(min(pause, 1.0))
                 continue
             for lock, due in items:
                 if due <= now:
                     try:
                         lock._renew()
                     except Exception as exc:  # never let the renewer die
-                        from ._findings import internal_error
+                        _internal_error("the Redis lease renewer", exc)
+                        self.reschedule(lock, _monotonic() + 0.1)
+        self._unwatch()
 
-                        internal_error("the Redis lease renewer", exc)
-                        with self._mutex:
-                            if lock in self._due:
-                                self._due[lock] = _monotonic() + 0.1
+    def _sleep(self, pause: float) -> None:
+        pipe = self._pipe
+        sock = None
+        if self._watch is None:
+            try:
+                self._watch = self.server.connection(min(max(pause, CALL_MARGIN), 1.0))
+            except Exception:  # unreachable: renew (and retry) now
+                self._watch = None
+                self.unconfirmed()
+                return
+        if self._watch is not None:
+            sock = getattr(self._watch, "_sock", None)
+        fds: list[Any] = [pipe[0]] if pipe is not None else []
+        if sock is not None:
+            fds.append(sock)
+        start = _monotonic()
+        ready: Any = None
+        try:
+            if fds:
+                ready = select.select(fds, [], [], pause)[0]
+            else:
+                time.sleep(pause)
+        except (OSError, ValueError):
+            time.sleep(max(0.0, min(pause, 0.05) - (_monotonic() - start)))
+        if pipe is not None:
+            try:
+                while os.read(pipe[0], 512):
+                    pass
+            except OSError:
+                pass
+        if ready and sock is not None and sock in ready:
+            # An idle connection becomes readable when the server closes it.
+            self._unwatch()
+            self.unconfirmed()
 
+    def _unwatch(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            try:
+                watch.disconnect()
+            except Exception:
+                pass
 
-_renewer = _Renewer()
+    def unconfirmed(self) -> None:
+        """The server may have lost every lease: stop believing them and
+        renew them now."""
+        now = _monotonic()
+        with self._mutex:
+            for lock in self._due:
+                lock._unconfirmed = True
+                self._due[lock] = now
 
 
 class _HeldView:
@@ -287,8 +577,11 @@ class RedisLock(_Introspection):
 
     ``client`` is a ``redis.Redis`` (its own settings: password, TLS, db).
     ``ttl`` is the lease in seconds, renewed while held. ``acquire()`` returns
-    the fencing token (a positive int) or False. ``on_lost(lock)`` is called
-    (in the renewer thread) when the lease is lost.
+    the fencing token (a positive int) or False; ``acquire(timeout=t)``
+    returns within ``t + CALL_MARGIN`` even when the server does not answer.
+    Authentication and configuration errors raise :class:`ServerError` at
+    once. ``on_lost(lock)`` is called (in the renewer thread) when the lease
+    is lost.
     """
 
     _shared = True
@@ -321,14 +614,16 @@ class RedisLock(_Introspection):
         self._token = 0
         self._valid_until = 0.0
         self._lost = False
+        self._unconfirmed = False
         self._acq: Optional[tuple[Any, int]] = None
         self._serial = 0
         self._sent: set[str] = set()
-        self._acquire = client.register_script(_ACQUIRE)
-        self._extend = client.register_script(_EXTEND)
-        self._release = client.register_script(_RELEASE)
-        self._wait_script = client.register_script(_WAIT)
-        self._order_script = client.register_script(_ORDER)
+        self._server = server = _server_for(client)
+        self._acquire = _Script(server, _ACQUIRE)
+        self._extend = _Script(server, _EXTEND)
+        self._release = _Script(server, _RELEASE)
+        self._wait_script = _Script(server, _WAIT)
+        self._order_script = _Script(server, _ORDER)
 
     # ---------------------------------------------------------------- introspection
 
@@ -353,18 +648,22 @@ class RedisLock(_Introspection):
         return self._count
 
     def owned(self) -> bool:
-        """True if the calling thread holds the lock and its lease is still valid."""
-        return self._owner is current_state() and not self.lost
+        """True if the calling thread holds the lock and its lease is valid and
+        confirmed (False while the server is unreachable: see the module's
+        "Redis restart")."""
+        return self._owner is current_state() and not self.lost and not self._unconfirmed
 
     def locked(self) -> bool:
         """True if anyone holds the lock now (asks the server)."""
-        return bool(self.client.exists(self._k_lock))
+        return bool(self._server.call(None, "EXISTS", self._k_lock))
 
     def holder(self) -> Optional[dict[str, Any]]:
         """The holder's details from the server (host, pid, thread, token, sites)."""
-        data = self.client.hgetall(self._k_info)
+        data = self._server.call(None, "HGETALL", self._k_info)
         if not data:
             return None
+        if isinstance(data, list):  # RESP2: a flat list
+            data = dict(zip(data[::2], data[1::2]))
         return {_s(k): _s(v) for k, v in data.items()}
 
     def __repr__(self) -> str:
@@ -377,6 +676,8 @@ class RedisLock(_Introspection):
                 parts.append(f"acquired at {self.acquired_at}")
             if self._lost:
                 parts.append("LEASE LOST")
+            elif self._unconfirmed:
+                parts.append("LEASE UNCONFIRMED")
         return printable(" ".join(parts) + ">")  # names may hold escapes
 
     # ---------------------------------------------------------------- acquire / release
@@ -397,7 +698,7 @@ class RedisLock(_Introspection):
         deadline = None if (not blocking or timeout < 0) else _monotonic() + timeout
         who = participant()
         try:
-            got = self._try(who, frame)
+            got = self._try(who, frame, deadline)
         except _CONN_ERRORS:
             if not blocking:
                 raise
@@ -412,12 +713,13 @@ class RedisLock(_Introspection):
         self._count = 1
         self._token = token
         self._lost = False
+        self._unconfirmed = False
         self._valid_until = sent + self.ttl * _DRIFT
         self._acq = _acquire_site(frame)
         shared = [h for h in ts.held if isinstance(h, RedisLock) and h.prefix == self.prefix
                   and h is not self and h.detect]
         ts.held.append(self)
-        _renewer.add(self, sent + self.ttl / 3)
+        self._server.renewer.add(self, sent + self.ttl / 3)
         if forever and shared and self.detect and settings.lock_order:
             error = self._note_order(shared)
             if error is not None:
@@ -440,13 +742,14 @@ class RedisLock(_Introspection):
         self._count = 0
         self._owner = None
         _drop_held(ts, self)
-        _renewer.remove(self)
+        self._server.renewer.remove(self)
         token = self._token
         self._token = 0
         if not lost:
             try:
                 ok = self._release(keys=[self._k_lock, self._k_info, self._k_wake],
-                                   args=[self._who, token, int(self.ttl * 1000)])
+                                   args=[self._who, token, int(self.ttl * 1000)],
+                                   deadline=_monotonic() + max(self.ttl, CALL_MARGIN))
             except _CONN_ERRORS as exc:
                 raise LeaseLostError(f"could not release {self.name!r}: {exc}") from exc
             lost = not ok
@@ -460,14 +763,16 @@ class RedisLock(_Introspection):
 
     # ---------------------------------------------------------------- internals
 
-    def _try(self, who: str, frame: Any) -> Optional[tuple[int, float]]:
+    def _try(self, who: str, frame: Any, deadline: Optional[float]
+             ) -> Optional[tuple[int, float]]:
         acq = _acquire_site(frame)
         where = f"{acq[0].co_filename}:{acq[1]}" if acq else "?"
         sent = _monotonic()
         result = self._acquire(
             keys=[self._k_lock, self._k_info, self._k_fence, f"{self.prefix}wait:{who}"],
             args=[who, int(self.ttl * 1000), HOST, os.getpid(),
-                  thread_name(threading.get_ident()), str(self._site), where])
+                  thread_name(threading.get_ident()), str(self._site), where],
+            deadline=deadline)
         if int(result[0]) == 1:
             return int(result[1]), sent
         return None
@@ -479,6 +784,7 @@ class RedisLock(_Introspection):
         registered = False
         pending: Any = None
         next_check = 0.0
+        server = self._server
         try:
             while True:
                 doom = ts.doom
@@ -486,10 +792,12 @@ class RedisLock(_Introspection):
                     ts.doom = None
                     raise DeadlockError(str(doom), doom)
                 now = _monotonic()
+                if deadline is not None and now >= deadline:
+                    return None  # a call ran past it (CALL_MARGIN): no other
                 try:
                     if self.detect and now >= next_check:
                         registered = True
-                        path = self._check(who, timed)
+                        path = self._check(who, timed, deadline)
                         next_check = now + RECHECK
                         if path is None:
                             pending = None
@@ -498,7 +806,7 @@ class RedisLock(_Introspection):
                             if all(s["kind"] == "lock" for s in path) or pending == cycle:
                                 self._deadlock(path, frame)
                             pending = cycle
-                    got = self._try(who, frame)
+                    got = self._try(who, frame, deadline)
                     if got is not None:
                         registered = False  # the acquire script dropped the wait record
                         return got
@@ -509,22 +817,25 @@ class RedisLock(_Introspection):
                     if deadline is not None:
                         block = min(block, deadline - now)
                     if block > 0.001:
-                        self.client.blpop([self._k_wake], timeout=max(round(block, 3), 0.001))
+                        block = max(round(block, 3), 0.001)
+                        server.call(_monotonic() + block + CALL_MARGIN, "BLPOP",
+                                    self._k_wake, f"{block:.3f}")
                 except _CONN_ERRORS:
                     now = _monotonic()
                     if deadline is not None and now >= deadline:
                         return None
-                    pause = 0.05 if deadline is None else min(0.05, deadline - now)
+                    pause = RETRY if deadline is None else min(RETRY, deadline - now)
                     time.sleep(max(pause, 0.0))
         finally:
             end_wait(ts)
             if registered:
                 try:
-                    self.client.delete(f"{self.prefix}wait:{who}")
+                    server.call(_monotonic() + CALL_MARGIN, "DEL", f"{self.prefix}wait:{who}")
                 except Exception:
-                    pass
+                    pass  # it expires by itself
 
-    def _check(self, who: str, timed: bool) -> Optional[list[dict[str, Any]]]:
+    def _check(self, who: str, timed: bool, deadline: Optional[float]
+               ) -> Optional[list[dict[str, Any]]]:
         me: dict[str, Any] = {"k": "lock", "t": self.name, "n": self.name,
                               "th": thread_name(threading.get_ident()), "s": str(self._site)}
         if timed:
@@ -535,7 +846,8 @@ class RedisLock(_Introspection):
             if lwho != who:
                 args += [lwho, json.dumps({"k": "thread", "t": target, "n": lname, "th": lthread,
                                            "s": "local lock"})]
-        result = self._wait_script(keys=[f"{self.prefix}wait:{who}"], args=args)
+        result = self._wait_script(keys=[f"{self.prefix}wait:{who}"], args=args,
+                                   deadline=deadline)
         if not result:
             return None
         path = []
@@ -555,28 +867,37 @@ class RedisLock(_Introspection):
                 holds.setdefault(step["holder"], []).append(
                     {"name": step["name"], "site": step["site"], "key": step["key"],
                      "type": "RedisLock", "acquired_at": "?"})
-        server = self.client.connection_pool.connection_kwargs
-        store = f"redis:{server.get('host', '?')}:{server.get('port', '?')}/{self.prefix}"
+        store = f"redis:{self._server.name.split(' db ')[0]}/{self.prefix}"
         finding = deadlock_finding(path, holds, store, frame)
         if raise_deadlock(finding):
             raise DeadlockError(str(finding), finding)
 
     def _renew(self) -> None:
+        """In the renewer thread: extend the lease, within its remaining validity."""
         owner = self._owner
+        renewer = self._server.renewer
         if owner is None or self._lost:
-            _renewer.remove(self)
+            renewer.remove(self)
             return
         sent = _monotonic()
+        if sent > self._valid_until:
+            self._mark_lost()
+            return
         try:
             ok = self._extend(keys=[self._k_lock, self._k_info],
-                              args=[self._who, self._token, int(self.ttl * 1000)])
+                              args=[self._who, self._token, int(self.ttl * 1000)],
+                              deadline=self._valid_until)
         except _CONN_ERRORS:
+            self._unconfirmed = True
             if _monotonic() > self._valid_until:
                 self._mark_lost()
             else:
-                with _renewer._mutex:
-                    if self in _renewer._due:
-                        _renewer._due[self] = _monotonic() + min(self.ttl / 10, 0.2)
+                renewer.reschedule(self, _monotonic() + min(self.ttl / 10, RETRY))
+            return
+        except ServerError as exc:
+            self._unconfirmed = True
+            _internal_error(f"renewing the lease of {self.name!r}", exc)
+            renewer.reschedule(self, _monotonic() + min(self.ttl / 10, 0.5))
             return
         if self._owner is not owner:
             return
@@ -584,23 +905,20 @@ class RedisLock(_Introspection):
             self._mark_lost()
             return
         self._valid_until = sent + self.ttl * _DRIFT
-        with _renewer._mutex:
-            if self in _renewer._due:
-                _renewer._due[self] = sent + self.ttl / 3
+        self._unconfirmed = False
+        renewer.reschedule(self, sent + self.ttl / 3)
 
     def _mark_lost(self) -> None:
         if self._lost:
             return
         self._lost = True
-        _renewer.remove(self)
+        self._server.renewer.remove(self)
         callback = self.on_lost
         if callback is not None:
             try:
                 callback(self)
             except Exception as exc:
-                from ._findings import internal_error
-
-                internal_error(f"the on_lost callback of {self.name!r}", exc)
+                _internal_error(f"the on_lost callback of {self.name!r}", exc)
 
     def _note_order(self, shared: list[RedisLock]) -> Optional[BaseException]:
         new = [h for h in shared if h.name not in self._sent]
@@ -618,9 +936,7 @@ class RedisLock(_Introspection):
         try:
             result = self._order_script(keys=[], args=args)
         except Exception as exc:
-            from ._findings import internal_error
-
-            internal_error("the Redis lock-order graph", exc)
+            _internal_error("the Redis lock-order graph", exc)
             return None
         if not result:
             return None
