@@ -345,7 +345,8 @@ def brief_deadlock(finding: Finding) -> str:
     if self_wait:  # where it was taken first is what the reader looks for
         for held in threads[0].get("holds", [])[:BRIEF_MAX]:
             lock = held.get("lock") or {}
-            lines.append(f"  {_name(lock)} was made at {_p(short_path(str(lock.get('site', '?'))))}")
+            made = _p(short_path(str(lock.get("site", "?"))))
+            lines.append(f"  {_name(lock)} was made at {made}")
     victim = details.get("victim")
     if victim:
         others = "tasks" if details.get("asyncio") and rule != "loop" else "threads"
