@@ -3,8 +3,10 @@
 ``install()`` replaces the factories in the ``threading`` module; modules
 that look them up at call time (``queue``, ``concurrent.futures``,
 ``logging`` handlers, ``threading.Event``/``Barrier``/``Thread``) then build
-on lockwise. Locks created before ``install()`` stay as they were: that
-includes ``logging``'s module lock and the import machinery's locks.
+on lockwise. Locks created before ``install()`` stay as they were: the
+import machinery's locks, and ``logging``'s module lock when ``logging`` was
+imported first (imported after, it is a lockwise RLock; CPython's own known
+inversion through it is a declared exception: see ``_order._declared_exception``).
 Calls nest: the patch is removed by the matching last ``uninstall()``.
 
 ``threading.Lock`` and ``threading.RLock`` become subclasses of lockwise's
@@ -174,30 +176,6 @@ class _AfterImport:
             internal_error(f"patching {self.name} after its import", exc)
 
 
-def _keep_logging_module_lock() -> None:
-    """Give ``logging`` back the interpreter's own RLock as its module lock.
-
-    Instrumented, that lock shows CPython's own known lock-order inversion
-    between ``logging.config.dictConfig``/``fileConfig`` (module lock, then
-    handler locks) and ``FileHandler.close`` (handler lock, then module lock),
-    python/cpython#96727 and #84551, in every program that reconfigures
-    logging; users cannot act on it (docs/stdlib-suites.md). Handler locks
-    stay lockwise's. Runs right after ``logging`` is first imported while
-    installed, when nobody can hold the lock yet; a held one is left alone.
-    """
-    logging = sys.modules.get("logging")
-    lock = getattr(logging, "_lock", None)
-    if isinstance(lock, _RLock) and lock.owner_ident is None:
-        logging._lock = _ORIGINALS["RLock"]()  # type: ignore[union-attr]
-
-
-def _logging_hook(installing: bool) -> None:
-    if not installing:
-        cancel_when_imported("logging")
-    elif "logging" not in sys.modules:
-        when_imported("logging", _keep_logging_module_lock)
-
-
 def when_imported(name: str, callback: Callable[[], None]) -> None:
     """Call ``callback()`` once, right after ``name`` is first imported."""
     cancel_when_imported(name)
@@ -208,5 +186,3 @@ def cancel_when_imported(name: str) -> None:
     sys.meta_path[:] = [f for f in sys.meta_path
                         if not (isinstance(f, _AfterImport) and f.name == name)]
 
-
-add_install_hook(_logging_hook)
