@@ -186,8 +186,11 @@ PROFILE = Obj(optional={"locks": [PROFILE_LOCK], "sample": Opt(NUM), "duration_n
 NODE = Obj(optional={"name": str, "site": str})
 ORDER_GRAPH = Obj(optional={"nodes": [ANY], "edges": [Obj(optional={
     "from_name": Opt(str), "to_name": Opt(str)})]})
+WATCHED = Obj(optional={"sites": INT, "since": str, "fork_audit": bool,
+                        "predating": Obj(optional={"locks": INT, "modules": dict})})
 DOCUMENT = Obj(required={"findings": [FINDING]}, optional={
     "format": INT, "profile": PROFILE, "order_graph": ORDER_GRAPH, "notes": [str],
+    "watched": WATCHED,
 })
 
 
