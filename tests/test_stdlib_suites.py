@@ -86,7 +86,7 @@ def regrtest(tmp: Path, label: str, match: list[str], lockwise: bool,
     args += suites or SUITES
     if lockwise:
         args = ["-m", "lockwise", "run", "--json", str(report),
-                "--fail-on", "deadlock,lock-order"] + args
+                "--fail-on", "deadlock,lock-order,fork-hazard"] + args
     work = tmp / label
     work.mkdir()
     result = subprocess.run([sys.executable, *args], cwd=work, capture_output=True, text=True,
@@ -112,7 +112,7 @@ def test_stdlib_suites_same_results_under_lockwise(tmp_path: Path) -> None:
     plain, _ = regrtest(tmp_path, "plain", MATCH, lockwise=False)
     lw, findings = regrtest(tmp_path, "lockwise", MATCH, lockwise=True)
     assert len(plain) > 400, "the subset did not run"
-    bad = [f for f in findings if f.get("kind") in ("deadlock", "lock-order")]
+    bad = [f for f in findings if f.get("kind") in ("deadlock", "lock-order", "fork-hazard")]
     assert not bad, json.dumps(bad, indent=1)[:5000]
 
     expected = expected_differences()
@@ -123,7 +123,8 @@ def test_stdlib_suites_same_results_under_lockwise(tmp_path: Path) -> None:
         again_plain, _ = regrtest(tmp_path, "plain-again", list(unexpected), lockwise=False)
         again_lw, findings = regrtest(tmp_path, "lockwise-again", list(unexpected),
                                       lockwise=True)
-        assert not [f for f in findings if f.get("kind") in ("deadlock", "lock-order")]
+        assert not [f for f in findings
+                    if f.get("kind") in ("deadlock", "lock-order", "fork-hazard")]
         unexpected = {t: d for t, d in differences(again_plain, again_lw).items()
                       if t in unexpected}
     assert not unexpected, (

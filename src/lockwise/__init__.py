@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from . import _install, _joins  # noqa: F401  (_joins records Thread.join as a wait)
+from . import _fork, _install, _joins  # noqa: F401  (_joins records Thread.join as a wait; _fork audits os.fork)
 from ._condition import Barrier, BoundedSemaphore, Condition, Event, Semaphore
 from ._config import configure
 from ._errors import (

@@ -41,7 +41,8 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "condition, queue or join for longer than SECONDS")
     parser.add_argument("--fail-on", metavar="KINDS", default="deadlock",
                         help="exit with status 3 when a finding of these kinds (comma "
-                             "list of deadlock, lock-order, hang, contention; 'all', "
+                             "list of deadlock, lock-order, hang, contention, fork-hazard; "
+                             "'all', "
                              "'none') is recorded (default: deadlock)")
     parser.add_argument("--quiet", action="store_true",
                         help="print no report on stderr (the JSON report is still written)")

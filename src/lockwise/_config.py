@@ -25,6 +25,9 @@ class Settings:
         self.on_deadlock: Policy = "raise"
         self.on_lock_order: Policy = "warn"
         self.on_hang: Policy = "log"
+        #: A lock held by another thread at os.fork() ("raise" acts as "log":
+        #: the fork has happened, and the forking thread did nothing wrong).
+        self.on_fork_hazard: Policy = "log"
         #: Master switch for the lock-order graph.
         self.lock_order = True
         #: A blocked thread's first sleep between two deadlock checks; it doubles
@@ -79,6 +82,9 @@ def configure(**options: Any) -> dict[str, Any]:
     * ``on_lock_order``: the same for a lock-order inversion (default ``"warn"``;
       ``"raise"`` raises :class:`PotentialDeadlockError` in the acquiring thread).
     * ``on_hang``: the same for a hang found by the watchdog (default ``"log"``).
+    * ``on_fork_hazard``: the same for a lockwise lock that another thread
+      holds when the process forks (default ``"log"``; ``"raise"`` acts as
+      ``"log"``: nothing is raised into the thread that forks).
     * ``lock_order``: record the lock-order graph (default True).
     * ``check_interval``: first sleep, in seconds, between two checks of a
       blocked thread; it doubles after each uneventful check, up to 1 s or
@@ -104,7 +110,7 @@ def configure(**options: Any) -> dict[str, Any]:
     previous: dict[str, Any] = {}
     checked: dict[str, Any] = {}
     for name, value in options.items():
-        if name in ("on_deadlock", "on_lock_order", "on_hang"):
+        if name in ("on_deadlock", "on_lock_order", "on_hang", "on_fork_hazard"):
             checked[name] = _check_policy(name, value)
         elif name in ("check_interval", "confirm_delay", "unproven_after"):
             checked[name] = _check_seconds(name, value)

@@ -91,7 +91,7 @@ def stop_propagation() -> None:
     if _logger is not None:
         _logger.propagate = False
 
-KINDS = ("deadlock", "lock-order", "hang", "contention")
+KINDS = ("deadlock", "lock-order", "hang", "contention", "fork-hazard")
 
 
 class Record:

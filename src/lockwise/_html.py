@@ -27,7 +27,7 @@ from html import escape
 
 from ._files import atomic_write
 from ._findings import Finding, StackInfo
-from ._report import confirmation_status, format_ns, format_stack, profile_header, render
+from ._report import FORK_FIX, confirmation_status, format_ns, format_stack, profile_header, render
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -51,11 +51,12 @@ h2{font-size:17px;margin:4px 0 10px}
 .finding{border-left:4px solid #999;padding:4px 12px;margin:12px 0;background:#fafafa}
 .finding.kind-deadlock{border-color:#c62828}.finding.kind-lock-order{border-color:#ef6c00}
 .finding.kind-hang{border-color:#6a1b9a}.finding.kind-contention{border-color:#1565c0}
+.finding.kind-fork-hazard{border-color:#00838f}
 .finding h3{font-size:15px;margin:6px 0}
 .kind{display:inline-block;font-size:12px;padding:1px 7px;border-radius:9px;color:#fff;
 background:#777;margin-right:6px}
 .kind-deadlock .kind{background:#c62828}.kind-lock-order .kind{background:#ef6c00}
-.kind-hang .kind{background:#6a1b9a}
+.kind-hang .kind{background:#6a1b9a}.kind-fork-hazard .kind{background:#00838f}
 pre{background:#f2f3f5;padding:8px 10px;overflow:auto;font:12px/1.4 ui-monospace,Menlo,
 Consolas,monospace;margin:6px 0}
 details summary{cursor:pointer;color:#333}
@@ -301,9 +302,22 @@ def _stack_html(stack: StackInfo) -> str:
             f"<pre>{_e(text)}</pre></details>")
 
 
+def _fork_html(f: Finding) -> str:
+    """A fork hazard's id and fix, and a forked child's deadlock's link to it."""
+    link = f.details.get("fork_hazard") if f.kind == "deadlock" else (
+        f.details if f.kind == "fork-hazard" else None)
+    if not isinstance(link, dict) or not link.get("id"):
+        return ""
+    what = ("Held by another thread of the parent when it forked: see fork hazard"
+            if f.kind == "deadlock" else "Fork hazard")
+    return (f'<p class="note">{what} <code>{_e(link.get("id"))}</code>. '
+            f"Fix: {_e(FORK_FIX)}</p>")
+
+
 def render_findings(findings: list[Finding]) -> str:
     if not findings:
-        return '<p class="note">No findings: no deadlock, lock-order inversion or hang.</p>'
+        return ('<p class="note">No findings: no deadlock, lock-order inversion, hang or '
+                'fork hazard.</p>')
     parts = []
     for i, f in enumerate(findings, 1):
         stacks = "".join(_stack_html(s) for s in f.stacks)
@@ -315,6 +329,7 @@ def render_findings(findings: list[Finding]) -> str:
                f'{_e(", ".join(f.threads))}</p>' if f.locks or f.threads else "")
             + (f'<p class="note confirmation">{_e(confirmation_status(f))}</p>'
                if f.kind == "lock-order" else "")
+            + _fork_html(f)
             + f"<details><summary>Full report</summary><pre>{_e(render(f))}</pre></details>"
             + (f"<h4>Stacks</h4>{stacks}" if stacks else "") + "</article>")
     return "".join(parts)

@@ -3,8 +3,10 @@
 ``install()`` replaces the factories in the ``threading`` module; modules
 that look them up at call time (``queue``, ``concurrent.futures``,
 ``logging`` handlers, ``threading.Event``/``Barrier``/``Thread``) then build
-on lockwise. Locks created before ``install()`` stay as they were: that
-includes ``logging``'s module lock and the import machinery's locks.
+on lockwise. Locks created before ``install()`` stay as they were: the
+import machinery's locks, and ``logging``'s module lock when ``logging`` was
+imported first (imported after, it is a lockwise RLock; CPython's own known
+inversion through it is a declared exception: see ``_order._declared_exception``).
 Calls nest: the patch is removed by the matching last ``uninstall()``.
 
 ``threading.Lock`` and ``threading.RLock`` become subclasses of lockwise's
@@ -101,7 +103,11 @@ def add_install_hook(hook: Any) -> None:
 
 
 def install() -> None:
-    """Make ``threading.Lock`` and friends produce lockwise primitives from now on."""
+    """Make ``threading.Lock`` and friends produce lockwise primitives from now on.
+
+    The first install also lists the plain locks that loaded modules already
+    hold (:func:`scan_predating`): they are not watched, and the runner's and
+    the plugin's summaries (or one line on stderr at exit) say so."""
     global _depth
     _depth += 1
     if _depth == 1:
@@ -109,6 +115,140 @@ def install() -> None:
             setattr(threading, name, value)
         for hook in _hooks:
             hook(True)
+        try:
+            _note_predating(scan_predating())
+        except Exception as exc:
+            from ._findings import internal_error
+
+            internal_error("listing the locks made before install()", exc)
+
+
+# ---------------------------------------------------------------- locks made before install
+
+_PLAIN_LOCK_TYPES: tuple[type, ...] = (type(_thread.allocate_lock()), type(_thread.RLock()))
+_PLAIN_WRAPPERS: tuple[type, ...] = tuple(
+    _ORIGINALS[name] for name in ("Condition", "Semaphore", "BoundedSemaphore"))
+#: module name -> names ("NAME" or "Class.NAME") of the plain locks found by the
+#: first install's scan. Filled once per process (a forked child inherits it).
+predating: dict[str, list[str]] = {}
+#: Set by a caller that prints :func:`predating_line` itself (the runner, the
+#: plugin): then nothing is printed at exit.
+predating_reported = False
+_predating_scanned = False
+
+
+def _is_plain_lock(value: object) -> bool:
+    if isinstance(value, _PLAIN_LOCK_TYPES):
+        return True
+    if isinstance(value, _PLAIN_WRAPPERS) and not isinstance(
+            value, (Condition, Semaphore, BoundedSemaphore)):
+        return True
+    cond = getattr(value, "_cond", None) if isinstance(value, threading.Event) else None
+    return cond is not None and not isinstance(cond, Condition)
+
+
+def _skipped_module(name: str, module: ModuleType) -> bool:
+    """lockwise's own modules and the standard library's (except logging,
+    whose module lock programs share), and modules without a file."""
+    if name == "logging" or name == "__main__":
+        return False
+    if name == "lockwise" or name.startswith("lockwise."):
+        return True
+    filename = getattr(module, "__file__", None)
+    if not isinstance(filename, str):
+        return True
+    return filename.startswith(_stdlib_dirs()) and "-packages" not in filename
+
+
+_STDLIB: Optional[tuple[str, ...]] = None
+
+
+def _stdlib_dirs() -> tuple[str, ...]:
+    global _STDLIB
+    if _STDLIB is None:
+        import os
+
+        base = os.path.dirname(threading.__file__)
+        _STDLIB = (base + os.sep,)
+    return _STDLIB
+
+
+def scan_predating() -> dict[str, list[str]]:
+    """The plain ``threading``/``_thread`` locks (Lock, RLock, and the
+    Condition, Semaphore and Event built on them) held in the globals and the
+    class attributes of the modules loaded now, by module. Not replaced:
+    another reference (a bound method, a closure, a thread holding it) may
+    still use the plain one, which would split one lock into two.
+
+    Cost: one pass over the loaded modules' dicts and their classes' dicts
+    (about 1 ms per 300 modules)."""
+    found: dict[str, list[str]] = {}
+    for name, module in list(sys.modules.items()):
+        if not isinstance(module, ModuleType) or _skipped_module(name, module):
+            continue
+        try:
+            names = _scan_namespace(module)
+        except Exception:  # a module with a hostile __dict__: skip it
+            continue
+        if names:
+            found[name] = names
+    return found
+
+
+def _scan_namespace(module: ModuleType) -> list[str]:
+    names: list[str] = []
+    modname = module.__name__
+    for attr, value in list(vars(module).items()):
+        if _is_plain_lock(value):
+            names.append(attr)
+        elif isinstance(value, type) and value.__module__ == modname:
+            for cattr, cvalue in list(vars(value).items()):
+                if _is_plain_lock(cvalue):
+                    names.append(f"{value.__qualname__}.{cattr}")
+    return sorted(set(names))
+
+
+def _note_predating(found: dict[str, list[str]]) -> None:
+    global _predating_scanned
+    if _predating_scanned:
+        return
+    _predating_scanned = True
+    predating.update(found)
+    if found:
+        import atexit
+
+        atexit.register(_print_predating)
+
+
+def predating_line() -> Optional[str]:
+    """"N locks in M modules predate lockwise (module: names; ...)", or None."""
+    if not predating:
+        return None
+    from ._findings import printable
+
+    count = sum(len(v) for v in predating.values())
+    listed = "; ".join(f"{mod}: {', '.join(names)}" for mod, names in sorted(predating.items()))
+    return printable(f"lockwise: {count} lock{'s' if count != 1 else ''} in {len(predating)} "
+                     f"module{'s' if len(predating) != 1 else ''} predate lockwise and are "
+                     f"not watched ({listed})")
+
+
+def predating_data() -> dict[str, Any]:
+    """The JSON report's ``watched.predating``."""
+    return {"locks": sum(len(v) for v in predating.values()),
+            "modules": {mod: list(names) for mod, names in sorted(predating.items())}}
+
+
+def _print_predating() -> None:
+    line = predating_line()
+    if line is None or predating_reported:
+        return
+    err = sys.__stderr__
+    try:
+        if err is not None:
+            err.write(line + "\n")
+    except Exception:
+        pass
 
 
 def uninstall() -> None:
@@ -174,30 +314,6 @@ class _AfterImport:
             internal_error(f"patching {self.name} after its import", exc)
 
 
-def _keep_logging_module_lock() -> None:
-    """Give ``logging`` back the interpreter's own RLock as its module lock.
-
-    Instrumented, that lock shows CPython's own known lock-order inversion
-    between ``logging.config.dictConfig``/``fileConfig`` (module lock, then
-    handler locks) and ``FileHandler.close`` (handler lock, then module lock),
-    python/cpython#96727 and #84551, in every program that reconfigures
-    logging; users cannot act on it (docs/stdlib-suites.md). Handler locks
-    stay lockwise's. Runs right after ``logging`` is first imported while
-    installed, when nobody can hold the lock yet; a held one is left alone.
-    """
-    logging = sys.modules.get("logging")
-    lock = getattr(logging, "_lock", None)
-    if isinstance(lock, _RLock) and lock.owner_ident is None:
-        logging._lock = _ORIGINALS["RLock"]()  # type: ignore[union-attr]
-
-
-def _logging_hook(installing: bool) -> None:
-    if not installing:
-        cancel_when_imported("logging")
-    elif "logging" not in sys.modules:
-        when_imported("logging", _keep_logging_module_lock)
-
-
 def when_imported(name: str, callback: Callable[[], None]) -> None:
     """Call ``callback()`` once, right after ``name`` is first imported."""
     cancel_when_imported(name)
@@ -208,5 +324,3 @@ def cancel_when_imported(name: str) -> None:
     sys.meta_path[:] = [f for f in sys.meta_path
                         if not (isinstance(f, _AfterImport) and f.name == name)]
 
-
-add_install_hook(_logging_hook)

@@ -50,7 +50,7 @@ import weakref
 from operator import attrgetter
 from types import FrameType
 
-from . import _findings
+from . import _findings, _sites
 from ._config import settings
 from ._describe import kind_of
 from ._errors import PotentialDeadlockError
@@ -204,6 +204,9 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
         if site not in _types:
             _types[site] = kind_of(lock)
         held = [h for h in ts.held if h is not lock and not h._site.signal]
+        exempt = _declared_exception(held, lock)
+        if exempt is not None:
+            held.remove(exempt)
         # Two locks of one site reach here on every nested acquisition (the
         # chain cache cannot tell instances apart): a known edge costs no
         # names, no stacks and no new objects.
@@ -247,7 +250,9 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
             cycle = graph.find_cycle(a, b, skip=_is_signal if graph is _classes else None)
             if cycle is not None:
                 found.append(_finding(graph, cycle, site if graph is not _classes else None))
-        if site not in chain:
+        if exempt is not None:
+            pass  # not cached: the same chain taken elsewhere must be recorded
+        elif site not in chain:
             _known.add(key)
         else:
             _know_instances(key, ts.held, lock)
@@ -257,6 +262,48 @@ def _slow(ts: ThreadState, lock: Any, chain: tuple[Site, ...],
         _lock.release()
         ts.quiet -= 1
     return _report(ts, found)
+
+
+def _declared_exception(held: list[Any], lock: Any) -> Any:
+    """The held lock whose edge to ``lock`` is a declared exception, or None.
+
+    One exception, documented in docs/stdlib-suites.md: CPython's
+    ``logging.Handler.close()`` takes logging's module lock (``logging._lock``)
+    while its caller holds the handler's own lock (``FileHandler.close``,
+    ``StreamHandler.close``, ``MemoryHandler.close``, ``SocketHandler.close``,
+    ``logging.shutdown()``), and ``dictConfig``/``fileConfig`` take that
+    handler's lock under the module lock (``_clearExistingHandlers`` ->
+    ``shutdown``): CPython's own known inversion, python/cpython#96727 and
+    #84551, which users cannot act on. Only that edge is left out: the
+    handler's lock -> the module lock, taken by ``Handler.close`` of that very
+    handler. The module lock stays instrumented, and the same edge taken
+    anywhere else (an ``emit()`` that calls ``logging.getLogger()`` or adds
+    a handler: the bug of #96727) is recorded and reported.
+
+    Cost: one ``sys.modules`` lookup on the slow path (a new chain of locks);
+    a few frames walked when ``lock`` is logging's module lock.
+    """
+    logging = sys.modules.get("logging")
+    if logging is None or lock is not getattr(logging, "_lock", None) or not held:
+        return None
+    frame: Optional[FrameType] = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename in _sites.INTERNAL_FILES:
+        frame = frame.f_back
+    module_file = getattr(logging, "__file__", None)
+    if frame is not None and frame.f_code.co_name == "_acquireLock" \
+            and frame.f_code.co_filename == module_file:  # 3.10-3.12: close() calls it
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_name != "close" \
+            or frame.f_code.co_filename != module_file:
+        return None
+    handler = frame.f_locals.get("self")
+    own = getattr(handler, "lock", None)
+    if own is None or not isinstance(handler, logging.Handler):
+        return None
+    for h in held:
+        if h is own:
+            return h
+    return None
 
 
 def _edge_info(ts: ThreadState, held: Any, lock: Any, a: Any, b: Any,

@@ -89,9 +89,60 @@ def render_deadlock(finding: Finding) -> str:
         others = "tasks" if details.get("asyncio") and details.get("rule") != "loop" else "threads"
         lines.append(f"  DeadlockError is raised in {_p(victim)}; the other {others} are "
                      "untouched.")
+    lines += _fork_link_lines(details.get("fork_hazard"))
     for stack in finding.stacks:
         lines.append("")
         lines += _stack_block(stack)
+    return "\n".join(lines)
+
+
+#: What to do about a lock held by another thread at fork() (also in the finding).
+FORK_FIX = ("acquire the lock around the fork (so that no other thread holds it), "
+            "reset it in the child with os.register_at_fork(after_in_child=...), or start "
+            "processes with the 'spawn' start method (multiprocessing.set_start_method"
+            "('spawn') or get_context('spawn')) instead of forking a threaded process.")
+
+
+def _fork_link_lines(link: Any) -> list[str]:
+    """The lines a deadlock in a forked child gets when its lock was held by
+    another thread of the parent at the fork (``details["fork_hazard"]``)."""
+    if not isinstance(link, dict):
+        return []
+    return [f"  Forked while held: {_lock(link.get('lock'))} was held by "
+            f"{_p(link.get('owner', '?'))} of the parent (pid {_p(link.get('parent_pid', '?'))})"
+            f" when it forked, acquired at {_p(link.get('acquired_at', '?'))}; that thread does "
+            f"not exist in this child (finding {_p(link.get('id', '?'))}).",
+            f"  Fix: {FORK_FIX}"]
+
+
+def render_fork_hazard(finding: Finding) -> str:
+    details = finding.details
+    lines = [f"lockwise: fork hazard: {_p(finding.summary)}", "",
+             f"  {_lock(details.get('lock'))} was held by {_p(details.get('owner', '?'))}, "
+             f"acquired at {_p(details.get('acquired_at', '?'))},",
+             f"  when {_p(details.get('forking_thread', '?'))} called fork() "
+             f"(finding {_p(details.get('id', '?'))})."]
+    if details.get("reset_in_child"):
+        lines.append("  logging resets this lock in the child: the child will not wait on it, "
+                     "but what it guards may be half-updated.")
+    else:
+        lines.append("  In the child it stays held by a thread that does not exist there: a "
+                     "wait on it is reported as a deadlock linked to this finding.")
+    lines.append(f"  Fix: {FORK_FIX}")
+    for stack in finding.stacks:
+        lines.append("")
+        lines += _stack_block(stack)
+    return "\n".join(lines)
+
+
+def brief_fork_hazard(finding: Finding) -> str:
+    details = finding.details
+    lines = [f"lockwise: fork hazard: {_p(finding.summary)}"]
+    at = _at(_last(finding.stacks[0].frames)) if finding.stacks else ""
+    lines.append(f"  {_name(details.get('lock'))} held by {_p(details.get('owner', '?'))}, "
+                 f"acquired at {_p(short_path(str(details.get('acquired_at', '?'))))}"
+                 + (f"; fork() at {at}" if at else ""))
+    lines.append(f"  Fix: {FORK_FIX}")
     return "\n".join(lines)
 
 
@@ -203,6 +254,8 @@ def render(finding: Finding) -> str:
         return render_lock_order(finding)
     if finding.kind == "hang":
         return render_hang(finding)
+    if finding.kind == "fork-hazard":
+        return render_fork_hazard(finding)
     return _p(finding.summary)
 
 
@@ -352,6 +405,13 @@ def brief_deadlock(finding: Finding) -> str:
         others = "tasks" if details.get("asyncio") and rule != "loop" else "threads"
         lines.append(f"  DeadlockError is raised in {_p(victim)}"
                      + (f"; the other {others} carry on." if len(threads) > 1 else "."))
+    link = details.get("fork_hazard")
+    if isinstance(link, dict):
+        lines.append(f"  {_name(link.get('lock'))} was held by {_p(link.get('owner', '?'))} "
+                     f"of the parent (pid {_p(link.get('parent_pid', '?'))}) when it forked "
+                     f"(finding {_p(link.get('id', '?'))})")
+        lines.append(f"  Fix: {FORK_FIX}")
+        return "\n".join(lines)
     fix = _FIX.get("self" if self_wait else rule)
     if fix:
         lines.append(f"  Fix: {fix}")
@@ -399,6 +459,8 @@ def render_brief(finding: Finding) -> str:
             return shorten(brief_lock_order(finding))
         if finding.kind == "hang":
             return shorten(brief_hang(finding))
+        if finding.kind == "fork-hazard" and finding.details:
+            return shorten(brief_fork_hazard(finding))
     except Exception:  # a report loaded from a file may be shaped unexpectedly
         pass
     if finding.text:

@@ -241,6 +241,7 @@ class Session:
         _findings.stop_propagation()
         _errors.reports_on_stderr = not self.options.quiet
         _install.install()
+        _install.predating_reported = True  # said in the summary, and in the JSON
         _tracebacks.install()
         if os.environ.get("LOCKWISE_SCHEDULE"):  # a run steered by `lockwise confirm`
             from . import _schedule
@@ -281,7 +282,9 @@ class Session:
             return {}  # a forked child: the parent writes its own
         out: dict[str, Any] = {"order_graph": _order.graph_data(),
                                "watched": {"sites": _sites.watched_sites(),
-                                           "since": "program start"}}
+                                           "since": "program start",
+                                           "fork_audit": hasattr(os, "register_at_fork"),
+                                           "predating": _install.predating_data()}}
         if self.profiler is not None:
             out["profile"] = self.profiler.to_dict()
         return out
@@ -393,6 +396,9 @@ class Session:
             self._write_err(_report.render_summary(found))
             self._write_err(_report.watched_line(_sites.watched_sites(),
                                                  "made since the program started"))
+            predating = _install.predating_line()
+            if predating is not None:
+                self._write_err(predating)
         if self._temp_json is not None and not forked:
             for leftover in (self._temp_json, self._temp_json + ".lock"):
                 try:

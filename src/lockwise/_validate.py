@@ -144,8 +144,13 @@ FRAME = Obj(optional={"file": str, "line": INT, "function": str, "code": str})
 STACK = Obj(optional={"thread": str, "title": str, "frames": [FRAME]})
 WAIT = Obj(optional={"kind": Opt(str), "lock": Opt(LOCK), "held_by": Opt(str),
                      "thread": Opt(str), "task": Opt(str), "via": Opt(str)})
+FORK_LINK = Obj(optional={"id": str, "parent_pid": INT, "lock": LOCK, "owner": str,
+                          "acquired_at": str})
+FORK_HAZARD = Obj(optional={"id": str, "parent_pid": INT, "lock": LOCK, "owner": str,
+                            "acquired_at": str, "forking_thread": str,
+                            "reset_in_child": bool, "fix": str})
 DEADLOCK = Obj(optional={
-    "rule": str, "victim": Opt(str),
+    "rule": str, "victim": Opt(str), "fork_hazard": FORK_LINK,
     "threads": [Obj(required={"thread": str},
                     optional={"holds": [Obj(required={"lock": LOCK, "acquired_at": str})],
                               "waits_for": WAIT})],
@@ -157,7 +162,8 @@ LOCK_ORDER = Obj(optional={
 HANG = Obj(optional={
     "table": [Obj(optional={"lock": Opt(LOCK), "owner": Opt(str), "waiters": [str]})],
 })
-DETAILS = {"deadlock": DEADLOCK, "lock-order": LOCK_ORDER, "hang": HANG}
+DETAILS = {"deadlock": DEADLOCK, "lock-order": LOCK_ORDER, "hang": HANG,
+           "fork-hazard": FORK_HAZARD}
 FINDING = Obj(required={"kind": str}, optional={
     "summary": str, "threads": [str], "locks": [LOCK], "stacks": [STACK],
     "details": dict, "text": str, "time": NUM, "pid": INT,
@@ -182,8 +188,11 @@ PROFILE = Obj(optional={"locks": [PROFILE_LOCK], "sample": Opt(NUM), "duration_n
 NODE = Obj(optional={"name": str, "site": str})
 ORDER_GRAPH = Obj(optional={"nodes": [ANY], "edges": [Obj(optional={
     "from_name": Opt(str), "to_name": Opt(str)})]})
+WATCHED = Obj(optional={"sites": INT, "since": str, "fork_audit": bool,
+                        "predating": Obj(optional={"locks": INT, "modules": dict})})
 DOCUMENT = Obj(required={"findings": [FINDING]}, optional={
     "format": INT, "profile": PROFILE, "order_graph": ORDER_GRAPH, "notes": [str],
+    "watched": WATCHED,
 })
 
 

@@ -69,7 +69,7 @@ import sys
 import threading
 import time
 
-from . import _findings
+from . import _findings, _fork
 from ._config import settings
 from ._describe import acquired_at, lock_refs, name_of
 from ._errors import DeadlockError
@@ -735,11 +735,29 @@ def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
         summary = f"{', '.join(names)} wait for each other in a cycle"
     else:
         summary = f"every thread is blocked and none can wake the others ({', '.join(names)})"
+    details: dict[str, Any] = {"rule": rule, "victim": name_of(victim), "threads": entries}
+    link = _fork_link(threads)
+    if link is not None:  # a forked child waits on a lock held at the fork
+        details["fork_hazard"] = link
+        summary += (f" ({link['lock']['name']} was held by {link['owner']} of the parent "
+                    "process when it forked)")
     finding = Finding(
         kind="deadlock", summary=summary, threads=names, locks=list(refs.values()),
-        stacks=stacks,
-        details={"rule": rule, "victim": name_of(victim), "threads": entries},
-        key=key,
+        stacks=stacks, details=details, key=key,
     )
     finding.text = render_deadlock(finding)
     return finding
+
+
+def _fork_link(threads: list[ThreadState]) -> Optional[dict[str, Any]]:
+    """The fork-hazard link of a lock some thread of the deadlock waits on, if
+    another thread of the parent held it when this process was forked."""
+    if not _fork._inherited:
+        return None
+    for ts in threads:
+        res = ts.waiting
+        if res is not None and not isinstance(res, (CondWaiter, JoinWait)):
+            link = _fork.link_of(res)
+            if link is not None:
+                return link
+    return None

@@ -76,6 +76,7 @@ class LockwisePlugin:
         self._install = _install
         self.profiler: Optional[_profile.Profiler] = None
         _install.install()
+        _install.predating_reported = True  # said in the terminal summary
         _findings.add_listener(self._on_finding, internal=True)  # a list append
         if profile:
             self.profiler = _profile.Profiler().start()
@@ -96,6 +97,9 @@ class LockwisePlugin:
 
         terminalreporter.write_line(watched_line(
             watched_sites(), "made after the plugin installed (before the first conftest.py)"))
+        predating = self._install.predating_line()
+        if predating is not None:
+            terminalreporter.write_line(predating)
         if self.profiler is None:
             return
         self.profiler.stop()
