@@ -133,7 +133,7 @@ _sites: dict[Any, Site] = {}
 #: object: hashing a code object hashes its whole contents (about 1.5 us each
 #: time on 3.13). The entry keeps its code object alive, so the id cannot be
 #: reused while the entry exists.
-_by_offset: dict[tuple[int, int], tuple[CodeType, Site]] = {}
+_by_offset: dict[tuple[int, int], Any] = {}
 #: Sites of generated code: (id(code), line, label) -> (weak reference to the
 #: code, site); the reference's callback removes the code's entries (see above).
 _generated: dict[tuple[int, int, str], tuple[weakref.ref[CodeType], Site]] = {}
@@ -389,16 +389,51 @@ def site_of(frame: Optional[FrameType]) -> Site:
     # decodes the line table (measurable when a program creates many locks).
     code = user.f_code
     key = (id(code), user.f_lasti)
-    entry = _by_offset.get(key)
+    entry: Any = _by_offset.get(key)
     if entry is not None and entry[0] is code:
-        return entry[1]
+        if len(entry) == 2:
+            return entry[1]  # type: ignore[no-any-return]
+        # (code, {class: site}, None): named per class of ``self`` at this
+        # line (3 items: the C fast path, which reads 2, leaves it to us).
+        known = entry[1].get(_owner_class(user))
+        if known is not None:
+            return known  # type: ignore[no-any-return]
     namer = _namer(frame) or user
     target = _target_at(namer)
     owner: Optional[type] = None
     if target.startswith(("self.", "cls.")):
-        target = target.split(".", 1)[1]
         owner = _owner_class(namer)
+    if namer is not user or owner is not None:
+        # A name that depends on the instance: cached by plain ints and the
+        # class (hashing a code object hashes its whole contents).
+        dyn_key = (key, id(namer.f_code), namer.f_lasti, owner)
+        known = _per_instance.get(dyn_key)
+        if known is not None and known[0] is code and known[1] is namer.f_code:
+            return known[2]
+    site = _new_site(user, namer, target, owner)
+    if generated(code.co_filename):
+        pass  # nothing that keeps the code object alive
+    elif namer is user and owner is None:
+        _by_offset[key] = (code, site)
+    elif namer is user:
+        if entry is None or entry[0] is not code or len(entry) != 3:
+            entry = _by_offset[key] = (code, {}, None)
+        entry[1][owner] = site
+    else:
+        _per_instance[dyn_key] = (code, namer.f_code, site)
+    return site
+
+
+#: (id(user code), offset, id(naming code), offset, class) -> (user code,
+#: naming code, site): sites whose name depends on the instance (see site_of).
+_per_instance: dict[Any, tuple[CodeType, CodeType, Site]] = {}
+
+
+def _new_site(user: FrameType, namer: FrameType, target: str, owner: Optional[type]) -> Site:
+    code = user.f_code
     lineno = user.f_lineno
+    if target.startswith(("self.", "cls.")):
+        target = target.split(".", 1)[1]
     if target:
         label = f"{owner.__name__}.{target}" if owner is not None else target
     else:
@@ -413,8 +448,6 @@ def site_of(frame: Optional[FrameType]) -> Site:
     site = _sites.get(site_key)
     if site is None:
         site = _sites.setdefault(site_key, Site(code.co_filename, lineno, code.co_name, label))
-    if fixed:
-        _by_offset[key] = (code, site)
     return site
 
 
