@@ -253,6 +253,7 @@ def _normalise(line: str) -> str:
     line = re.sub(r"(teller-|Thread-|#)\d+", r"\1N", line)
     line = re.sub(r"(queue\.py|threading\.py):\d+", r"\1:N", line)
     line = re.sub(r"alice=\d+ bob=\d+", "alice=N bob=N", line)
+    line = re.sub(r"from \d+ creation site", "from N creation site", line)  # by version
     return line
 
 

@@ -413,7 +413,7 @@ def site_of(frame: Optional[FrameType]) -> Site:
     site = _new_site(user, namer, target, owner)
     if generated(code.co_filename):
         pass  # nothing that keeps the code object alive
-    elif namer is user and owner is None:
+    elif namer is user and (owner is None or _sole_class(owner, code)):
         _by_offset[key] = (code, site)
     elif namer is user:
         if entry is None or entry[0] is not code or len(entry) != 3:
@@ -422,6 +422,23 @@ def site_of(frame: Optional[FrameType]) -> Site:
     else:
         _per_instance[dyn_key] = (code, namer.f_code, site)
     return site
+
+
+def _sole_class(owner: type, code: CodeType) -> bool:
+    """Does ``owner`` define the method running ``code``, with no subclass?
+    Then every object reaching this line is an ``owner`` and the site's name
+    cannot vary: it is cached by offset alone (the C fast path finds it). A
+    subclass defined later is then named after its base, as a line's first
+    instance named it before names were per class."""
+    try:
+        for klass in owner.__mro__:
+            for value in vars(klass).values():
+                func = getattr(value, "__func__", value)
+                if getattr(func, "__code__", None) is code:
+                    return klass is owner and not type.__subclasses__(klass)
+    except Exception:  # an exotic class: name per instance
+        pass
+    return False
 
 
 #: (id(user code), offset, id(naming code), offset, class) -> (user code,
