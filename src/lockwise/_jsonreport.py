@@ -327,17 +327,19 @@ class JsonWriter:
             if pause > 0:
                 time.sleep(pause)  # findings recorded meanwhile join this write
             if self.requested:
-                self.requested = False
-                self.flush()
+                self.flush(clear_request=True)
 
     def finish(self, wait: float = EXIT_WAIT) -> None:
         """Write what is pending now (at exit), waiting up to ``wait`` seconds
         for a write in progress."""
         if self.requested or self.stale:
-            self.requested = False
-            self.flush(wait)
+            self.flush(wait, clear_request=True)
+        elif self._lock.acquire(True, wait):
+            # The writer thread may be in the middle of a write (it clears
+            # ``requested`` under the lock): let it end before the exit.
+            self._lock.release()
 
-    def flush(self, wait: float = _findings.INTERNAL_WAIT) -> None:
+    def flush(self, wait: float = _findings.INTERNAL_WAIT, clear_request: bool = False) -> None:
         """Merge this process's findings into the file now, in this thread."""
         if getattr(self._local, "busy", False):
             # Re-entered (a signal handler or finalizer recorded a finding while
@@ -354,6 +356,8 @@ class JsonWriter:
             return
         start = time.monotonic()
         try:
+            if clear_request:
+                self.requested = False  # under the lock: see ``finish``
             self.stale = False
             while self._pending:
                 self._pending = False
