@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import textwrap
 import threading
@@ -187,7 +188,10 @@ def test_logging_handler_lock_not_reset_in_child_is_a_linked_deadlock(tmp_path: 
     assert result.returncode == 3, result.stderr  # type: ignore[attr-defined]
     out = result.stdout  # type: ignore[attr-defined]
     assert "child: DeadlockError" in out and "child exit 0" in out
-    [hazard] = [f for f in found if f["kind"] == "fork-hazard"]
+    # The Writer may also be caught holding its Event's lock on the way into
+    # finish.wait() (a real hazard too, seen on 3.13t): the handler's is the one.
+    [hazard] = [f for f in found if f["kind"] == "fork-hazard"
+                and f["details"]["lock"]["name"] == "OldHandler.lock"]  # type: ignore[index]
     [deadlock] = [f for f in found if f["kind"] == "deadlock"]
     details = hazard["details"]
     assert isinstance(details, dict)
@@ -200,7 +204,7 @@ def test_logging_handler_lock_not_reset_in_child_is_a_linked_deadlock(tmp_path: 
     assert "was held by Writer of the parent process when it forked" in str(deadlock["summary"])
     err = result.stderr  # type: ignore[attr-defined]
     assert "lockwise: fork hazard: MainThread forked while Writer held OldHandler.lock" in err
-    assert "1 deadlock, 1 fork-hazard" in err
+    assert re.search(r"1 deadlock, [12] fork-hazard", err), err
     # The full text report and the HTML page show both, linked.
     report = run_lockwise("report", str(tmp_path / "r.json"), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
