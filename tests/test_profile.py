@@ -370,3 +370,26 @@ def test_waits_in_progress_at_the_end_are_counted_as_unfinished() -> None:
     assert s["contentions"] == 3 and s["unfinished"] == 3
     assert s["wait_total_ns"] >= 3 * 0.3e9
     assert "3 waits still in progress when the profile ended" in prof.table()
+
+
+def test_a_wait_with_no_user_frame_keeps_threadings_frames() -> None:
+    # A new thread's bootstrap can wait for lockwise's lock in threading's code
+    # only (Thread._started's lock, held by the starter): seen in CI as a
+    # collapsed line with no frame at all, "[wait Thread._started] 309887".
+    lock = lockwise.Lock(name="bootstrap")
+    with lockwise.profile() as prof:
+        lock.acquire()
+        taker = threading.Thread(target=lock.acquire, daemon=True)
+        taker.start()
+        deadline = time.monotonic() + 10
+        while not lock.waiters and time.monotonic() < deadline:
+            time.sleep(0.001)
+        lock.release()
+        taker.join(10)
+        assert not taker.is_alive()
+    lock.release()
+    folded = [ln for ln in prof.collapsed().splitlines() if "[wait bootstrap]" in ln]
+    assert len(folded) == 1, prof.collapsed()
+    frames = folded[0].rsplit(" ", 1)[0].split(";")
+    assert frames[-1] == "[wait bootstrap]" and len(frames) >= 2, folded
+    assert all("threading.py" in f for f in frames[:-1]), folded

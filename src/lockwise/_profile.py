@@ -64,7 +64,7 @@ from collections import deque
 from types import CodeType, FrameType
 
 from . import _findings, _primitives, _waitfor
-from ._sites import INTERNAL_FILES, Site, state_name
+from ._sites import INTERNAL_FILES, OWN_FILES, Site, state_name
 from ._state import ThreadState, _local, registered_thread
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -286,12 +286,21 @@ _wait_lock = _waitfor.wait_lock
 
 
 def _user_stack(frame: Optional[FrameType]) -> tuple[_Where, ...]:
-    """(code, line) of the user frames from the outermost to ``frame``."""
+    """(code, line) of the user frames from the outermost to ``frame``.
+
+    A wait with no user frame at all (a new thread's bootstrap setting
+    ``Thread._started`` while its starter holds the Event's lock) keeps
+    threading's frames instead, so it is still attributed to something.
+    """
+    out = _frames(frame, INTERNAL_FILES)
+    return out if out else _frames(frame, OWN_FILES)
+
+
+def _frames(frame: Optional[FrameType], skip: set[str]) -> tuple[_Where, ...]:
     out: list[_Where] = []
-    internal = INTERNAL_FILES
     while frame is not None and len(out) < STACK_LIMIT:
         code = frame.f_code
-        if code.co_filename not in internal:
+        if code.co_filename not in skip:
             out.append((code, frame.f_lineno))
         frame = frame.f_back
     out.reverse()

@@ -48,7 +48,7 @@ def _internal_files() -> set[str]:
 #: Files whose frames never appear in sites or stacks.
 INTERNAL_FILES: set[str] = _internal_files()
 #: lockwise's own files (INTERNAL_FILES less threading's).
-_OWN_FILES: set[str] = {f for f in INTERNAL_FILES
+OWN_FILES: set[str] = {f for f in INTERNAL_FILES
                         if os.path.normcase(f) != os.path.normcase(threading.__file__)}
 
 
@@ -328,7 +328,7 @@ def _namer(frame: Optional[FrameType]) -> Optional[FrameType]:
 
 
 def is_internal_to_lockwise(code: CodeType) -> bool:
-    return code.co_filename in _OWN_FILES
+    return code.co_filename in OWN_FILES
 
 
 def _owner_class(frame: FrameType) -> Optional[type]:
