@@ -73,3 +73,12 @@ def test_scan_skips_lockwise_and_the_standard_library() -> None:
     found = _install.scan_predating()
     assert not any(name.startswith("lockwise") or name in ("threading", "queue")
                    for name in found)
+
+
+def test_one_predating_lock_is_singular(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_install, "predating", {"logging": ["_lock"]})
+    assert _install.predating_line() == ("lockwise: 1 lock in 1 module predates lockwise and "
+                                         "is not watched (logging: _lock)")
+    monkeypatch.setattr(_install, "predating", {"a": ["x", "y"]})
+    assert _install.predating_line() == ("lockwise: 2 locks in 1 module predate lockwise and "
+                                         "are not watched (a: x, y)")

@@ -228,9 +228,9 @@ def predating_line() -> Optional[str]:
 
     count = sum(len(v) for v in predating.values())
     listed = "; ".join(f"{mod}: {', '.join(names)}" for mod, names in sorted(predating.items()))
+    verbs = "predate lockwise and are" if count != 1 else "predates lockwise and is"
     return printable(f"lockwise: {count} lock{'s' if count != 1 else ''} in {len(predating)} "
-                     f"module{'s' if len(predating) != 1 else ''} predate lockwise and are "
-                     f"not watched ({listed})")
+                     f"module{'s' if len(predating) != 1 else ''} {verbs} not watched ({listed})")
 
 
 def predating_data() -> dict[str, Any]:
