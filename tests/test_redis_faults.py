@@ -232,10 +232,12 @@ def test_renewer_thread_ends_and_gives_back_its_ident(servers: Any) -> None:
     srv = servers()
     lock = RedisLock(redis.Redis(host="127.0.0.1", port=srv.port), "r", ttl=2)
     lock.acquire(timeout=2)
-    renewer = lock._server.renewer._thread
-    assert renewer is not None and renewer.ident in _state.internal_threads
+    renewer = lock._server.renewer
+    ident = renewer._ident
+    assert renewer._running and wait_until(lambda: ident in _state.internal_threads, 2.0)
+    # not a threading.Thread: a program joining every thread must not join it
+    assert ident not in {t.ident for t in threading.enumerate()}
     lock.release()
-    renewer.join(5)
-    assert not renewer.is_alive()
+    assert wait_until(lambda: not renewer._running and ident not in sys._current_frames(), 5.0)
     # a program thread reusing the ident must not be taken for lockwise's
-    assert renewer.ident not in _state.internal_threads
+    assert ident not in _state.internal_threads

@@ -94,8 +94,11 @@ def test_watchdog_thread_is_internal_and_stops() -> None:
     wd = lockwise.watchdog(5.0)
     try:
         assert wd is not None and wd.running
-        assert wd._thread is not None
-        ident = wd._thread.ident
+        ident = wd._ident
+        assert ident is not None
+        # Not in threading.enumerate(): a program joining every thread there
+        # must not join one that never ends (and that plain Python lacks).
+        assert ident not in {t.ident for t in threading.enumerate()}
         end = time.monotonic() + 10
         while ident not in _state.internal_threads and time.monotonic() < end:
             threading.Event().wait(0.01)

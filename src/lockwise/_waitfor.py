@@ -543,6 +543,8 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
             if ident == main_ident and res is None and _in_shutdown(frame):
                 continue
             return None
+        if isinstance(res, JoinWait) and res.thread.ident in internal_threads:
+            return None  # a join of lockwise's own thread, which the scan skips: it runs
         blocked.append((ts, changes, res))
     # The checks that cost a system call or a walk over every signal come last:
     # in a busy program the loop above has already found a running thread.

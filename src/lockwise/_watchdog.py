@@ -32,6 +32,7 @@ a forked child has none unless it starts one.
 from __future__ import annotations
 
 import _thread
+import os
 import sys
 import threading
 import time
@@ -250,30 +251,39 @@ class Watchdog:
         self.interval = (settings_seconds("interval", interval) if interval is not None
                          else min(1.0, max(0.05, self.timeout / 4)))
         self._stop = _thread.allocate_lock()
-        self._thread: Optional[threading.Thread] = None
+        # A raw thread, not a threading.Thread: a program that joins every
+        # thread in threading.enumerate() must not join this one (it never
+        # ends, and plain Python has no such thread). Held while it runs;
+        # stop() joins by taking it.
+        self._done: Optional[_thread.LockType] = None
+        self._ident: Optional[int] = None
+        self._pid = 0  # a forked child has no watchdog thread, whatever _done says
         self._reported: set[tuple[int, int]] = set()
         self._reported_tasks: set[int] = set()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        done = self._done
+        return done is not None and done.locked() and self._pid == os.getpid()
 
     def start(self) -> Watchdog:
-        if self._thread is None:
+        if self._done is None:
             self._stop.acquire()
-            self._thread = threading.Thread(target=self._run, name="lockwise-watchdog",
-                                            daemon=True)
-            self._thread.start()
+            done = self._done = _thread.allocate_lock()
+            done.acquire()
+            self._pid = os.getpid()
+            self._ident = _thread.start_new_thread(self._run, (done,))
         return self
 
     def stop(self) -> None:
-        thread = self._thread
-        if thread is None:
+        done = self._done
+        if done is None:
             return
-        self._thread = None
+        self._done = None
         self._stop.release()
-        if thread is not threading.current_thread():
-            thread.join(5.0)
+        joinable = self._pid == os.getpid() and self._ident != _thread.get_ident()
+        if joinable and done.acquire(True, 5.0):
+            done.release()
 
     def __enter__(self) -> Watchdog:
         return self.start()
@@ -281,8 +291,8 @@ class Watchdog:
     def __exit__(self, *args: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
-        me = threading.get_ident()
+    def _run(self, done: _thread.LockType) -> None:
+        me = _thread.get_ident()
         internal_threads.add(me)
         try:
             while not self._stop.acquire(True, self.interval):
@@ -293,6 +303,7 @@ class Watchdog:
             self._stop.release()
         finally:
             internal_threads.discard(me)
+            done.release()
 
     def poll(self) -> Optional[Finding]:
         """One check now; returns the new ``hang`` finding, if any (threads first)."""

@@ -435,7 +435,10 @@ class _Renewer:
         # from ``_due`` under the same mutex.
         self._mutex = _thread.RLock()
         self._due: dict[RedisLock, float] = {}
-        self._thread: Optional[threading.Thread] = None
+        # A raw thread, not a threading.Thread: a program joining every thread
+        # in threading.enumerate() must not wait for lockwise's renewer.
+        self._running = False  # a renewer thread runs in process _pid
+        self._ident = 0
         self._pid = 0
         self._pipe: Optional[tuple[int, int]] = None
         self._watch: Any = None
@@ -443,7 +446,7 @@ class _Renewer:
     def add(self, lock: RedisLock, due: float) -> None:
         with self._mutex:
             self._due[lock] = due
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            if not self._running or self._pid != os.getpid():
                 if self._pid != os.getpid():
                     self._pipe = None  # the parent's: leave its descriptors alone
                     self._watch = None
@@ -453,10 +456,8 @@ class _Renewer:
                     os.set_blocking(r, False)
                     os.set_blocking(w, False)
                     self._pipe = (r, w)
-                self._thread = threading.Thread(
-                    target=self._run, name=f"lockwise-redis-renewer {self.server.name}",
-                    daemon=True)
-                self._thread.start()
+                self._ident = _thread.start_new_thread(self._run, ())
+                self._running = True  # under _mutex: the new thread's exit waits for it
         self.kick()
 
     def remove(self, lock: RedisLock) -> None:
@@ -481,6 +482,10 @@ class _Renewer:
         internal_threads.add(ident)
         try:
             self._loop()
+        except BaseException as exc:  # never raised: _loop catches what renewing raises
+            with self._mutex:
+                self._running = False
+            _internal_error("the Redis lease renewer", exc)
         finally:
             # This thread ends: a later thread given the same ident is the
             # program's, and must be seen by the detector and the watchdog.
@@ -491,7 +496,7 @@ class _Renewer:
             with self._mutex:
                 items = list(self._due.items())
                 if not items:
-                    self._thread = None
+                    self._running = False
                     break
             now = _monotonic()
             pause = min(due for _lock, due in items) - now
@@ -915,10 +920,19 @@ class RedisLock(_Introspection):
         self._server.renewer.remove(self)
         callback = self.on_lost
         if callback is not None:
+            # The callback is the program's code: while it runs, the renewer
+            # thread counts as a thread of the program (one that can run and
+            # release what others wait for), not as lockwise's own.
+            ident = _thread.get_ident()
+            internal = ident in internal_threads
+            internal_threads.discard(ident)
             try:
                 callback(self)
             except Exception as exc:
                 _internal_error(f"the on_lost callback of {self.name!r}", exc)
+            finally:
+                if internal:
+                    internal_threads.add(ident)
 
     def _note_order(self, shared: list[RedisLock]) -> Optional[BaseException]:
         new = [h for h in shared if h.name not in self._sent]
