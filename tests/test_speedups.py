@@ -504,3 +504,39 @@ def test_same_site_nesting_is_validated_in_c(monkeypatch: pytest.MonkeyPatch) ->
     with second, third:
         pass
     assert calls == [second, third]
+
+
+@pytest.mark.skipif(not HAVE_C, reason="the C accelerator is not built")
+@pytest.mark.timeout(60)
+def test_a_contender_behind_a_queue_registers_at_once() -> None:
+    # Behind two threads already blocked on the inner lock, a contended acquire
+    # skips the quiet wait (which would time out anyway, costing a wake-up) and
+    # registers its wait at once. A long quiet wait makes the difference visible.
+    from lockwise import _accel
+
+    Lock = _accel.accelerate(_primitives.PureLock, _accel.LockBase)
+    lock = Lock(name="queued")
+    previous = _accel.set_quiet_wait(5_000_000)
+    threads: list[threading.Thread] = []
+    try:
+        lock.acquire()
+
+        def contend() -> None:
+            with lock:
+                pass
+
+        for _ in range(3):
+            threads.append(threading.Thread(target=contend, daemon=True))
+            threads[-1].start()
+            time.sleep(0.2)  # the first two sit in their 5 s quiet waits: unregistered
+        deadline = time.monotonic() + 2.0
+        while threads[2].ident not in lock.waiters and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lock.waiters == [threads[2].ident]
+    finally:
+        _accel.set_quiet_wait(previous)
+        lock.release()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not lock.locked()

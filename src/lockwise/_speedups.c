@@ -69,6 +69,8 @@ static inline PyObject *lw_xnewref(PyObject *o) { Py_XINCREF(o); return o; }
 #define LW_STORE_I8(field, v) _Py_atomic_store_int8_relaxed(&(field), (int8_t)(v))
 #define LW_LOAD_SSIZE(field) _Py_atomic_load_ssize_relaxed(&(field))
 #define LW_STORE_SSIZE(field, v) _Py_atomic_store_ssize_relaxed(&(field), (v))
+#define LW_LOAD_I32(field) _Py_atomic_load_int32_relaxed(&(field))
+#define LW_ADD_I32(field, v) ((void)_Py_atomic_add_int32(&(field), (v)))
 #define LW_LOAD_I64(field) _Py_atomic_load_int64_relaxed(&(field))
 #define LW_STORE_I64(field, v) _Py_atomic_store_int64_relaxed(&(field), (v))
 #else
@@ -78,6 +80,8 @@ static inline PyObject *lw_xnewref(PyObject *o) { Py_XINCREF(o); return o; }
 #define LW_STORE_I8(field, v) ((field) = (int8_t)(v))
 #define LW_LOAD_SSIZE(field) (field)
 #define LW_STORE_SSIZE(field, v) ((field) = (v))
+#define LW_LOAD_I32(field) (field)
+#define LW_ADD_I32(field, v) ((void)((field) += (v)))  /* with the GIL held */
 #define LW_LOAD_I64(field) (field)
 #define LW_STORE_I64(field, v) ((field) = (v))
 #endif
@@ -298,7 +302,14 @@ typedef struct {
     PyThread_type_lock lock;
     int8_t locked;          /* held by someone: set after taking `lock`, cleared by
                              * the one release that claims it (inner_claim) */
+    int32_t queued;         /* threads blocked on `lock` right now (changed with
+                             * the GIL held, or atomically without one); in the
+                             * padding after `locked`: no bigger object */
 } InnerLockObject;
+
+/* A contended acquire that finds this many threads already blocked on the
+ * inner lock skips the quiet wait (see inner_quiet_wait). */
+#define LW_QUEUE_SKIP 2
 
 /* The release of an InnerLock: 1 when this caller turned `locked` from 1 to 0
  * and so must give `lock` back, 0 when it was not locked. Without the GIL
@@ -361,9 +372,11 @@ inner_acquire_timed(InnerLockObject *self, long long us)
         us = PY_TIMEOUT_MAX;
     long long deadline = us > 0 ? monotonic_us() + us : 0;
     for (;;) {
+        LW_ADD_I32(self->queued, 1);
         Py_BEGIN_ALLOW_THREADS
         r = PyThread_acquire_lock_timed(self->lock, (PY_TIMEOUT_T)us, 1);
         Py_END_ALLOW_THREADS
+        LW_ADD_I32(self->queued, -1);
         if (r != PY_LOCK_INTR)
             break;
         if (Py_MakePendingCalls() < 0)
@@ -554,6 +567,7 @@ innerlock_at_fork_reinit(InnerLockObject *self, PyObject *Py_UNUSED(ignored))
     int was_locked = self->locked;
     self->lock = fresh;
     self->locked = 0;
+    self->queued = 0;  /* the threads that waited are the parent's */
     if (old != NULL && !was_locked)
         PyThread_free_lock(old);
     Py_RETURN_NONE;
@@ -700,7 +714,14 @@ inner_release(PyObject *inner)
 static int64_t g_quiet_us = 1000;  /* atomic: set from Python by any thread */
 
 /* Wait up to g_quiet_us for an InnerLock: 1 acquired, 0 not (timed out,
- * interrupted by a signal, or not an InnerLock: the slow path handles those). */
+ * interrupted by a signal, or not an InnerLock: the slow path handles those).
+ *
+ * Not at all when LW_QUEUE_SKIP threads already wait for it: behind a queue
+ * the wait is likely to outlast the quiet wait, and a quiet wait that times
+ * out costs a wake-up and a GIL hand-off before the slow path registers the
+ * wait anyway. (1,000 threads woken by one notify_all() all queue for the
+ * Condition's lock: each woke twice.) The slow path then registers at once
+ * and sleeps until a release wakes it. */
 static int
 inner_quiet_wait(PyObject *inner)
 {
@@ -708,10 +729,14 @@ inner_quiet_wait(PyObject *inner)
     if (us <= 0 || !Py_IS_TYPE(inner, &InnerLock_Type))
         return 0;
     InnerLockObject *il = (InnerLockObject *)inner;
+    if (LW_LOAD_I32(il->queued) >= LW_QUEUE_SKIP)
+        return 0;
     PyLockStatus r;
+    LW_ADD_I32(il->queued, 1);
     Py_BEGIN_ALLOW_THREADS
     r = PyThread_acquire_lock_timed(il->lock, (PY_TIMEOUT_T)us, 1);
     Py_END_ALLOW_THREADS
+    LW_ADD_I32(il->queued, -1);
     if (r != PY_LOCK_ACQUIRED)
         return 0;
     LW_STORE_I8(il->locked, 1);

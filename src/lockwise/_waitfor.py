@@ -493,23 +493,40 @@ def _in_shutdown(frame: Any) -> bool:
     return frame is not None and shutdown is not None and frame.f_code is shutdown.__code__
 
 
+#: The ident of the thread ``_one_runs`` last found running: looked at first
+#: next time (in a storm of waits, one thread runs while all others queue).
+_runner_hint = 0
+
+
+def _runs(ts: Optional[ThreadState]) -> bool:
+    """Can the thread of ``ts`` run, as far as its registered wait says?"""
+    if ts is None:
+        return True  # unknown to lockwise: it can run
+    res = ts.waiting
+    return res is None or ts.wait_timed or not _valid(res)
+
+
 def _one_runs() -> bool:
     """Cheap first pass of ``_scan``: is a thread known to ``threading`` running?
 
-    The main thread first (the most likely to run), then the others, stopping
-    at the first one that runs: O(1) in the common case, and no allocation
-    but the list of idents.
+    The main thread first (the most likely to run), then the one found running
+    last time, then the others, stopping at the first one that runs: O(1) in
+    the common case, and no allocation but the list of idents.
     """
+    global _runner_hint
     main = threading.main_thread()
-    ts = states.get(main.ident or 0)
-    if ts is None or ts.waiting is None or ts.wait_timed:
+    if _runs(states.get(main.ident or 0)):
         # Unless it waits for the other threads at exit (``_scan`` reads its frame).
         return not getattr(threading, "_SHUTTING_DOWN", True)
-    for ident in list(getattr(threading, "_active", ())):  # gone: the full scan decides
+    hint = _runner_hint
+    active = getattr(threading, "_active", ())
+    if hint and hint not in internal_threads and hint in active and _runs(states.get(hint)):
+        return True
+    for ident in list(active):  # gone: the full scan decides
         if ident in internal_threads:
             continue
-        ts = states.get(ident)
-        if ts is None or ts.waiting is None or ts.wait_timed:
+        if _runs(states.get(ident)):
+            _runner_hint = ident
             return True
     return False
 
