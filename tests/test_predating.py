@@ -82,3 +82,18 @@ def test_one_predating_lock_is_singular(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(_install, "predating", {"a": ["x", "y"]})
     assert _install.predating_line() == ("lockwise: 2 locks in 1 module predate lockwise and "
                                          "are not watched (a: x, y)")
+
+
+def test_nothing_is_said_at_exit_once_uninstalled(monkeypatch: pytest.MonkeyPatch,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(_install, "predating", {"logging": ["_lock"]})
+    monkeypatch.setattr(_install, "predating_reported", False)
+    assert not _install.is_installed()
+    _install._print_predating()
+    assert capfd.readouterr().err == ""
+    _install.install()
+    try:
+        _install._print_predating()
+    finally:
+        _install.uninstall()
+    assert "1 lock in 1 module predates lockwise" in capfd.readouterr().err

@@ -241,8 +241,8 @@ def predating_data() -> dict[str, Any]:
 
 def _print_predating() -> None:
     line = predating_line()
-    if line is None or predating_reported:
-        return
+    if line is None or predating_reported or not is_installed():
+        return  # (uninstalled before exit: nothing was left to watch anyway)
     err = sys.__stderr__
     try:
         if err is not None:
