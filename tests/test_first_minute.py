@@ -4,6 +4,7 @@ tracebacks that end at the user's line, pytest suites with
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -379,3 +380,65 @@ def test_plugin_installs_before_conftest_and_says_what_it_watched(tmp_path: Path
 def test_run_summary_says_what_it_watched() -> None:
     result = _run([sys.executable, "-m", "lockwise", "run", "examples/lock_order.py"])
     assert "lockwise: watched the locks made since the program started" in result.stderr
+
+
+LOGGING_DEADLOCK = '''
+import logging, threading, time
+
+app_lock = threading.Lock()
+ready = threading.Barrier(2)
+
+
+class AuditHandler(logging.Handler):
+    def emit(self, record):
+        with app_lock:  # the handler takes the application's lock
+            pass
+
+
+log = logging.getLogger("audit")
+log.addHandler(AuditHandler())
+log.setLevel(logging.INFO)
+
+
+def request():
+    with app_lock:
+        ready.wait()
+        time.sleep(0.2)
+        log.info("transfer done")  # needs the handler's lock
+
+
+def audit():
+    ready.wait()
+    log.info("audit tick")  # AUDIT: holds the handler's lock, then wants app_lock
+
+
+threads = [threading.Thread(target=request, name="request"),
+           threading.Thread(target=audit, name="auditor")]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(20)
+'''
+
+
+@pytest.mark.timeout(60)
+def test_a_lock_taken_inside_the_stdlib_says_which_user_line_led_there(tmp_path: Path) -> None:
+    # "acquired at logging/__init__.py:927 in acquire" alone says nothing: the
+    # user line that led there comes first (from the holder's live stack).
+    prog = tmp_path / "audit.py"
+    prog.write_text(LOGGING_DEADLOCK)
+    line = next(i for i, text in enumerate(LOGGING_DEADLOCK.splitlines(), 1) if "# AUDIT" in text)
+    out = tmp_path / "r.json"
+    result = subprocess.run([sys.executable, "-m", "lockwise", "run", "--json", str(out),
+                             str(prog)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=40, env=clean_env())
+    assert result.returncode == 3, result.stderr
+    assert re.search(rf"auditor holds AuditHandler\.lock \(taken at audit\.py:{line}, in "
+                     r"logging/__init__\.py:\d+\)", result.stderr), result.stderr
+    deadlock = next(f for f in json.loads(out.read_text())["findings"] if f["kind"] == "deadlock")
+    auditor = next(t for t in deadlock["details"]["threads"] if t["thread"] == "auditor")
+    held = auditor["holds"][0]
+    assert "logging" in held["acquired_at"]
+    assert held["acquired_from"] == f"{prog}:{line} in audit"
+    request = next(t for t in deadlock["details"]["threads"] if t["thread"] == "request")
+    assert "acquired_from" not in request["holds"][0]  # taken by the program itself

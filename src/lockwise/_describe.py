@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ._findings import LockRef
-from ._sites import Site, frame_info, serial_for, state_name
+from ._sites import INTERNAL_FILES, Site, frame_info, in_stdlib, serial_for, state_name
 from ._state import ThreadState
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
+    from types import FrameType
     from typing import Any, Optional
 
 
@@ -41,6 +42,34 @@ def acquired_at(lock: Any) -> str:
         return "?"
     info = frame_info(acq[0], acq[1])
     return f"{info.filename}:{info.lineno} in {info.function}"
+
+
+def acquired_from(lock: Any, frame: Optional[FrameType]) -> Optional[str]:
+    """The program's own line that led to taking ``lock``, when the lock was
+    taken inside the standard library (a logging handler's ``with self.lock``):
+    read from the holder's live stack ``frame``. That stack still runs the
+    function that took the lock when it took it in a ``with`` block; else
+    (``Handler.acquire()``, which returned, on 3.12 and older) the innermost
+    function of the same file still running (``Handler.handle``) stands for
+    it. None when the lock was taken by the program's own code, or nothing of
+    that file is running any more."""
+    acq = getattr(lock, "_acq", None)
+    if acq is None or frame is None or not in_stdlib(acq[0].co_filename):
+        return None
+    start = frame
+    while frame is not None and frame.f_code is not acq[0]:
+        frame = frame.f_back
+    if frame is None:
+        filename = acq[0].co_filename
+        frame = start
+        while frame is not None and frame.f_code.co_filename != filename:
+            frame = frame.f_back
+    while frame is not None:
+        code = frame.f_code
+        if code.co_filename not in INTERNAL_FILES and not in_stdlib(code.co_filename):
+            return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
+        frame = frame.f_back
+    return None
 
 
 def holder_of(obj: Any) -> Optional[ThreadState]:

@@ -77,8 +77,9 @@ def render_deadlock(finding: Finding) -> str:
         state = "" if entry.get("alive", True) else " (exited)"
         lines.append(f"  {_p(entry['thread'])}{state}")
         for held in entry.get("holds", []):
+            via = held.get("acquired_from")
             lines.append(f"      holds {_lock(held['lock'])}, acquired at "
-                         f"{_p(held['acquired_at'])}")
+                         f"{_p(held['acquired_at'])}" + (f", from {_p(via)}" if via else ""))
         if entry.get("alive", True):
             lines.append(f"      {_wait_text(entry.get('waits_for', {}))}")
     rule = _RULE.get(details.get("rule", ""), "")
@@ -372,7 +373,11 @@ def _taken_at(held: dict[str, Any]) -> str:
     where = str(held.get("acquired_at") or "?")
     if where == "?":
         return ""
-    return f" (taken at {_p(short_path(where.split(' in ', 1)[0]))})"
+    where = _p(short_path(where.split(' in ', 1)[0]))
+    via = held.get("acquired_from")
+    if via:  # taken inside the standard library: the program's line first
+        return f" (taken at {_p(short_path(str(via).split(' in ', 1)[0]))}, in {where})"
+    return f" (taken at {where})"
 
 
 def brief_deadlock(finding: Finding) -> str:

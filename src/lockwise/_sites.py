@@ -52,6 +52,17 @@ OWN_FILES: set[str] = {f for f in INTERNAL_FILES
                         if os.path.normcase(f) != os.path.normcase(threading.__file__)}
 
 
+#: The standard library's directory (where ``os`` is), with a separator.
+_STDLIB_DIR = os.path.dirname(os.__file__) + os.sep
+
+
+def in_stdlib(filename: str) -> bool:
+    """Is ``filename`` the standard library's (its site-packages excepted)?"""
+    if filename.startswith(_STDLIB_DIR):
+        return "site-packages" not in filename[len(_STDLIB_DIR):]
+    return filename.startswith("<frozen ")
+
+
 def is_internal(code: CodeType) -> bool:
     filename = code.co_filename
     return filename in INTERNAL_FILES or os.path.abspath(filename).startswith(_PACKAGE_DIR)

@@ -152,7 +152,8 @@ FORK_HAZARD = Obj(optional={"id": str, "parent_pid": INT, "lock": LOCK, "owner":
 DEADLOCK = Obj(optional={
     "rule": str, "victim": Opt(str), "fork_hazard": FORK_LINK,
     "threads": [Obj(required={"thread": str},
-                    optional={"holds": [Obj(required={"lock": LOCK, "acquired_at": str})],
+                    optional={"holds": [Obj(required={"lock": LOCK, "acquired_at": str},
+                                            optional={"acquired_from": str})],
                               "waits_for": WAIT})],
 })
 LOCK_ORDER = Obj(optional={

@@ -71,7 +71,7 @@ import time
 
 from . import _findings, _fork
 from ._config import settings
-from ._describe import acquired_at, lock_refs, name_of
+from ._describe import acquired_at, acquired_from, lock_refs, name_of
 from ._errors import DeadlockError
 from ._findings import Finding, StackInfo
 from ._sites import raised_outside, user_stack
@@ -708,6 +708,16 @@ def describe_wait(ts: ThreadState, refs: dict[int, Any]) -> dict[str, Any]:
             "held_by": name_of(owner), "held_by_self": owner is ts}
 
 
+def _held(refs: dict[int, Any], lock: Any, frame: Any) -> dict[str, Any]:
+    """A held lock's entry in a finding: which, where taken, and, when it was
+    taken inside the standard library, the program's line that led there."""
+    entry = {"lock": refs[id(lock)].to_dict(), "acquired_at": acquired_at(lock)}
+    via = acquired_from(lock, frame)
+    if via is not None:
+        entry["acquired_from"] = via
+    return entry
+
+
 def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
                   key: Any) -> Finding:
     from ._report import render_deadlock  # reporting depends on findings, not the reverse
@@ -726,8 +736,8 @@ def build_finding(threads: list[ThreadState], rule: str, victim: ThreadState,
     stacks = []
     for ts in threads:
         name = name_of(ts)
-        holds = [{"lock": refs[id(lock)].to_dict(), "acquired_at": acquired_at(lock)}
-                 for lock in list(ts.held)]
+        frame = frames.get(ts.ident)
+        holds = [_held(refs, lock, frame) for lock in list(ts.held)]
         entries.append({"thread": name, "ident": ts.ident, "alive": ts.alive, "holds": holds,
                         "waits_for": describe_wait(ts, refs)})
         if ts.alive:
