@@ -528,7 +528,9 @@ def test_detector_survives_internal_failure(monkeypatch: pytest.MonkeyPatch) -> 
         lock = aio.Lock()
         await lock.acquire()
         waiter = asyncio.ensure_future(lock.acquire())
-        await asyncio.sleep(0)
+        # Awaiting a future (not sleep(0), which leaves the holder ready to
+        # run and the check on its O(1) path), so the waiter's check runs.
+        await asyncio.sleep(0.01)
         lock.release()
         await waiter
         lock.release()

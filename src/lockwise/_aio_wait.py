@@ -516,6 +516,8 @@ def check_wait(task: Any, loop: Any, lock: Any) -> None:
     nothing outside the task wait-for relation may break (``loop_may_wake``).
     """
     try:
+        if _a_holder_runs(lock):
+            return  # the common case, in O(holders): no cycle can pass through it now
         dead, waits = dead_tasks([task], loop, {task: lock})
         if task not in dead or loop_may_wake(loop) is not None:
             return
@@ -533,6 +535,20 @@ def check_wait(task: Any, loop: Any, lock: Any) -> None:
     if victim is task:
         raise error
     _raise_in(victim, error)
+
+
+def _a_holder_runs(lock: Any) -> bool:
+    """Is a wait on ``lock`` surely not stuck, by what ``wait_of`` reads first?
+
+    True when the lock is used as a signal, is free, or has a holder that is
+    done or awaits no future (ready to run, or in ``asyncio.sleep(0)``): such
+    a holder is not stuck, so a wait for it is not either (``dead_tasks``
+    would find the same, after building its sets).
+    """
+    if lock._site.signal or not lock._contended():
+        return True
+    return any(t.done() or getattr(t, "_fut_waiter", None) is None
+               for t in lock._holder_tasks())
 
 
 def victim_in(cycle: list[Any], current: Any = None) -> Any:
