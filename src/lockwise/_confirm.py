@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+from ._files import atomic_write
+
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
     from typing import Any, Optional, TextIO
@@ -373,18 +375,7 @@ def replay_command(json_path: Optional[str], index: int) -> Optional[str]:
 
 
 def write_json(path: str, doc: dict[str, Any]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".confirm-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: json.dump(doc, f, indent=1))
 
 
 def status_line(conf: dict[str, Any], replay: Optional[str]) -> str:
