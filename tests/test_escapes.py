@@ -110,3 +110,14 @@ def test_reprs_are_escaped(tmp_path: Path) -> None:
     thread.join(10)
     assert len(seen) == 3 and all("owner=T" in r for r in seen), seen
     assert not any(RAW.search(r) for r in seen), seen
+
+
+def test_an_internal_error_whose_str_fails_is_still_reported() -> None:
+    from lockwise import _findings
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no str")
+
+    _findings.internal_error("a test", Unprintable())
+    assert _findings.internal_errors()[-1] == "lockwise: internal error in a test: Unprintable"

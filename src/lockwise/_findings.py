@@ -463,13 +463,16 @@ def remove_note_listener(listener: Callable[[], None]) -> None:
             pass
 
 
-def _escape(match: Any) -> str:
-    ch = match.group()
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+def _escape_table(keep_newline: bool) -> dict[int, str]:
+    codes = [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F,
+             *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+    return {c: (f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
+            for c in codes if not (keep_newline and c == 0x0A)}
 
 
-_controls: Any = None
+#: str.translate tables (no ``re``: this runs in internal-error reports, maybe
+#: while ``re`` itself is being imported): without and with line feeds kept.
+_CONTROLS = (_escape_table(False), _escape_table(True))
 
 
 def printable(text: str, newlines: bool = False) -> str:
@@ -479,16 +482,7 @@ def printable(text: str, newlines: bool = False) -> str:
     fields were escaped one by one). Everything lockwise writes for a
     terminal goes through this: names, paths and source lines come from the
     program or from a report file and may carry ANSI escape sequences."""
-    global _controls
-    if _controls is None:
-        import re
-
-        _controls = (re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
-                                "\u202a-\u202e\u2066-\u2069]"),
-                     re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f"
-                                "\u202a-\u202e\u2066-\u2069]"))
-    result: str = _controls[0 if newlines else 1].sub(_escape, text)
-    return result
+    return text.translate(_CONTROLS[1 if newlines else 0])
 
 
 def add_listener(listener: Listener, internal: bool = False) -> None:
@@ -562,7 +556,11 @@ _internal_errors: list[str] = []
 
 def internal_error(where: str, exc: BaseException) -> None:
     """Report a failure inside lockwise on stderr; never raise it."""
-    message = printable(f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}")
+    try:
+        text = f"lockwise: internal error in {where}: {type(exc).__name__}: {exc}"
+    except Exception:  # an exception whose str() fails: its type must do
+        text = f"lockwise: internal error in {where}: {type(exc).__name__}"
+    message = printable(text)
     _internal_errors.append(message)
     # sys.stderr may be the program's object (and take its locks): the reporter writes.
     defer(_write_stderr, message + " (the program continues; please report this)\n")
