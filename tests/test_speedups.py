@@ -540,3 +540,40 @@ def test_a_contender_behind_a_queue_registers_at_once() -> None:
             thread.join(10)
     assert not any(thread.is_alive() for thread in threads)
     assert not lock.locked()
+
+
+@pytest.mark.timeout(60)
+def test_a_condition_waiter_behind_two_others_registers_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind two unnotified waiters, a Condition.wait skips the quiet wait and
+    # registers its wait at once (both implementations: this is Python code).
+    from lockwise import _state, _waitfor
+
+    monkeypatch.setattr(_waitfor, "_QUIET_WAIT", 5.0)  # the first two stay unregistered
+    cond = lockwise.Condition(lockwise.Lock())
+    go = False
+
+    def registered() -> list[int]:
+        return [ts.ident for ts in list(_state.states.values())
+                if isinstance(ts.waiting, _waitfor.CondWaiter) and ts.waiting.cond is cond]
+
+    def wait() -> None:
+        with cond:
+            cond.wait_for(lambda: go)
+
+    threads = [threading.Thread(target=wait, daemon=True) for _ in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+            time.sleep(0.2)
+        deadline = time.monotonic() + 2.0
+        while not registered() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert registered() == [threads[2].ident]
+    finally:
+        with cond:
+            go = True
+            cond.notify_all()
+        for thread in threads:
+            thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)

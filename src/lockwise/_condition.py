@@ -17,7 +17,7 @@ from ._errors import DeadlockError
 from ._primitives import Lock, rlock_for
 from ._sites import INTERNAL_FILES, raised_outside, site_of
 from ._state import current_state
-from ._waitfor import CondWaiter, block_on
+from ._waitfor import QUEUE_SKIP, CondWaiter, block_on
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -187,6 +187,11 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
             waiter = _Waiter(self, _allocate_lock())
             waiter.lock.acquire()
             self._waiters.append(waiter)
+            # Behind QUEUE_SKIP waiters not yet notified, this wait is likely
+            # long too: no quiet wait (its timeout would cost a wake-up and a
+            # GIL hand-off before registering anyway; 1,000 threads in one
+            # Event.wait() each woke once more for it).
+            quiet = len(self._waiters) <= QUEUE_SKIP
         gotit = False
         try:
             if mode == _RLOCK:
@@ -195,7 +200,7 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
                 lock.release()
             if waiter is None:
                 return False
-            gotit = block_on(ts, waiter, waiter.lock, timeout)
+            gotit = block_on(ts, waiter, waiter.lock, timeout, quiet)
             return gotit
         finally:
             # The lock is held again when wait ends, whatever interrupts it.
@@ -240,10 +245,11 @@ class Condition(_ThreadingCondition):  # type: ignore[misc]
         waiter = _Waiter(self, _allocate_lock())
         waiter.lock.acquire()
         self._waiters.append(waiter)
+        quiet = len(self._waiters) <= QUEUE_SKIP  # as in wait() above
         saved_state = self._release_save()
         gotit = False
         try:  # restore state no matter what (e.g., KeyboardInterrupt)
-            gotit = block_on(ts, waiter, waiter.lock, timeout)
+            gotit = block_on(ts, waiter, waiter.lock, timeout, quiet)
             return gotit
         finally:
             self._acquire_restore(saved_state)

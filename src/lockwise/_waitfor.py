@@ -116,6 +116,11 @@ _RESCAN = 0.5
 #: accelerator spends it in C for Lock and RLock: see ``_speedups.c``).
 QUIET_WAIT_US = 1000
 _QUIET_WAIT = QUIET_WAIT_US / 1e6
+#: A wait that finds this many threads already waiting for the same thing
+#: (a Condition's unnotified waiters; the C accelerator counts threads blocked
+#: on a lock, LW_QUEUE_SKIP) skips the quiet wait: behind a queue it would
+#: time out, costing one more wake-up, and register the wait anyway.
+QUEUE_SKIP = 2
 
 
 class CondWaiter:
