@@ -889,6 +889,52 @@ def test_uvloop_program_runs() -> None:
     assert kinds() == []
 
 
+def test_uvloop_task_deadlock_is_reported_as_a_hang() -> None:
+    # uvloop's callbacks and timers are unreadable, so a cycle of tasks there
+    # is never provable (a callback may cancel one): not raised, but the
+    # watchdog reports it. It used to see no task of a loop lockwise does not
+    # patch: the freeze was silent.
+    uvloop = pytest.importorskip("uvloop")
+    from lockwise import _watchdog
+
+    async def main() -> None:
+        a, b = aio.Lock(name="uv_a"), aio.Lock(name="uv_b")
+        ready = asyncio.Event()
+
+        async def first() -> None:
+            async with a:
+                await ready.wait()
+                async with b:
+                    pass
+
+        async def second() -> None:
+            async with b:
+                ready.set()
+                await asyncio.sleep(0.01)
+                async with a:
+                    pass
+
+        tasks = [asyncio.ensure_future(first()), asyncio.ensure_future(second())]
+        tasks[0].set_name("uv_first")
+        tasks[1].set_name("uv_second")
+        with _watchdog.Watchdog(0.2, interval=0.05):
+            deadline = time.monotonic() + 10
+            while "hang" not in kinds() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 20))
+    finally:
+        loop.close()
+    assert deadlocks() == []
+    hang = next(f for f in lockwise.findings() if f.kind == "hang")
+    assert {"uv_first", "uv_second"} <= set(hang.threads), hang.threads
+
+
 def test_anyio_program_runs() -> None:
     anyio = pytest.importorskip("anyio")
 

@@ -607,6 +607,10 @@ def watch(loop: Any, ts: TaskState) -> None:
     w = _waiters.get(loop)
     if w is None:
         w = _waiters[loop] = _Waiters()
+        if loop not in loops:
+            # The watchdog polls the tasks of known loops: also a loop that
+            # lockwise does not patch (uvloop), which never calls on_idle.
+            loops.add(loop)
     lock = ts.waiting
     w.lock_of[ts.task] = lock
     queued = w.locks.get(lock)
