@@ -389,8 +389,8 @@ def test_inner_lock_wait_is_interruptible() -> None:
         assert lock.acquire(timeout=0.2) is False
         assert time.monotonic() - t0 >= 0.18 and calls == [1]
         # A handler that raises: the wait ends with its exception.
-        signal.setitimer(signal.ITIMER_REAL, 0.02)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):  # armed inside: it may fire at once
+            signal.setitimer(signal.ITIMER_REAL, 0.02)
             lock.acquire()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
