@@ -151,3 +151,33 @@ def test_asyncio_suites_pass_under_lockwise_with_no_finding(tmp_path: Path) -> N
     assert not [f for f in findings if f.get("kind") in ("deadlock", "lock-order", "hang")]
     failed = {t: r for t, r in lw.items() if r in ("FAIL", "ERROR")}
     assert not failed, failed
+
+
+#: The multiprocessing synchronization and pool tests, with the fork and spawn
+#: start methods (issue 16): lockwise in the parent and, through the
+#: environment, in every child; a few minutes each way.
+MP_SUITES = ["test_multiprocessing_fork", "test_multiprocessing_spawn"]
+MP_MATCH = ["*TestLock*", "*TestCondition*", "*TestSemaphore*", "*TestEvent*", "*TestPool.*",
+            "*TestBarrier*"]
+
+
+@pytest.mark.timeout(3 * RUN_TIMEOUT)
+def test_multiprocessing_subset_same_results_under_lockwise(tmp_path: Path) -> None:
+    base = Path(sys.modules["test"].__file__ or "").parent
+    present = [s for s in MP_SUITES if (base / s).exists() or (base / f"{s}.py").exists()]
+    if not present:
+        pytest.skip("this Python ships no multiprocessing suites")
+    plain, _ = regrtest(tmp_path, "mp-plain", MP_MATCH, lockwise=False, suites=present)
+    lw, findings = regrtest(tmp_path, "mp-lockwise", MP_MATCH, lockwise=True, suites=present)
+    assert len(plain) > 100, "the subset did not run"
+    bad = [f for f in findings if f.get("kind") in ("deadlock", "lock-order", "fork-hazard")]
+    assert not bad, json.dumps(bad, indent=1)[:5000]
+    unexpected = differences(plain, lw)
+    if unexpected:  # timing-sensitive tests on a loaded machine: once more, alone
+        again_plain, _ = regrtest(tmp_path, "mp-plain-again", list(unexpected),
+                                  lockwise=False, suites=present)
+        again_lw, _ = regrtest(tmp_path, "mp-lockwise-again", list(unexpected),
+                               lockwise=True, suites=present)
+        unexpected = {t: d for t, d in differences(again_plain, again_lw).items()
+                      if t in unexpected}
+    assert not unexpected, f"tests that differ under lockwise (plain -> lockwise): {unexpected}"
