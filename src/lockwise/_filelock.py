@@ -374,7 +374,7 @@ class FileLock(_Introspection):
                 if deadline is not None and now >= deadline:
                     return False
                 pause = delay if deadline is None else min(delay, max(deadline - now, 0.0))
-                if self._store is not None:
+                if self._store is not None and self._store.off is None:
                     pause = min(pause, max(next_check - now, 0.0))
                 time.sleep(pause)
                 delay = min(delay * 2, 0.01)
