@@ -253,6 +253,43 @@ def _mixed_cycle(tmp_path: Any) -> None:
     assert sorted(o.split()[1] for o in outcomes) == ["deadlock", "ok"], outcomes
 
 
+def test_filelock_wait_backs_off_while_the_store_is_off(tmp_path: Any, shared: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With detection off (an unfit or stalled store), a blocked FileLock still
+    polls with its backoff (up to 10 ms), never with zero-length sleeps."""
+    lock = lockwise.FileLock(tmp_path / "a.lock")
+    other = lockwise.FileLock(tmp_path / "a.lock")
+    assert lock._store is not None
+    lock._store.disable("test: the store is off")
+    me = threading.get_ident()
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+
+    def counting(seconds: float) -> None:
+        if threading.get_ident() == me:
+            sleeps.append(seconds)
+        real_sleep(seconds)
+
+    held, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            go.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert held.wait(5)
+        monkeypatch.setattr(time, "sleep", counting)
+        assert not other.acquire(timeout=0.3)
+    finally:
+        go.set()
+        t.join(5)
+    assert not t.is_alive()
+    assert 0 < len(sleeps) < 100, f"{len(sleeps)} pauses in 0.3 s: a busy wait"
+
+
 def test_filelock_holder_killed(tmp_path: Any, shared: str, procs: Procs) -> None:
     holder = procs.start(scenario="hold", backend="file", name="job", dir=str(tmp_path),
                          shared_dir=shared)

@@ -15,7 +15,9 @@ to 10 ms (a blocking ``flock`` cannot time out or be re-checked); between
 polls, every ``RECHECK`` seconds, the wait is registered in the machine's
 shared wait-for store (:mod:`lockwise._shared_store`), atomically with a
 cycle check. The waiter that closes a cycle raises :class:`DeadlockError`
-naming every participant (host, pid, thread) and lock.
+naming every participant (host, pid, thread) and lock. The acquire, wait
+and confirmation steps are :mod:`lockwise._shared_lock`'s, shared with
+RedisLock; this module is their file-and-SQLite backend.
 
 Cost. Uncontended: inner lock, one ``flock`` and one SQLite transaction to
 publish the holder (another at release); ``detect=False`` skips the store.
@@ -44,22 +46,13 @@ import sys
 import threading
 import time
 
-from . import _order, _waitfor
-from ._config import settings
-from ._errors import DeadlockError
 from ._files import NOFOLLOW
 from ._findings import printable
-from ._primitives import _TRY, _acquire_site, _check_acquire_args, _drop_held, _Introspection
-from ._shared_store import (
-    RECHECK,
-    SQLiteStore,
-    deadlock_finding,
-    raise_deadlock,
-    report_order,
-    store_for,
-)
+from ._primitives import _acquire_site, _drop_held
+from ._shared_lock import SharedLock
+from ._shared_store import RECHECK, SQLiteStore, report_order, store_for
 from ._sites import named_site, site_of, state_name, thread_name
-from ._state import ThreadState, begin_wait, current_state, end_wait
+from ._state import ThreadState, current_state
 
 try:
     import fcntl
@@ -71,10 +64,9 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 _allocate_lock = _thread.allocate_lock
-_monotonic = time.monotonic
 
 
-class FileLock(_Introspection):
+class FileLock(SharedLock):
     """An inter-process lock on ``path``, with the API of :class:`lockwise.Lock`.
 
     ``reentrant=True`` lets the owning thread acquire it again (one release
@@ -88,8 +80,9 @@ class FileLock(_Introspection):
     raises :class:`lockwise.DeadlockError` instead of waiting forever.
     """
 
-    _shared = True
     _kind = "FileLock"
+    _recheck = RECHECK
+    _thread_level = True
 
     def __init__(self, path: Any, reentrant: bool = False, name: Optional[str] = None, *,
                  detect: bool = True, shared_dir: Optional[str] = None) -> None:
@@ -125,63 +118,7 @@ class FileLock(_Introspection):
         """The owner's recursion count (0 when not held by this process)."""
         return self._count
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        _check_acquire_args(blocking, timeout)
-        ts = current_state()
-        if self._owner is ts and self.reentrant:
-            self._count += 1
-            return True
-        forever = blocking and timeout == -1
-        if forever and ts.held and settings.lock_order:
-            error = _order.note(ts, self)
-            if error is not None:
-                raise error
-        deadline = None if (not blocking or timeout < 0) else _monotonic() + timeout
-        # Each take's result is stored from C as it returns (see _primitives.
-        # Lock.acquire): whatever asynchronous exception (KeyboardInterrupt, a
-        # signal handler's) comes out of a call below, the handler knows what
-        # this acquire holds and gives it back.
-        got: list[bool] = []  # the inner lock
-        filed: list[bool] = []  # the file lock
-        try:
-            got[:] = map(self._inner.acquire, _TRY)
-            if not got[0]:
-                if not blocking:
-                    return False
-                _waitfor.block_on(ts, self, self._inner, None if timeout < 0 else timeout,
-                                  True, got)
-                if not got[-1]:
-                    return False
-            self._inner_owner = ts
-            frame = sys._getframe(1)
-            filed[:] = map(self._lock_file, (ts,), (blocking,), (deadline,), (frame,))
-            if not filed[0]:
-                self._inner_owner = None
-                del got[:]
-                self._inner.release()
-                return False
-            self._owner = ts
-            self._count = 1
-            self._acq = _acquire_site(frame)
-            shared = [h for h in ts.held if getattr(h, "_store", None) is self._store
-                      and h is not self and isinstance(h, FileLock)]
-            ts.held.append(self)
-            if forever and shared and self._store is not None and settings.lock_order:
-                error = self._note_order(shared)
-                if error is not None:
-                    raise error  # given back below, as after any exception
-            return True
-        except BaseException:
-            try:
-                if filed and filed[0]:
-                    self._unlock_file(ts)
-            finally:
-                if got and got[-1]:
-                    self._inner_owner = None
-                    self._inner.release()
-            raise
-
-    __enter__ = acquire
+    __enter__ = SharedLock.acquire
 
     def release(self) -> None:
         ts = current_state()
@@ -202,7 +139,7 @@ class FileLock(_Introspection):
             self._inner_owner = None
             self._inner.release()
 
-    def _unlock_file(self, ts: ThreadState) -> None:
+    def _give_back(self, ts: ThreadState, grant: Any) -> None:
         """Forget ``ts`` as the owner and unlock the file, in a finally: the
         holder row goes first, so that no other process sees this one holding
         a lock it may already have taken (a false cycle)."""
@@ -325,77 +262,57 @@ class FileLock(_Introspection):
         where = f"{acq[0].co_filename}:{acq[1]}" if acq else "?"
         self._store_call("add_holder", self._key, self.name, str(self._site), where)
 
-    def _lock_file(self, ts: ThreadState, blocking: bool, deadline: Optional[float],
-                   frame: Any) -> bool:
+    # ---------------------------------------------------------------- backend
+
+    def _try_take(self, frame: Any, deadline: Optional[float]) -> Optional[bool]:
         fd = self._file()
-        locked: list[bool] = []  # stored from C: see acquire
+        locked: list[bool] = []  # stored from C: see SharedLock.acquire
         try:
             locked[:] = map(self._try, (fd,))
             if locked[0]:
-                self._publish(frame)
+                self._publish(frame)  # also drops the wait row
                 return True
+            return None
         except BaseException:
             if locked and locked[0]:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             raise
-        if not blocking:
-            return False
-        timed = deadline is not None
-        begin_wait(ts, self, timed, _monotonic())
-        registered = False
-        pending: Any = None
-        next_check = 0.0
-        delay = 0.0005
-        try:
-            while True:
-                now = _monotonic()
-                doom = ts.doom
-                if doom is not None:
-                    ts.doom = None
-                    raise DeadlockError(str(doom), doom)
-                if self._store is not None and self._store.off is None and now >= next_check:
-                    registered = True
-                    result = self._store_call("wait", self._key, self.name, str(self._site),
-                                              timed, self)
-                    next_check = now + RECHECK
-                    if result is None:
-                        pending = None
-                    else:
-                        path, used_links = result
-                        cycle = frozenset((s["who"], s["key"]) for s in path)
-                        if not used_links or pending == cycle:
-                            self._deadlock(path, frame)
-                        pending = cycle
-                locked[:] = map(self._try, (fd,))
-                if locked[0]:
-                    self._publish(frame)  # also drops the wait row
-                    registered = False
-                    return True
-                if deadline is not None and now >= deadline:
-                    return False
-                pause = delay if deadline is None else min(delay, max(deadline - now, 0.0))
-                if self._store is not None:
-                    pause = min(pause, max(next_check - now, 0.0))
-                time.sleep(pause)
-                delay = min(delay * 2, 0.01)
-        except BaseException:
-            if locked and locked[0]:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            raise
-        finally:
-            end_wait(ts)
-            if registered:
-                self._store_call("end_wait")
 
-    def _deadlock(self, path: list[dict[str, Any]], frame: Any) -> None:
+    def _register_and_check(self, timed: bool, deadline: Optional[float]
+                            ) -> Optional[list[dict[str, Any]]]:
+        result = self._store_call("wait", self._key, self.name, str(self._site), timed, self)
+        return None if result is None else result[0]
+
+    def _unregister(self) -> None:
+        self._store_call("end_wait")
+
+    def _pause(self, seconds: float, n: int) -> None:
+        time.sleep(min(0.0005 * 2 ** min(n, 5), 0.01, seconds))
+
+    def _checking(self) -> bool:
+        store = self._store
+        return store is not None and store.off is None
+
+    def _granted(self, grant: Any) -> bool:
+        return True
+
+    def _again(self) -> bool:
+        return True
+
+    def _same_store(self, other: Any) -> bool:
+        return self._store is not None and isinstance(other, FileLock) \
+            and other._store is self._store
+
+    def _holds(self, path: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         store = self._store
         assert store is not None
-        holds = store.holds_of([step["who"] for step in path])
-        finding = deadlock_finding(path, holds, "sqlite:" + store.path, frame)
-        if raise_deadlock(finding):
-            raise DeadlockError(str(finding), finding)
+        return store.holds_of([step["who"] for step in path])
 
-    def _note_order(self, shared: list[FileLock]) -> Optional[BaseException]:
+    def _store_label(self) -> str:
+        assert self._store is not None
+        return "sqlite:" + self._store.path
+
+    def _note_order(self, shared: list[Any]) -> Optional[BaseException]:
         new = [h for h in shared if (h._key, self._key) not in self._sent]
         if not new:
             return None

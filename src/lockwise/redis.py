@@ -27,6 +27,8 @@ from the caller; returning to the caller is a deadlock, and that caller
 raises :class:`lockwise.DeadlockError` naming every participant and lock.
 Waits of the process's threads on local lockwise locks are published as
 ``thread -> thread`` links, so a cycle mixing local and Redis locks is found.
+The acquire, wait and confirmation steps are :mod:`lockwise._shared_lock`'s,
+shared with FileLock; RedisLock is their Redis backend.
 
 Connections. lockwise sends its commands on its own connections (made
 from the client's connection class and settings: password, TLS, db), one
@@ -99,22 +101,12 @@ import weakref
 
 import redis as _redis
 
-from . import _order
-from ._config import settings
-from ._errors import DeadlockError
 from ._findings import printable
-from ._primitives import _acquire_site, _check_acquire_args, _drop_held, _Introspection
-from ._shared_store import (
-    HOST,
-    deadlock_finding,
-    local_links,
-    order_finding,
-    participant,
-    raise_deadlock,
-    report_order,
-)
+from ._primitives import _acquire_site, _drop_held
+from ._shared_lock import SharedLock, documented
+from ._shared_store import HOST, local_links, order_finding, participant, report_order
 from ._sites import site_of, state_name, thread_name
-from ._state import ThreadState, begin_wait, current_state, end_wait, internal_threads
+from ._state import ThreadState, current_state, internal_threads
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -577,7 +569,7 @@ class _HeldView:
         return self._lock._owner is not None
 
 
-class RedisLock(_Introspection):
+class RedisLock(SharedLock):
     """A lock on a Redis server, with the API of :class:`lockwise.Lock`.
 
     ``client`` is a ``redis.Redis`` (its own settings: password, TLS, db).
@@ -589,9 +581,14 @@ class RedisLock(_Introspection):
     is lost.
     """
 
-    _shared = True
     _kind = "RedisLock"
     _inner_owner = None
+    _recheck = RECHECK
+    _transient = _CONN_ERRORS
+    _retry = RETRY
+    #: A try is a round trip that may take CALL_MARGIN: none starts after the
+    #: deadline, so that a timed acquire returns within t + CALL_MARGIN.
+    _try_at_deadline = False
 
     def __init__(self, client: Any, name: str, ttl: float = 10.0, reentrant: bool = False,
                  prefix: str = "lockwise:", *, on_lost: Optional[Callable[[RedisLock], Any]] = None,
@@ -687,50 +684,8 @@ class RedisLock(_Introspection):
 
     # ---------------------------------------------------------------- acquire / release
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> Any:
-        """Acquire; return the fencing token (an int > 0), or False."""
-        _check_acquire_args(blocking, timeout)
-        ts = current_state()
-        if self._owner is ts and self.reentrant:
-            self._count += 1
-            return self._token
-        forever = blocking and timeout == -1
-        if forever and ts.held and settings.lock_order:
-            error = _order.note(ts, self)
-            if error is not None:
-                raise error
-        frame = sys._getframe(1)
-        deadline = None if (not blocking or timeout < 0) else _monotonic() + timeout
-        who = participant()
-        try:
-            got = self._try(who, frame, deadline)
-        except _CONN_ERRORS:
-            if not blocking:
-                raise
-            got = None  # a blocking acquire retries until its timeout
-        if got is None and blocking:
-            got = self._wait(ts, who, deadline, frame)
-        if got is None:
-            return False
-        token, sent = got
-        self._owner = ts
-        self._who = who
-        self._count = 1
-        self._token = token
-        self._lost = False
-        self._unconfirmed = False
-        self._valid_until = sent + self.ttl * _DRIFT
-        self._acq = _acquire_site(frame)
-        shared = [h for h in ts.held if isinstance(h, RedisLock) and h.prefix == self.prefix
-                  and h is not self and h.detect]
-        ts.held.append(self)
-        self._server.renewer.add(self, sent + self.ttl / 3)
-        if forever and shared and self.detect and settings.lock_order:
-            error = self._note_order(shared)
-            if error is not None:
-                self.release()
-                raise error
-        return token
+    acquire = documented(SharedLock.acquire,
+                         "Acquire; return the fencing token (an int > 0), or False.")
 
     def __enter__(self) -> Any:
         return self.acquire()
@@ -768,8 +723,9 @@ class RedisLock(_Introspection):
 
     # ---------------------------------------------------------------- internals
 
-    def _try(self, who: str, frame: Any, deadline: Optional[float]
-             ) -> Optional[tuple[int, float]]:
+    def _try_take(self, frame: Any, deadline: Optional[float]
+                  ) -> Optional[tuple[int, float, str]]:
+        who = participant()
         acq = _acquire_site(frame)
         where = f"{acq[0].co_filename}:{acq[1]}" if acq else "?"
         sent = _monotonic()
@@ -779,65 +735,62 @@ class RedisLock(_Introspection):
                   thread_name(threading.get_ident()), str(self._site), where],
             deadline=deadline)
         if int(result[0]) == 1:
-            return int(result[1]), sent
+            return int(result[1]), sent, who
         return None
 
-    def _wait(self, ts: ThreadState, who: str, deadline: Optional[float],
-              frame: Any) -> Optional[tuple[int, float]]:
-        timed = deadline is not None
-        begin_wait(ts, self, timed, _monotonic())
-        registered = False
-        pending: Any = None
-        next_check = 0.0
-        server = self._server
+    def _granted(self, grant: tuple[int, float, str]) -> int:
+        token, sent, who = grant
+        self._who = who
+        self._token = token
+        self._lost = False
+        self._unconfirmed = False
+        self._valid_until = sent + self.ttl * _DRIFT
+        self._server.renewer.add(self, sent + self.ttl / 3)
+        return token
+
+    def _again(self) -> int:
+        return self._token
+
+    def _give_back(self, ts: ThreadState, grant: tuple[int, float, str]) -> None:
+        token, _sent, who = grant
+        if self._owner is ts and self._token == token and self._who == who:
+            self.release()  # kept: released as such (LeaseLostError if the lease was lost)
+            return
+        if self._owner is ts:  # kept halfway (an exception came before _granted)
+            self._count = 0
+            self._owner = None
+            _drop_held(ts, self)
+        try:  # not kept, so not renewed: the lease expires anyway
+            self._release(keys=[self._k_lock, self._k_info, self._k_wake],
+                          args=[who, token, int(self.ttl * 1000)],
+                          deadline=_monotonic() + CALL_MARGIN)
+        except Exception:
+            pass
+
+    def _register_and_check(self, timed: bool, deadline: Optional[float]
+                            ) -> Optional[list[dict[str, Any]]]:
+        return self._check(participant(), timed, deadline)
+
+    def _unregister(self) -> None:
         try:
-            while True:
-                doom = ts.doom
-                if doom is not None:
-                    ts.doom = None
-                    raise DeadlockError(str(doom), doom)
-                now = _monotonic()
-                if deadline is not None and now >= deadline:
-                    return None  # a call ran past it (CALL_MARGIN): no other
-                try:
-                    if self.detect and now >= next_check:
-                        registered = True
-                        path = self._check(who, timed, deadline)
-                        next_check = now + RECHECK
-                        if path is None:
-                            pending = None
-                        else:
-                            cycle = frozenset((s["who"], s["key"]) for s in path)
-                            if all(s["kind"] == "lock" for s in path) or pending == cycle:
-                                self._deadlock(path, frame)
-                            pending = cycle
-                    got = self._try(who, frame, deadline)
-                    if got is not None:
-                        registered = False  # the acquire script dropped the wait record
-                        return got
-                    now = _monotonic()
-                    if deadline is not None and now >= deadline:
-                        return None
-                    block = RECHECK if not self.detect else next_check - now
-                    if deadline is not None:
-                        block = min(block, deadline - now)
-                    if block > 0.001:
-                        block = max(round(block, 3), 0.001)
-                        server.call(_monotonic() + block + CALL_MARGIN, "BLPOP",
-                                    self._k_wake, f"{block:.3f}")
-                except _CONN_ERRORS:
-                    now = _monotonic()
-                    if deadline is not None and now >= deadline:
-                        return None
-                    pause = RETRY if deadline is None else min(RETRY, deadline - now)
-                    time.sleep(max(pause, 0.0))
-        finally:
-            end_wait(ts)
-            if registered:
-                try:
-                    server.call(_monotonic() + CALL_MARGIN, "DEL", f"{self.prefix}wait:{who}")
-                except Exception:
-                    pass  # it expires by itself
+            self._server.call(_monotonic() + CALL_MARGIN, "DEL",
+                              f"{self.prefix}wait:{participant()}")
+        except Exception:
+            pass  # it expires by itself
+
+    def _pause(self, seconds: float, n: int) -> None:
+        """Block on the lock's wake-up list (a release pushes to it)."""
+        if seconds > 0.001:
+            block = max(round(seconds, 3), 0.001)
+            self._server.call(_monotonic() + block + CALL_MARGIN, "BLPOP", self._k_wake,
+                              f"{block:.3f}")
+
+    def _checking(self) -> bool:
+        return self.detect
+
+    def _same_store(self, other: Any) -> bool:
+        return self.detect and isinstance(other, RedisLock) and other.prefix == self.prefix \
+            and other.detect
 
     def _check(self, who: str, timed: bool, deadline: Optional[float]
                ) -> Optional[list[dict[str, Any]]]:
@@ -865,17 +818,17 @@ class RedisLock(_Introspection):
                          "type": "RedisLock"})
         return path
 
-    def _deadlock(self, path: list[dict[str, Any]], frame: Any) -> None:
+    def _holds(self, path: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         holds: dict[str, list[dict[str, Any]]] = {}
         for step in path:
             if step["kind"] == "lock":
                 holds.setdefault(step["holder"], []).append(
                     {"name": step["name"], "site": step["site"], "key": step["key"],
                      "type": "RedisLock", "acquired_at": "?"})
-        store = f"redis:{self._server.name.split(' db ')[0]}/{self.prefix}"
-        finding = deadlock_finding(path, holds, store, frame)
-        if raise_deadlock(finding):
-            raise DeadlockError(str(finding), finding)
+        return holds
+
+    def _store_label(self) -> str:
+        return f"redis:{self._server.name.split(' db ')[0]}/{self.prefix}"
 
     def _renew(self) -> None:
         """In the renewer thread: extend the lease, within its remaining validity."""
@@ -934,7 +887,7 @@ class RedisLock(_Introspection):
                 if internal:
                     internal_threads.add(ident)
 
-    def _note_order(self, shared: list[RedisLock]) -> Optional[BaseException]:
+    def _note_order(self, shared: list[Any]) -> Optional[BaseException]:
         new = [h for h in shared if h.name not in self._sent]
         if not new:
             return None
