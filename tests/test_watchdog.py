@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -306,3 +307,37 @@ def test_a_recurring_wait_is_reported_once_with_a_count(tmp_path: Path) -> None:
     assert len(summary) == 1, result.stderr  # one line, with the count
     seen = int(summary[0].rsplit("(seen ", 1)[1].split()[0])
     assert seen >= 3, summary
+
+
+WATCHDOG_FORK = """
+import os, time, lockwise
+wd = lockwise.watchdog(5.0)
+assert wd.running
+pid = os.fork()
+if pid == 0:
+    start = time.monotonic()
+    ok = not wd.running                     # the child has no watchdog thread
+    ok = ok and lockwise.watchdog(None) is None
+    ok = ok and time.monotonic() - start < 1.0  # stopping joins nothing
+    new = lockwise.watchdog(5.0)             # and it can start its own
+    ok = ok and new is not None and new.running
+    lockwise.watchdog(None)
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert wd.running
+lockwise.watchdog(None)
+assert not wd.running
+print("ok")
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_watchdog_across_fork() -> None:
+    # A raw thread: its "done" lock is copied held into the child, where no
+    # thread will ever release it; the child must neither wait for it nor
+    # believe a watchdog runs.
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", WATCHDOG_FORK],
+                            capture_output=True, text=True, timeout=40, env=clean_env())
+    assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
