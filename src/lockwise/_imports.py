@@ -41,6 +41,7 @@ reaches the program, by the rules of ``_waitfor``.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import weakref
@@ -264,6 +265,15 @@ def install_hook(installing: bool) -> None:
             _active = False
     except Exception as exc:
         internal_error("patching the import system's module locks", exc)
+
+
+def _after_fork_in_child() -> None:
+    # Only the forking thread exists in the child, and it is not waiting.
+    _waiting_entries.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def is_patched() -> bool:
