@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import lockwise
-from lockwise import _aio_wait, _condition, _install, _order, _state, _waitfor, aio
+from lockwise import _aio_wait, _condition, _imports, _install, _order, _state, _waitfor, aio
 
 
 def test_internals_are_where_lockwise_expects_them() -> None:
@@ -45,6 +45,10 @@ def test_internals_are_where_lockwise_expects_them() -> None:
     assert _condition._EVENT_LAYOUT
     assert _condition._CONDITION_EXPORTS_LOCKED is (sys.version_info >= (3, 14))
     assert _install._RLOCK_TAKES_ARGUMENTS is (sys.version_info < (3, 15))
+    # importlib's module locks (owner, count, wakeup; _blocking_on: one entry
+    # per thread before 3.12, a list after).
+    assert _imports.SUPPORTED
+    assert _imports._SINGLE_ENTRY is (sys.version_info < (3, 12))
 
 
 # -- sys.getrefcount: the orphan rule calibrates, or drops nothing ------------
@@ -207,3 +211,20 @@ def test_loops_run_unhooked_without_run_once(monkeypatch: pytest.MonkeyPatch) ->
         monkeypatch.undo()
         aio.track_loops(True)
     assert base._run_once is aio._run_once
+
+
+# -- importlib's module locks: unknown layout, nothing patched ----------------
+
+
+def test_module_locks_left_alone_when_their_layout_is_unknown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    original = _imports._ModuleLock.acquire
+    monkeypatch.setattr(_imports, "SUPPORTED", False)
+    lockwise.install()
+    try:
+        assert _imports._ModuleLock.acquire is original
+        assert not _imports.is_patched()
+        import json  # noqa: F401  (imports work)
+    finally:
+        lockwise.uninstall()
+    assert _imports._ModuleLock.acquire is original

@@ -181,3 +181,24 @@ def test_multiprocessing_subset_same_results_under_lockwise(tmp_path: Path) -> N
         unexpected = {t: d for t, d in differences(again_plain, again_lw).items()
                       if t in unexpected}
     assert not unexpected, f"tests that differ under lockwise (plain -> lockwise): {unexpected}"
+
+
+#: CPython's own tests of the import machinery's module locks and of imports
+#: from many threads (circular imports resolved by CPython's deadlock check,
+#: imports that start threads): lockwise sees these waits (``_imports``) and
+#: must report none of them.
+IMPORT_SUITES = ["test_importlib.test_locks", "test_importlib.test_threaded_import"]
+
+
+@pytest.mark.timeout(3 * RUN_TIMEOUT)
+def test_import_lock_suites_pass_under_lockwise_with_no_finding(tmp_path: Path) -> None:
+    present = [s for s in IMPORT_SUITES
+               if (Path(sys.modules["test"].__file__ or "").parent
+                   / s.replace(".", "/")).with_suffix(".py").exists()]
+    if not present:
+        pytest.skip("this Python ships none of the import-lock suites")
+    plain, _ = regrtest(tmp_path, "imports-plain", [], lockwise=False, suites=present)
+    lw, findings = regrtest(tmp_path, "imports", [], lockwise=True, suites=present)
+    assert len(lw) > 20, "the suites did not run"
+    assert not [f for f in findings if f.get("kind") in ("deadlock", "lock-order", "hang")]
+    assert differences(plain, lw) == {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from . import _fork, _install, _joins  # noqa: F401  (_joins records Thread.join as a wait; _fork audits os.fork)
+from . import _fork, _imports, _install, _joins  # noqa: F401  (_joins records Thread.join as a wait; _fork audits os.fork)
 from ._condition import Barrier, BoundedSemaphore, Condition, Event, Semaphore
 from ._config import configure
 from ._errors import (
@@ -78,6 +78,8 @@ def _asyncio_hook(installing: bool) -> None:
 
 
 _install.add_install_hook(_asyncio_hook)
+# Module-lock waits (imports) in the wait-for relation while installed.
+_install.add_install_hook(_imports.install_hook)
 
 
 def reset() -> None:

@@ -84,6 +84,8 @@ def render_deadlock(finding: Finding) -> str:
             lines.append(f"      {_wait_text(entry.get('waits_for', {}))}")
     rule = _RULE.get(details.get("rule", ""), "")
     if rule:
+        if _waits_for_import(details.get("threads", [])):
+            rule = f"{rule}; {_IMPORT_WHY}"
         lines += ["", f"  Why this never ends: {rule}."]
     victim = details.get("victim")
     if victim:
@@ -284,6 +286,26 @@ _FIX = {
              "for, or give the waits a timeout.",
 }
 
+#: The fix when a thread of the deadlock waits for a module's import lock.
+_IMPORT_FIX = ("a module's import lock is held until its top level finishes: import the "
+               "module before taking the lock (or at start-up), and do not wait for locks "
+               "or threads in a module's top level.")
+
+#: Why an import lock's wait never ends (the full report).
+_IMPORT_WHY = ("an import lock is released only by the thread running that module's top "
+               "level, when it finishes")
+
+
+def _waits_for_import(threads: Any) -> bool:
+    """Whether a thread of a deadlock waits for a module's import lock."""
+    for entry in threads:
+        wait = entry.get("waits_for", {}) if isinstance(entry, dict) else {}
+        lock = wait.get("lock") if isinstance(wait, dict) else None
+        if isinstance(lock, dict) and lock.get("type") == "import lock":
+            return True
+    return False
+
+
 _ORDER_FIX = ("take these locks in one global order everywhere, or silence a reviewed "
               "false alarm with lockwise.declare_order(first, second).")
 
@@ -326,6 +348,8 @@ def _is_user(frame: Any) -> bool:
     import sysconfig
 
     filename = frame.get("file", "") if isinstance(frame, dict) else frame.filename
+    if filename.startswith("<frozen "):  # the import system's (importlib._bootstrap)
+        return False
     return not any(filename.startswith(sysconfig.get_paths()[key])
                    for key in ("stdlib", "platstdlib", "purelib"))
 
@@ -418,6 +442,8 @@ def brief_deadlock(finding: Finding) -> str:
         lines.append(f"  Fix: {FORK_FIX}")
         return "\n".join(lines)
     fix = _FIX.get("self" if self_wait else rule)
+    if fix and _waits_for_import(threads):
+        fix = _IMPORT_FIX
     if fix:
         lines.append(f"  Fix: {fix}")
     return "\n".join(lines)

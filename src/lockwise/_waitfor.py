@@ -5,13 +5,14 @@ Two rules decide that a wait can never end:
 1. **Ownership cycle.** Follow "waits for the owner of" from the blocking
    thread, through joins to the joined thread and through locks to their
    owners, but only through a lock that nobody but its owner will release:
-   an RLock (only its owner can), or a Lock its owner took in a ``with``
-   block (its own ``__exit__`` releases it). A Lock taken by a bare
-   ``acquire()`` may be a hand-off that another thread releases, so a path
-   through it proves nothing. Returning to the start is a deadlock, and so
-   is a wait for such a lock held by the waiter itself. A wait on an RLock
-   whose owner has exited is a deadlock too. Cost: one step per thread on
-   the path.
+   an RLock (only its owner can), a module's import lock (held by the thread
+   running the module's top level until it finishes; see ``_imports``), or a
+   Lock its owner took in a ``with`` block (its own ``__exit__`` releases
+   it). A Lock taken by a bare ``acquire()`` may be a hand-off that another
+   thread releases, so a path through it proves nothing. Returning to the
+   start is a deadlock, and so is a wait for such a lock held by the waiter
+   itself. A wait on an RLock whose owner has exited is a deadlock too.
+   Cost: one step per thread on the path.
 2. **Nobody left to run.** Every live thread is blocked, without a timeout,
    on something lockwise sees (a lock, a Condition, hence Event, Semaphore,
    Barrier and queue, or a join), no Python signal handler is installed that
@@ -306,10 +307,12 @@ def release_evidence(lock: Any) -> int:
     """What ends a wait on ``lock``, as far as lockwise can prove it.
 
     Only the owner can release an RLock (and the other locks with a recursion
-    count). A plain Lock may be released by any thread: its holder is its
-    releaser only when it took the lock in a ``with`` block (and its site was
-    never seen released by another thread); a bare ``acquire()`` may be a
-    hand-off to a thread that releases it later.
+    count: FileLock, RedisLock, and a module's import lock,
+    ``_imports.ImportLock``, which only the thread running the module's top
+    level releases). A plain Lock may be released by any thread: its holder
+    is its releaser only when it took the lock in a ``with`` block (and its
+    site was never seen released by another thread); a bare ``acquire()`` may
+    be a hand-off to a thread that releases it later.
     """
     if hasattr(lock, "_count"):
         return OWNER_ONLY
