@@ -52,7 +52,7 @@ from ._primitives import _acquire_site, _drop_held
 from ._shared_lock import SharedLock
 from ._shared_store import RECHECK, SQLiteStore, report_order, store_for
 from ._sites import named_site, site_of, state_name, thread_name
-from ._state import ThreadState, current_state
+from ._state import ThreadState, _local
 
 try:
     import fcntl
@@ -121,8 +121,8 @@ class FileLock(SharedLock):
     __enter__ = SharedLock.acquire
 
     def release(self) -> None:
-        ts = current_state()
-        if self._owner is not ts:
+        ts: Optional[ThreadState] = getattr(_local, "ts", None)  # not current_state(): see __exit__
+        if ts is None or self._owner is not ts:
             raise RuntimeError("cannot release un-acquired lock")
         if self._count > 1:
             self._count -= 1
@@ -155,8 +155,9 @@ class FileLock(SharedLock):
     def __exit__(self, *args: object) -> None:
         # release(), written out: one Python call less (its entry is an
         # eval-breaker check, where an exception would leave the lock held).
-        ts = current_state()
-        if self._owner is not ts:
+        # No current_state() call either, for the same reason: getattr is C.
+        ts: Optional[ThreadState] = getattr(_local, "ts", None)
+        if ts is None or self._owner is not ts:
             raise RuntimeError("cannot release un-acquired lock")
         if self._count > 1:
             self._count -= 1
