@@ -564,3 +564,25 @@ def test_redis_cycle_seen_by_one_waiter_only(server: Any) -> None:
     ])
     assert results[4] is None and results[5] is not None
     assert results[6] is None, "a second waiter of one cycle saw it too"
+
+
+def test_a_transaction_left_open_by_an_interrupt_is_rolled_back(tmp_path: Any,
+                                                                shared: str) -> None:
+    # An asynchronous exception just after BEGIN returned (a signal handler's)
+    # used to leave the store's connection in a transaction: every later call
+    # failed with "cannot start a transaction within a transaction", and
+    # detection across processes was turned off for the lock (seen on 3.12).
+    from lockwise import _findings
+
+    lock = lockwise.FileLock(tmp_path / "t.lock")
+    with lock:
+        pass
+    store = lock._store
+    assert store is not None and store.off is None
+    before = len(_findings.internal_errors())
+    store._conn().execute("BEGIN IMMEDIATE")  # as the interrupt left it
+    with lock:
+        assert lock.holder() is not None
+    assert lock.holder() is None
+    assert store.off is None
+    assert _findings.internal_errors()[before:] == []

@@ -402,13 +402,16 @@ class SQLiteStore:
             conn = self._conn()
             conn.execute("PRAGMA busy_timeout=0")
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if conn.in_transaction:  # see tx()
+                    conn.execute("ROLLBACK")
                 try:
+                    conn.execute("BEGIN IMMEDIATE")
                     conn.execute("DELETE FROM holders WHERE host=? AND pid=?", (HOST, me))
                     conn.execute("DELETE FROM waits WHERE host=? AND (pid=? OR publisher=?)",
                                  (HOST, me, me))
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
             finally:
@@ -425,11 +428,16 @@ class SQLiteStore:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        if conn.in_transaction:
+            # Left open by an asynchronous exception (a signal handler's, Ctrl-C)
+            # that landed where no handler could roll it back: undo it now.
+            conn.execute("ROLLBACK")
+        try:  # BEGIN inside: an exception just after it returns still rolls back
+            conn.execute("BEGIN IMMEDIATE")
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
 
