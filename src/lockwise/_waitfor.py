@@ -263,7 +263,11 @@ def check(ts: ThreadState, pending: Pending) -> tuple[Pending, bool]:
         if cycle is _UNSETTLED:
             return _quiescence(ts, pending), False
         if cycle is not None:
-            _deadlock(ts, cycle, rule="cycle")
+            _deadlock(ts, cycle, rule="cycle", victim=_closer(ts, cycle))
+            doom = ts.doom
+            if doom is not None:  # made the victim by another thread's check meanwhile
+                ts.doom = None
+                raise DeadlockError(str(doom), doom)
             return None, True
         stall = _quiescence(ts, pending)
         if unproven_hook is not None:
@@ -421,6 +425,26 @@ def _suspect(ts: ThreadState, hook: UnprovenHook) -> None:
         return
     ts.suspect = (key, seen[1], True)
     hook(threads, weak, now - seen[1])
+
+
+def _closer(me: ThreadState, cycle: list[ThreadState]) -> ThreadState:
+    """The victim of a cycle: the thread whose wait closed it (registered last).
+
+    Every blocked thread of a cycle may find it; without the GIL two of them
+    check at the same moment, and the first to record the finding used to
+    raise: a thread that had been waiting all along, or the one whose acquire
+    closed the cycle, by chance. The closing acquire raises, whoever finds it:
+    a thread that retries it after DeadlockError meets the error again, and
+    the others keep waiting. Only threads really waiting count (an exited
+    owner's last wait is no candidate); another thread than ``me`` is made to
+    raise through its ``doom`` (read at its next check, or by its own check
+    of this very cycle, just after).
+    """
+    best = me
+    for ts in cycle:
+        if ts is not me and ts.alive and ts.waiting is not None and ts.wait_seq > best.wait_seq:
+            best = ts
+    return best
 
 
 #: Returned by ``_ownership_cycle`` when the path changed between two reads.
