@@ -263,11 +263,8 @@ def check(ts: ThreadState, pending: Pending) -> tuple[Pending, bool]:
         if cycle is _UNSETTLED:
             return _quiescence(ts, pending), False
         if cycle is not None:
-            _deadlock(ts, cycle, rule="cycle", victim=_closer(ts, cycle))
-            doom = ts.doom
-            if doom is not None:  # made the victim by another thread's check meanwhile
-                ts.doom = None
-                raise DeadlockError(str(doom), doom)
+            if _closer(ts, cycle) is ts:  # else the closer records it and raises
+                _deadlock(ts, cycle, rule="cycle")
             return None, True
         stall = _quiescence(ts, pending)
         if unproven_hook is not None:
@@ -428,17 +425,20 @@ def _suspect(ts: ThreadState, hook: UnprovenHook) -> None:
 
 
 def _closer(me: ThreadState, cycle: list[ThreadState]) -> ThreadState:
-    """The victim of a cycle: the thread whose wait closed it (registered last).
+    """The thread of a cycle whose wait closed it (registered last): the victim.
 
     Every blocked thread of a cycle may find it; without the GIL two of them
-    check at the same moment, and the first to record the finding used to
-    raise: a thread that had been waiting all along, or the one whose acquire
-    closed the cycle, by chance. The closing acquire raises, whoever finds it:
-    a thread that retries it after DeadlockError meets the error again, and
-    the others keep waiting. Only threads really waiting count (an exited
-    owner's last wait is no candidate); another thread than ``me`` is made to
-    raise through its ``doom`` (read at its next check, or by its own check
-    of this very cycle, just after).
+    check at the same moment, and the first to record the formation raised: a
+    thread that had been waiting all along, or the one whose acquire closed
+    the cycle, by chance. Only the closer records and raises it: a thread that
+    retries its acquire after DeadlockError meets the error again, the others
+    keep waiting. The closer finds the cycle itself: it checks as soon as it
+    has registered its wait, and then periodically like every thread blocked
+    in ``block_on`` (the only waits that are edges of a cycle), so the others
+    need not record it (recording it for the closer and making it raise
+    through ``doom`` races with the closer's own check: two formations
+    recorded for one deadlock). Only threads really waiting count: an exited
+    owner's last wait is no candidate.
     """
     best = me
     for ts in cycle:
