@@ -7,8 +7,8 @@ so no lock guards them: single attribute stores are atomic under the GIL.
 
 Blocking protocol (the detector in ``_waitfor`` relies on its order):
 
-* to block: ``changes += 1``, then set ``wait_timed``, ``wait_since`` and
-  ``wait_seq``, then ``waiting = resource``;
+* to block: ``changes += 1``, then set ``wait_timed`` and ``wait_since``,
+  then ``waiting = resource``, then ``wait_seq``;
 * to stop blocking: ``waiting = None``, then ``changes += 1``; only then does
   an acquirer record itself as the lock's owner.
 
@@ -188,8 +188,11 @@ def begin_wait(ts: ThreadState, resource: Any, timed: bool, now: float) -> None:
     ts.changes += 1
     ts.wait_timed = timed
     ts.wait_since = now
-    ts.wait_seq = next_epoch()
     ts.waiting = resource
+    # Drawn after ``waiting`` is stored: the thread with the newest number
+    # drew it after every other thread of a cycle had registered, so its own
+    # check (which follows) sees the whole cycle (see ``_waitfor._closer``).
+    ts.wait_seq = next_epoch()
     epoch[0] = next_epoch()
 
 
