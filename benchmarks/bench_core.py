@@ -13,6 +13,7 @@ import gc
 import random
 import statistics
 import sys
+import sysconfig
 import threading
 import time
 import tracemalloc
@@ -29,6 +30,40 @@ WHY_FLOOR = ("near the floor of wrapping a lock from C: the user's call reaches 
              "monotonic clock even for a zero timeout on 3.11+ (about 10% of the pair in perf) "
              "where threading.Lock is one atomic operation on 3.13; then owner, site and held "
              "entry are stored")
+
+
+#: Running without the GIL (a free-threaded build with the GIL left off):
+#: the section "free-threaded" of RESULTS.md, run by run.py in a subprocess.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED")) and not getattr(
+    sys, "_is_gil_enabled", lambda: True)()
+
+#: Why the C rows miss 1.5x without the GIL (3.13t), as measured with perf
+#: (perf record of 5,000,000 acquire()+release() pairs in a function, 3.13.5t,
+#: PYTHON_GIL=0: 400 ns a pair against threading's 203 ns).
+WHY_FLOOR_FT = ("measured (perf, 3.13.5t): threading.Lock is a PyMutex there, one "
+                "compare-exchange each way, with no clock read; lockwise's inner lock is a "
+                "PyThread lock, which on 3.13 is still a POSIX semaphore: a try "
+                "(PyThread_acquire_lock_timed(lock, 0, 0)) converts the zero timeout and reads "
+                "the monotonic clock before sem_trywait (clock_gettime, the time conversions "
+                "and the call: about 12% of the pair), and release is sem_post; the lock's "
+                "owner field and the thread's held list are changed under per-object critical "
+                "sections, which are no-ops with the GIL (PyCriticalSection_Begin/End: about "
+                "8%); the thread's state is found through thread-local storage "
+                "(__tls_get_addr, about 3%) instead of the GIL build's one-entry cache. "
+                "A/B builds (measurement only, interleaved, 3.13.5t): calling sem_trywait "
+                "directly instead of the PyThread try took the pair from 2.06x to 1.56-1.70x "
+                "threading, and compiling the critical sections out as well to 1.55-1.66x; "
+                "the rest is the bookkeeping the GIL build pays too (1.3-1.4x there). "
+                "On 3.14 PyThread locks are PyMutexes: the clock read goes away")
+
+WHY_CONTEND_FT = ("without the GIL the threads really run at once: a contended acquire that "
+                  "does not get the lock within the quiet wait (1 ms) takes the slow path "
+                  "(registered wait, deadlock check, timed waits on the inner lock), and the "
+                  "inner lock's semaphore wakes waiters through the kernel where threading's "
+                  "PyMutex spins briefly and parks")
+
+WHY_SCALE_FT = ("the ratio grew with the number of threads: a hidden shared write "
+                "(a global counter, cache line or lock) serialises separate locks")
 
 
 # ------------------------------------------------------------------ loops
@@ -113,6 +148,31 @@ def _contend(make: Callable[[], Any], threads: int = 4) -> Callable[[int], float
     return run
 
 
+def _separate(make: Callable[[], Any], threads: int) -> Callable[[int], float]:
+    """``threads`` threads, each on a lock of its own: time per acquire, all together."""
+    def run(n: int) -> float:
+        locks = [make() for _ in range(threads)]
+        per = max(1, n // threads)
+        start = threading.Barrier(threads + 1)
+
+        def work(lock: Any) -> None:
+            start.wait(30)
+            for _ in range(per):
+                with lock:
+                    pass
+
+        pool = [threading.Thread(target=work, args=(lock,)) for lock in locks]
+        for t in pool:
+            t.start()
+        start.wait(30)
+        t0 = now()
+        for t in pool:
+            t.join(120)
+        elapsed = now() - t0
+        return elapsed * n / (per * threads)
+    return run
+
+
 def _handoff(make_cond: Callable[[], Any]) -> Callable[[int], float]:
     """Producer/consumer through a Condition, one slot: every item is a wake-up."""
     def run(n: int) -> float:
@@ -157,8 +217,8 @@ def _uncontended(quick: bool) -> list[dict[str, Any]]:
         lock = Lock()
         rlock = RLock()
         target = 1.5
-        why = WHY_FLOOR if label == "c" else "pure Python: a Python-level method call " \
-            "alone costs about as much as the raw lock"
+        why = (WHY_FLOOR_FT if FREE_THREADED else WHY_FLOOR) if label == "c" else \
+            "pure Python: a Python-level method call alone costs about as much as the raw lock"
         rows.append(row(f"Lock acquire()+release() [{label}]",
                         *compare(base_pair, _acq_rel(lock), n, rounds), target=target, why=why))
         rows.append(row(f"Lock `with` [{label}]",
@@ -207,6 +267,8 @@ def _nesting(quick: bool) -> list[dict[str, Any]]:
 
 
 def _contention(quick: bool) -> list[dict[str, Any]]:
+    if FREE_THREADED:
+        return []  # _parallel: 2, 4 and 8 threads
     n, rounds = (40_000, 5) if quick else (200_000, 9)
     rows = []
     for label, Lock, _RLock in implementations():
@@ -215,6 +277,42 @@ def _contention(quick: bool) -> list[dict[str, Any]]:
                         target=1.5, note="time per acquire, all threads together",
                         why="a contended acquire takes the slow path: registered wait, "
                             "deadlock check, timed waits on the inner lock"))
+    return rows
+
+
+def _parallel(quick: bool) -> list[dict[str, Any]]:
+    """Free-threaded only: 2/4/8 threads on one lock, and on separate locks.
+
+    On separate locks the threads run in parallel (as many as there are
+    CPUs): lockwise must scale as threading does, with no hidden global lock
+    or shared counter, so its ratio to threading must not grow with threads.
+    """
+    if not FREE_THREADED:
+        return []
+    n, rounds = (20_000, 5) if quick else (100_000, 9)
+    rows = []
+    for label, Lock, _RLock in implementations():
+        target = 1.5 if label == "c" else None
+        for threads in (2, 4, 8):
+            rows.append(row(f"{threads} threads contending on one lock [{label}]",
+                            *compare(_contend(threading.Lock, threads),
+                                     _contend(Lock, threads), n, rounds),
+                            target=target, note="time per acquire, all threads together",
+                            why=WHY_CONTEND_FT))
+        first = None
+        for threads in (1, 2, 4, 8):
+            base, lw, ratio = compare(_separate(threading.Lock, threads),
+                                      _separate(Lock, threads), n, rounds)
+            if first is None:
+                first = ratio
+            growth = ratio / first
+            entry = row(f"{threads} threads on separate locks [{label}]", base, lw, ratio,
+                        note=f"time per acquire, all threads together; ratio vs 1 thread: "
+                             f"{growth:.2f}x")
+            if threads > 1:
+                entry.update(target="ratio within 25% of 1 thread's", met=growth <= 1.25,
+                             why=WHY_SCALE_FT)
+            rows.append(entry)
     return rows
 
 
@@ -422,7 +520,7 @@ def _memory(quick: bool) -> list[dict[str, Any]]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for part in (_uncontended, _nesting, _contention, _condition, _latency, _scale,
+    for part in (_uncontended, _nesting, _contention, _parallel, _condition, _latency, _scale,
                  _order_edges, _memory):
         print(f"   {part.__name__.strip('_')}...", file=sys.stderr, flush=True)
         try:

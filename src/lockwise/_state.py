@@ -8,7 +8,7 @@ so no lock guards them: single attribute stores are atomic under the GIL.
 Blocking protocol (the detector in ``_waitfor`` relies on its order):
 
 * to block: ``changes += 1``, then set ``wait_timed`` and ``wait_since``,
-  then ``waiting = resource``;
+  then ``waiting = resource``, then ``wait_seq``;
 * to stop blocking: ``waiting = None``, then ``changes += 1``; only then does
   an acquirer record itself as the lock's owner.
 
@@ -96,7 +96,7 @@ class ThreadState:
     """Bookkeeping of one thread. Fields are written only as described above."""
 
     __slots__ = (
-        "ident", "name", "held", "waiting", "wait_timed", "wait_since", "changes",
+        "ident", "name", "held", "waiting", "wait_timed", "wait_since", "wait_seq", "changes",
         "alive", "doom", "quiet", "uid", "suspect", "_sentinel_ref", "__weakref__",
     )
 
@@ -111,6 +111,9 @@ class ThreadState:
         self.waiting: Any = None
         self.wait_timed = False
         self.wait_since = 0.0
+        #: When the current wait was registered, in the process-wide order of
+        #: registrations (``next_epoch``): the newest wait of a cycle closed it.
+        self.wait_seq = 0
         #: Bumped on every change of ``waiting`` (see the module docstring).
         self.changes = 0
         self.alive = True
@@ -186,6 +189,10 @@ def begin_wait(ts: ThreadState, resource: Any, timed: bool, now: float) -> None:
     ts.wait_timed = timed
     ts.wait_since = now
     ts.waiting = resource
+    # Drawn after ``waiting`` is stored: the thread with the newest number
+    # drew it after every other thread of a cycle had registered, so its own
+    # check (which follows) sees the whole cycle (see ``_waitfor._closer``).
+    ts.wait_seq = next_epoch()
     epoch[0] = next_epoch()
 
 

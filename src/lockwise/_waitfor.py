@@ -269,7 +269,8 @@ def check(ts: ThreadState, pending: Pending) -> tuple[Pending, bool]:
         if cycle is _UNSETTLED:
             return _quiescence(ts, pending), False
         if cycle is not None:
-            _deadlock(ts, cycle, rule="cycle")
+            if _closer(ts, cycle) is ts:  # else the closer records it and raises
+                _deadlock(ts, cycle, rule="cycle")
             return None, True
         stall = _quiescence(ts, pending)
         if unproven_hook is not None:
@@ -429,6 +430,29 @@ def _suspect(ts: ThreadState, hook: UnprovenHook) -> None:
         return
     ts.suspect = (key, seen[1], True)
     hook(threads, weak, now - seen[1])
+
+
+def _closer(me: ThreadState, cycle: list[ThreadState]) -> ThreadState:
+    """The thread of a cycle whose wait closed it (registered last): the victim.
+
+    Every blocked thread of a cycle may find it; without the GIL two of them
+    check at the same moment, and the first to record the formation raised: a
+    thread that had been waiting all along, or the one whose acquire closed
+    the cycle, by chance. Only the closer records and raises it: a thread that
+    retries its acquire after DeadlockError meets the error again, the others
+    keep waiting. The closer finds the cycle itself: it checks as soon as it
+    has registered its wait, and then periodically like every thread blocked
+    in ``block_on`` (the only waits that are edges of a cycle), so the others
+    need not record it (recording it for the closer and making it raise
+    through ``doom`` races with the closer's own check: two formations
+    recorded for one deadlock). Only threads really waiting count: an exited
+    owner's last wait is no candidate.
+    """
+    best = me
+    for ts in cycle:
+        if ts is not me and ts.alive and ts.waiting is not None and ts.wait_seq > best.wait_seq:
+            best = ts
+    return best
 
 
 #: Returned by ``_ownership_cycle`` when the path changed between two reads.
