@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -10,6 +11,13 @@ import lockwise
 from lockwise import _config
 
 pytest_plugins = ["pytester"]
+
+# The Ctrl-C tests need SIGINT to raise KeyboardInterrupt, here and in the
+# programs they start. A shell runs background jobs (`bash .ci/run &` in a
+# script) with SIGINT ignored, and Python keeps an ignored SIGINT ignored:
+# restore the default, which the child processes inherit as well.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
