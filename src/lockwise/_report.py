@@ -13,6 +13,7 @@ a name can neither drive the terminal nor forge a line of the report.
 from __future__ import annotations
 
 from ._findings import Finding, FrameInfo, StackInfo, printable, signature
+from ._sites import in_stdlib
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -310,22 +311,41 @@ _ORDER_FIX = ("take these locks in one global order everywhere, or silence a rev
               "false alarm with lockwise.declare_order(first, second).")
 
 
+#: The standard library's and site-packages' directories, each with a separator,
+#: read from ``sysconfig`` once: ``get_paths()`` expands its whole scheme on
+#: every call (about 0.5 ms), and a DeadlockError's message used to call it a
+#: dozen times, which was most of the time from a cycle forming to the raise.
+_installed_dirs: list[dict[str, str]] = []
+
+
+def _sysconfig_dirs() -> dict[str, str]:
+    """``stdlib``, ``platstdlib`` and ``purelib``, each ending with a separator; cached."""
+    if not _installed_dirs:
+        import os
+        import sysconfig
+
+        try:
+            paths = sysconfig.get_paths()
+        except OSError:
+            paths = {}
+        found: dict[str, str] = {key: paths[key] + os.sep
+                                 for key in ("stdlib", "platstdlib", "purelib")
+                                 if key in paths}
+        _installed_dirs[:] = [found]  # one store: a racing thread computes the same
+    return _installed_dirs[0]
+
+
 def _prefixes() -> list[str]:
     """Directories whose prefix the brief report drops: the working directory
     (paths read as the user typed them) and the standard library's (``queue.py:62``)."""
     import os
-    import sysconfig
 
-    out = []
+    dirs = _sysconfig_dirs()
+    out = [dirs[key] for key in ("stdlib", "platstdlib") if key in dirs]
     try:
         out.append(os.getcwd() + os.sep)
     except OSError:
         pass
-    for key in ("stdlib", "platstdlib"):
-        try:
-            out.append(sysconfig.get_paths()[key] + os.sep)
-        except (KeyError, OSError):
-            pass
     return sorted(set(out), key=len, reverse=True)
 
 
@@ -345,13 +365,10 @@ def shorten(text: str) -> str:
 
 
 def _is_user(frame: Any) -> bool:
-    import sysconfig
-
+    """Is ``frame`` the program's own code (not the standard library, the
+    import system's frozen modules, or an installed package)?"""
     filename = frame.get("file", "") if isinstance(frame, dict) else frame.filename
-    if filename.startswith("<frozen "):  # the import system's (importlib._bootstrap)
-        return False
-    return not any(filename.startswith(sysconfig.get_paths()[key])
-                   for key in ("stdlib", "platstdlib", "purelib"))
+    return not (in_stdlib(filename) or filename.startswith(tuple(_sysconfig_dirs().values())))
 
 
 def _at(frame: Any) -> str:
