@@ -122,27 +122,38 @@ def _floor_call(lock: Any) -> Callable[[int], float]:
     return run
 
 
+def _timed_pool(works: list[Callable[[], None]]) -> float:
+    """Start one thread per ``works`` entry, release them together through a
+    barrier, and return the seconds until all have finished."""
+    start = threading.Barrier(len(works) + 1)
+
+    def gated(work: Callable[[], None]) -> None:
+        start.wait(30)
+        work()
+
+    pool = [threading.Thread(target=gated, args=(work,)) for work in works]
+    for t in pool:
+        t.start()
+    start.wait(30)
+    t0 = now()
+    for t in pool:
+        t.join(120)
+    return now() - t0
+
+
 def _contend(make: Callable[[], Any], threads: int = 4) -> Callable[[int], float]:
+    """``threads`` threads on one lock: time per acquire, all together."""
     def run(n: int) -> float:
         lock = make()
         per = max(1, n // threads)
         counter = [0]
-        start = threading.Barrier(threads + 1)
 
         def work() -> None:
-            start.wait(30)
             for _ in range(per):
                 with lock:
                     counter[0] += 1
 
-        pool = [threading.Thread(target=work) for _ in range(threads)]
-        for t in pool:
-            t.start()
-        start.wait(30)
-        t0 = now()
-        for t in pool:
-            t.join(120)
-        elapsed = now() - t0
+        elapsed = _timed_pool([work] * threads)
         assert counter[0] == per * threads
         return elapsed * n / (per * threads)
     return run
@@ -151,24 +162,16 @@ def _contend(make: Callable[[], Any], threads: int = 4) -> Callable[[int], float
 def _separate(make: Callable[[], Any], threads: int) -> Callable[[int], float]:
     """``threads`` threads, each on a lock of its own: time per acquire, all together."""
     def run(n: int) -> float:
-        locks = [make() for _ in range(threads)]
         per = max(1, n // threads)
-        start = threading.Barrier(threads + 1)
 
-        def work(lock: Any) -> None:
-            start.wait(30)
-            for _ in range(per):
-                with lock:
-                    pass
+        def worker(lock: Any) -> Callable[[], None]:
+            def work() -> None:
+                for _ in range(per):
+                    with lock:
+                        pass
+            return work
 
-        pool = [threading.Thread(target=work, args=(lock,)) for lock in locks]
-        for t in pool:
-            t.start()
-        start.wait(30)
-        t0 = now()
-        for t in pool:
-            t.join(120)
-        elapsed = now() - t0
+        elapsed = _timed_pool([worker(make()) for _ in range(threads)])
         return elapsed * n / (per * threads)
     return run
 

