@@ -56,11 +56,18 @@ WHY_FLOOR_FT = ("measured (perf, 3.13.5t): threading.Lock is a PyMutex there, on
                 "the rest is the bookkeeping the GIL build pays too (1.3-1.4x there). "
                 "On 3.14 PyThread locks are PyMutexes: the clock read goes away")
 
-WHY_CONTEND_FT = ("without the GIL the threads really run at once: a contended acquire that "
-                  "does not get the lock within the quiet wait (1 ms) takes the slow path "
-                  "(registered wait, deadlock check, timed waits on the inner lock), and the "
-                  "inner lock's semaphore wakes waiters through the kernel where threading's "
-                  "PyMutex spins briefly and parks")
+#: Why contention misses 1.5x without the GIL, as measured (3.13.5t, PYTHON_GIL=0):
+#: counting calls of the Python slow path during the rows' loops found 0.01-0.03%
+#: of acquires there (7 to 52 of 200,000), so nearly all of the cost is in the
+#: C fast path, and the inner lock alone accounts for it: the "floor" rows.
+WHY_CONTEND_FT = ("without the GIL the threads really run at once, and nearly every acquire "
+                  "stays on the C fast path (0.01-0.03% reached the Python slow path, counted "
+                  "on 3.13.5t): the cost is the inner lock's. The 'floor: N threads contending' "
+                  "rows drive lockwise's inner lock alone against threading.Lock with no "
+                  "bookkeeping: a PyThread lock is a POSIX semaphore on 3.13, whose waiters "
+                  "sleep and wake through the kernel, where threading.Lock's PyMutex spins "
+                  "briefly and hands off; the rest is the bookkeeping of the uncontended rows. "
+                  "On 3.14 PyThread locks are PyMutexes")
 
 WHY_SCALE_FT = ("the ratio grew with the number of threads: a hidden shared write "
                 "(a global counter, cache line or lock) serialises separate locks")
@@ -119,6 +126,26 @@ def _floor_call(lock: Any) -> Callable[[int], float]:
             lock.acquire(False)
             lock.release()
         return now() - t
+    return run
+
+
+def _contend_raw(make: Callable[[], Any], threads: int) -> Callable[[int], float]:
+    """``threads`` threads on one raw lock, acquire()+release() with no wrapper."""
+    def run(n: int) -> float:
+        lock = make()
+        acquire, release = lock.acquire, lock.release
+        per = max(1, n // threads)
+        counter = [0]
+
+        def work() -> None:
+            for _ in range(per):
+                acquire()
+                counter[0] += 1
+                release()
+
+        elapsed = _timed_pool([work] * threads)
+        assert counter[0] == per * threads
+        return elapsed * n / (per * threads)
     return run
 
 
@@ -283,6 +310,15 @@ def _contention(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _inner_lock_type() -> Any:
+    """The C accelerator's inner lock type, or None without it."""
+    try:
+        from lockwise import _speedups
+    except ImportError:
+        return None
+    return getattr(_speedups, "InnerLock", None)
+
+
 def _parallel(quick: bool) -> list[dict[str, Any]]:
     """Free-threaded only: 2/4/8 threads on one lock, and on separate locks.
 
@@ -294,6 +330,15 @@ def _parallel(quick: bool) -> list[dict[str, Any]]:
         return []
     n, rounds = (20_000, 5) if quick else (100_000, 9)
     rows = []
+    inner = _inner_lock_type()
+    if inner is not None:
+        for threads in (2, 4, 8):
+            rows.append(row(f"floor: {threads} threads contending, lockwise's inner lock vs "
+                            "threading.Lock",
+                            *compare(_contend_raw(threading.Lock, threads),
+                                     _contend_raw(inner, threads), n, rounds),
+                            note="acquire()+release() of the raw locks, no bookkeeping: "
+                                 "what the C rows below start from"))
     for label, Lock, _RLock in implementations():
         target = 1.5 if label == "c" else None
         for threads in (2, 4, 8):
