@@ -979,3 +979,52 @@ def test_watchdog_ignores_a_lock_wait_while_the_owner_runs() -> None:
         asyncio.run(main())
     lockwise.watchdog(None)
     assert lockwise.findings("hang") == []
+
+
+def test_watchdog_needs_two_polls_to_call_a_lock_wait_hung() -> None:
+    # The watchdog reads tasks from its own thread while the loop runs. Inside
+    # aio.Lock.release the owner is cleared before the first waiter is woken:
+    # a poll landing there saw "no owner runs" and reported a hang of a wait
+    # about to be granted (seen once in 10 runs on 3.13t). One poll's verdict
+    # is now a suspicion; the next poll must agree.
+    from lockwise import _aio_wait
+
+    async def main() -> list[list[Any]]:
+        lock = aio.Lock(name="handed-over")
+        held = asyncio.Event()
+        release: list[bool] = []
+
+        async def owner() -> None:  # runs: sleeps on timers until told
+            async with lock:
+                held.set()
+                while not release:
+                    await asyncio.sleep(0.005)
+
+        async def waiter() -> None:
+            async with lock:
+                pass
+
+        tasks = [asyncio.ensure_future(owner())]
+        await held.wait()
+        tasks.append(asyncio.ensure_future(waiter()))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        t0 = time.monotonic()
+        polls = [_aio_wait.hung_tasks(0.1, set(), now=t0)]  # notes the wait
+        saved = lock._owner
+        lock._owner = None  # the window inside release()
+        polls.append(_aio_wait.hung_tasks(0.1, set(), now=t0 + 1))
+        lock._owner = saved  # release() goes on: the owner is back in view
+        polls.append(_aio_wait.hung_tasks(0.1, set(), now=t0 + 1.02))
+        # The same wait with no owner on two polls in a row is a hang.
+        lock._owner = None
+        polls.append(_aio_wait.hung_tasks(0.1, set(), now=t0 + 1.04))
+        polls.append(_aio_wait.hung_tasks(0.1, set(), now=t0 + 1.06))
+        lock._owner = saved
+        release.append(True)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return [[label for _t, label, _s, _k in poll] for poll in polls]
+
+    polls = finishes(main)
+    assert polls[:4] == [[], [], [], []], polls
+    assert len(polls[4]) == 1 and "Lock.acquire" in polls[4][0], polls

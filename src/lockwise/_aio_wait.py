@@ -787,6 +787,8 @@ def thread_name_of_loop() -> str:
 loops: Any = weakref.WeakSet()
 #: task -> (the future it waits on, since when): the identity of one wait.
 _since: Any = weakref.WeakKeyDictionary()
+#: task -> the uid of the wait that the last poll found hung, not yet reported.
+_suspected: Any = weakref.WeakKeyDictionary()
 _FOLLOWED = {os.path.join(_ASYNCIO_DIR, name)
              for name in ("locks.py", "queues.py", "taskgroups.py", "mixins.py")}
 
@@ -882,8 +884,10 @@ def hung_tasks(timeout: float, reported: set[Any],
         targets: Optional[set[int]] = None
         for task in tasks:
             fut = getattr(task, "_fut_waiter", None)
-            if fut is None or task.done():
+            # A done future: the task is woken and only waits for its turn.
+            if fut is None or task.done() or fut.done():
                 _since.pop(task, None)
+                _suspected.pop(task, None)
                 continue
             seen = _since.get(task)
             if seen is None or seen[0] is not fut:
@@ -898,8 +902,15 @@ def hung_tasks(timeout: float, reported: set[Any],
                 if targets is None:
                     targets = _timer_targets(loop)
                 if _acted_on(task, fut, targets) or _ender_runs(task, fut, targets):
+                    _suspected.pop(task, None)
                     continue
             except RuntimeError:  # a deque or set changed under this thread: next poll
+                continue
+            # These reads race the loop's thread: a lock between its owner's
+            # release and its first waiter's wake-up shows no owner for a moment.
+            # A wait is hung only when two consecutive polls find it so.
+            if _suspected.get(task) != seen[2]:
+                _suspected[task] = seen[2]
                 continue
             out.append((task, label, now - seen[1], seen[2]))
     return out
