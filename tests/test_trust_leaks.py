@@ -571,3 +571,49 @@ def test_interrupt_main_during_event_wait_in_thread_start() -> None:
                 t.join(10)
             t.join(10)
             assert not t.is_alive()
+
+
+class _PopThenRaise(list):  # type: ignore[type-arg]
+    """A held list whose ``pop``/``remove`` raise as they return, as a signal
+    handler may at a call's eval-breaker check (3.12+ checks after calls)."""
+
+    def pop(self, *args: Any) -> Any:
+        item = super().pop(*args)
+        raise Alarm()
+        return item  # pragma: no cover
+
+    def remove(self, item: Any) -> None:
+        super().remove(item)
+        raise Alarm()
+
+
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize("kind", KINDS_FILE)
+@pytest.mark.parametrize("how", ["with", "release"])
+def test_an_exception_as_the_held_entry_is_dropped_still_releases(kind: str, how: str) -> None:
+    from lockwise._state import current_state
+
+    lock = _make(kind)
+    if not hasattr(getattr(type(lock), "release" if how == "release" else "__exit__"),
+                   "__code__"):
+        pytest.skip("the C accelerator's release makes no Python-level call")
+    ts = current_state()
+    lock.acquire()
+    ts.held = _PopThenRaise(ts.held)
+    try:
+        with pytest.raises(Alarm):
+            if how == "with":
+                lock.__exit__(None, None, None)
+            else:
+                lock.release()
+    finally:
+        ts.held = list(ts.held)
+    if lock.locked():  # the exception must come after the whole release, or before it
+        assert lock.owner is threading.current_thread() and lock in lockwise.held_locks()
+        lock.release()
+    assert not lock.locked() and lock not in lockwise.held_locks()
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(lock.acquire(timeout=5)) or lock.release())
+    t.start()
+    t.join(10)
+    assert got == [True]

@@ -129,19 +129,21 @@ class FileLock(SharedLock):
             return
         self._count = 0
         held = ts.held  # _drop_held inlined: a call's entry is an eval-breaker check
-        if held and held[-1] is self:
-            held.pop()
-        elif self in held:
-            held.remove(self)
-        self._owner = None
-        try:  # both locks are given back whatever interrupts the bookkeeping
-            try:
-                self._store_call("remove_holder", self._key)
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        try:  # and so is a call's return (3.12+): from here on the release completes
+            if held and held[-1] is self:
+                held.pop()
+            elif self in held:
+                held.remove(self)
         finally:
-            self._inner_owner = None
-            self._inner.release()
+            self._owner = None
+            try:  # both locks are given back whatever interrupts the bookkeeping
+                try:
+                    self._store_call("remove_holder", self._key)
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                self._inner_owner = None
+                self._inner.release()
 
     def _give_back(self, ts: ThreadState, grant: Any) -> None:
         """Forget ``ts`` as the owner and unlock the file, in a finally: the
@@ -168,19 +170,21 @@ class FileLock(SharedLock):
             return
         self._count = 0
         held = ts.held  # _drop_held inlined (no call, as in release)
-        if held and held[-1] is self:
-            held.pop()
-        elif self in held:
-            held.remove(self)
-        self._owner = None
-        try:
-            try:
-                self._store_call("remove_holder", self._key)
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        try:  # a signal handler may raise as held.pop() returns: release anyway
+            if held and held[-1] is self:
+                held.pop()
+            elif self in held:
+                held.remove(self)
         finally:
-            self._inner_owner = None
-            self._inner.release()
+            self._owner = None
+            try:
+                try:
+                    self._store_call("remove_holder", self._key)
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                self._inner_owner = None
+                self._inner.release()
 
     def locked(self) -> bool:
         """True if any thread of any process holds the lock now."""
