@@ -273,7 +273,7 @@ def test_graph_data_reentered_while_an_edge_is_recorded() -> None:
         t = threading.Thread(target=body, daemon=True)
         t.start()
         t.join(5)
-        assert done.is_set(), "graph_data waited for its own thread"
+        assert done.is_set(), f"graph_data waited for its own thread:\n{_stacks()}"
         mine = [data for ident, data in got if ident == idents[0]]
         if mine:
             assert "edges" in mine[0]
