@@ -58,7 +58,12 @@ def test_blocked_threads_do_not_poll(monkeypatch: pytest.MonkeyPatch) -> None:
         thread.join(10)
     assert not any(t.is_alive() for t in threads)
     assert during < 100 * 8, during  # polling every 20 ms: ~7,500
-    assert scanned <= 10, scanned  # no thread changed its wait: the first scan holds
+    # No thread changed its wait: a scan's verdict holds for _RESCAN (0.5 s),
+    # so about 3 fall due in 1.5 s. Threads whose periodic checks land while
+    # the first of a round runs (without the GIL, or while it is descheduled
+    # under load) scan too: 21 were seen on 3.13t, pure, at load 7. Polling
+    # would be one per check (thousands).
+    assert scanned <= 60, scanned
 
 
 def test_stall_formed_by_an_exit_is_found_after_backing_off(runner: Any) -> None:
