@@ -265,12 +265,13 @@ def check(ts: ThreadState, pending: Pending) -> tuple[Pending, bool]:
     try:
         for extra in wait_checks:
             extra(ts)
-        cycle = _ownership_cycle(ts)
-        if cycle is _UNSETTLED:
+        walked = _ownership_cycle(ts)
+        if walked is _UNSETTLED:
             return _quiescence(ts, pending), False
-        if cycle is not None:
+        if walked is not None:
+            cycle = [t for t, _changes in walked]
             if _closer(ts, cycle) is ts:  # else the closer records it and raises
-                _deadlock(ts, cycle, rule="cycle")
+                _deadlock(ts, cycle, rule="cycle", seen=[c for _t, c in walked])
             return None, True
         stall = _quiescence(ts, pending)
         if unproven_hook is not None:
@@ -456,11 +457,12 @@ def _closer(me: ThreadState, cycle: list[ThreadState]) -> ThreadState:
 
 
 #: Returned by ``_ownership_cycle`` when the path changed between two reads.
-_UNSETTLED: list[ThreadState] = []
+_UNSETTLED: list[tuple[ThreadState, int]] = []
 
 
-def _ownership_cycle(me: ThreadState) -> Optional[list[ThreadState]]:
-    """The threads of the cycle through ``me``, None, or ``_UNSETTLED``."""
+def _ownership_cycle(me: ThreadState) -> Optional[list[tuple[ThreadState, int]]]:
+    """The cycle through ``me`` as (thread, its ``changes`` when read) pairs,
+    None, or ``_UNSETTLED``."""
     first = _walk(me)
     if first is None:
         return None
@@ -468,7 +470,7 @@ def _ownership_cycle(me: ThreadState) -> Optional[list[ThreadState]]:
     second = _walk(me)
     if second != first:
         return _UNSETTLED
-    return [ts for ts, _changes in first]
+    return first
 
 
 def _wakes_nothing(handler: Any) -> bool:
@@ -668,25 +670,34 @@ def _victim_rank(entry: tuple[ThreadState, int, Any]) -> tuple[int, int, float]:
 
 
 def _deadlock(me: ThreadState, threads: list[ThreadState], rule: str,
-              victim: Optional[ThreadState] = None) -> None:
+              victim: Optional[ThreadState] = None,
+              seen: Optional[list[int]] = None) -> None:
     """Record the deadlock once per formation; make the victim (``me`` by
     default) raise.
 
     The key is the formation of the waits: each thread's ``uid`` (never
     reused, unlike idents) and ``changes`` (bumped by every wait
-    registration). Threads that detect one formation concurrently build the
-    same key, and ``record`` admits it once, so one thread raises; the same
-    deadlock formed again (fresh threads and locks, or a retry after
-    DeadlockError) has new ``changes`` and raises again.
+    registration), as ``seen`` when the cycle was read (else now). Threads
+    that detect one formation concurrently build the same key, and
+    ``record`` admits it once, so one thread raises; the same deadlock formed
+    again (fresh threads and locks, or a retry after DeadlockError) has new
+    ``changes`` and raises again.
     """
     victim = victim or me
-    key = ("deadlock", frozenset((ts.uid, ts.changes) for ts in threads))
+    if seen is None:
+        seen = [ts.changes for ts in threads]
+    key = ("deadlock", frozenset(zip([ts.uid for ts in threads], seen)))
     if _findings.is_known(key):
         return
-    # ``changes`` is read before ``waiting``: a thread that left this wait
-    # (the victim of this very formation, raising) shows ``waiting`` None here
-    # whatever ``changes`` value went into the key.
-    if any(ts.alive and ts.waiting is None for ts in threads):
+    # The formation must still stand. A thread leaving a wait (the victim of
+    # this very formation, raising, too) clears ``waiting``, then bumps
+    # ``changes``: one that left since the cycle was read shows either.
+    # Without the GIL the other thread of an AB/BA may raise, release and
+    # exit between this thread's read of the cycle and this line; its
+    # ``alive`` is then False and ``changes`` is what tells (seen on 3.13t:
+    # DeadlockError in both threads).
+    if any(ts.changes != c or (ts.alive and ts.waiting is None)
+           for ts, c in zip(threads, seen)):
         return
     finding = build_finding(threads, rule, victim, key)
     raising = victim is me and settings.on_deadlock == "raise"
