@@ -253,6 +253,76 @@ def _mixed_cycle(tmp_path: Any) -> None:
     assert sorted(o.split()[1] for o in outcomes) == ["deadlock", "ok"], outcomes
 
 
+def _hold_f_then_wait_g(fpath: str, gpath: str, ready: Any, go: Any) -> None:
+    f, g = lockwise.FileLock(fpath), lockwise.FileLock(gpath)
+    with f:
+        ready.set()
+        if not go.wait(20):
+            os._exit(4)
+        try:
+            with g:
+                pass
+        except lockwise.DeadlockError:
+            os._exit(3)
+    os._exit(0)
+
+
+def test_a_link_through_a_bare_acquire_is_no_edge_across_processes(tmp_path: Any,
+                                                                   shared: str) -> None:
+    """The main thread took a local Lock by acquire() (a hand-off: a third
+    thread releases it later) and waits for F, held by another process, which
+    waits for G, held by T1, which waits for the local Lock. Not a deadlock:
+    the third thread's release ends it. The link T1 -> main used to be
+    published like a with-block's and closed a false cycle across processes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    fpath, gpath = str(tmp_path / "f.lock"), str(tmp_path / "g.lock")
+    local = lockwise.Lock()
+    g = lockwise.FileLock(gpath)
+    ready, go = ctx.Event(), ctx.Event()
+    t1_waiting = threading.Event()
+    outcomes: list[str] = []
+    local.acquire()
+    proc = ctx.Process(target=_hold_f_then_wait_g, args=(fpath, gpath, ready, go))
+    proc.start()
+
+    def t1() -> None:
+        with g:
+            t1_waiting.set()
+            with local:
+                outcomes.append("t1 ok")
+
+    def opener() -> None:
+        time.sleep(1.5)  # every wait registered and checked more than twice
+        local.release()
+
+    threads = [threading.Thread(target=t1), threading.Thread(target=opener)]
+    try:
+        assert ready.wait(20)
+        threads[0].start()
+        assert t1_waiting.wait(20)
+        go.set()
+        threads[1].start()
+        f = lockwise.FileLock(fpath)
+        try:
+            with f:
+                outcomes.append("main ok")
+        except lockwise.DeadlockError as exc:
+            outcomes.append(f"main deadlock: {exc}")
+    finally:
+        go.set()
+        for t in threads:
+            if t.ident is not None:
+                t.join(20)
+        proc.join(20)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+    assert proc.exitcode == 0, (proc.exitcode, outcomes)
+    assert sorted(outcomes) == ["main ok", "t1 ok"]
+
+
 def test_filelock_wait_backs_off_while_the_store_is_off(tmp_path: Any, shared: str,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """With detection off (an unfit or stalled store), a blocked FileLock still

@@ -78,6 +78,30 @@ def _asyncio_hook(installing: bool) -> None:
 
 
 _install.add_install_hook(_asyncio_hook)
+
+
+def _patch_multiprocessing(installing: bool) -> None:
+    from . import _mp
+
+    _mp.patch(installing)
+
+
+def _multiprocessing_hook(installing: bool) -> None:
+    """install()/uninstall() cover multiprocessing's Lock and RLock (``_mp``):
+    at once if ``multiprocessing.synchronize`` is imported, else when it is
+    (``ctx.Lock()`` imports it on first use)."""
+    name = "multiprocessing.synchronize"
+    if not installing:
+        _install.cancel_when_imported(name)
+        if "lockwise._mp" in sys.modules:
+            _patch_multiprocessing(False)
+    elif name in sys.modules:
+        _patch_multiprocessing(True)
+    else:
+        _install.when_imported(name, lambda: _patch_multiprocessing(_install.is_installed()))
+
+
+_install.add_install_hook(_multiprocessing_hook)
 # Module-lock waits (imports) in the wait-for relation while installed.
 _install.add_install_hook(_imports.install_hook)
 

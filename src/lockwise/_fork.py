@@ -72,6 +72,8 @@ def _before() -> None:
             if ts is mine or not ts.alive:
                 continue
             for lock in list(ts.held):
+                if getattr(lock, "_cross_process", False):
+                    continue  # a multiprocessing lock: its holder releases it in the parent
                 if getattr(lock, "_owner", None) is ts:  # not released meanwhile
                     held.append((lock, ts, getattr(lock, "_acq", None), ts.name))
         if not held:

@@ -76,6 +76,7 @@ from ._errors import DeadlockError, PotentialDeadlockError
 from ._findings import Finding, FrameInfo, LockRef, StackInfo
 from ._sites import thread_name, user_stack
 from ._state import ThreadState, states
+from ._waitfor import ANY_THREAD, release_evidence
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
 if TYPE_CHECKING:
@@ -108,6 +109,17 @@ def parse_participant(who: str) -> tuple[str, int, int]:
 
 pid_alive = _files.pid_alive
 
+#: The lock type in reports, by key prefix (``file:``, ``mp:Lock:``...).
+_TYPES = {"file": "FileLock", "mp": "multiprocessing"}
+
+
+def type_of(key: str) -> str:
+    """The type of the shared lock ``key`` names, for reports."""
+    prefix, _, rest = key.partition(":")
+    if prefix == "mp":
+        return "multiprocessing." + rest.partition(":")[0]
+    return _TYPES.get(prefix, "FileLock")
+
 
 def local_links(skip: Any = None) -> list[tuple[str, str, str, str]]:
     """Waits of this process's threads on *local* locks, as thread -> thread.
@@ -127,10 +139,12 @@ def local_links(skip: Any = None) -> list[tuple[str, str, str, str]]:
             target_ts = getattr(res, "_owner", None)
             if hasattr(res, "thread") and hasattr(res, "_join"):  # a join
                 target_ts = states.get(res.thread.ident or 0)
-            elif target_ts is not None:
-                site = getattr(res, "_site", None)
-                if site is None or (site.signal and not hasattr(res, "_count")):
-                    continue
+            # Only a lock that nobody but its owner will release is an edge
+            # (see _waitfor.release_evidence): not one taken by a bare acquire()
+            # (maybe a hand-off) or seen released by another thread.
+            elif target_ts is not None and (getattr(res, "_site", None) is None
+                                            or release_evidence(res) == ANY_THREAD):
+                continue
         if not isinstance(target_ts, ThreadState) or target_ts is ts or not target_ts.alive:
             continue
         site = getattr(res, "_site", None)
@@ -286,6 +300,8 @@ CREATE TABLE IF NOT EXISTS waits(
 CREATE TABLE IF NOT EXISTS order_edges(
     a TEXT, b TEXT, a_name TEXT, b_name TEXT, a_site TEXT, b_site TEXT, host TEXT,
     pid INTEGER, thread TEXT, PRIMARY KEY (a, b));
+CREATE TABLE IF NOT EXISTS lazy_holders(
+    lock TEXT PRIMARY KEY, who TEXT, host TEXT, pid INTEGER, evidence INTEGER);
 CREATE INDEX IF NOT EXISTS holders_pid ON holders(host, pid);
 CREATE INDEX IF NOT EXISTS waits_pid ON waits(host, pid);
 """
@@ -407,6 +423,7 @@ class SQLiteStore:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
                     conn.execute("DELETE FROM holders WHERE host=? AND pid=?", (HOST, me))
+                    conn.execute("DELETE FROM lazy_holders WHERE host=? AND pid=?", (HOST, me))
                     conn.execute("DELETE FROM waits WHERE host=? AND (pid=? OR publisher=?)",
                                  (HOST, me, me))
                 except BaseException:
@@ -473,6 +490,7 @@ class SQLiteStore:
         for pid in pids:
             if pid is not None and not pid_alive(pid):
                 c.execute("DELETE FROM holders WHERE host=? AND pid=?", (HOST, pid))
+                c.execute("DELETE FROM lazy_holders WHERE host=? AND pid=?", (HOST, pid))
                 c.execute("DELETE FROM waits WHERE host=? AND (pid=? OR publisher=?)",
                           (HOST, pid, pid))
 
@@ -532,7 +550,7 @@ class SQLiteStore:
                 used_links = True
                 nxt = target
             path.append({"who": cur, "thread": thread, "kind": kind, "key": target,
-                         "name": name, "site": site, "holder": nxt, "type": "FileLock"})
+                         "name": name, "site": site, "holder": nxt, "type": type_of(target)})
             if nxt == me:
                 return path, used_links
             if nxt in seen:
@@ -545,11 +563,90 @@ class SQLiteStore:
         out: dict[str, list[dict[str, Any]]] = {}
         c = self._conn()
         for who in whos:
-            out[who] = [{"name": n, "site": s, "acquired_at": a, "key": k, "type": "FileLock"}
+            out[who] = [{"name": n, "site": s, "acquired_at": a, "key": k, "type": type_of(k)}
                         for k, n, s, a in c.execute(
                             "SELECT lock, name, site, acquired_at FROM holders WHERE who=?",
                             (who,))]
         return out
+
+    # -- holders published by their waits (multiprocessing locks: _mp)
+
+    def wait_holding(self, key: str, name: str, site: str,
+                     holds: list[tuple[str, str, str, str, int]], skip: Any = None
+                     ) -> Optional[tuple[list[dict[str, Any]], bool, bool]]:
+        """:meth:`wait` (untimed) for a lock whose holders are not in the store
+        until they wait themselves: the caller's held locks of that kind
+        (``holds``: key, name, site, acquired_at, evidence) are published in the
+        same transaction, as *lazy* holders that :meth:`end_wait_holding`
+        removes with the wait. While its wait row stands, the caller's thread
+        is blocked and cannot release them; a release by another thread or
+        process removes the row first (:meth:`drop_lazy_holder`).
+
+        Returns (cycle path, uses links, provable) or None. ``provable`` is
+        False when a lazy holder on the cycle took its lock by a bare
+        ``acquire()`` (evidence 0, ``_waitfor.ANY_THREAD``): another process
+        may still release it (a hand-off), so the caller does not raise, and
+        its wait stays registered.
+        """
+        who = participant()
+        me = os.getpid()
+        thread = thread_name(threading.get_ident())
+        links = local_links(skip)
+        now = time.time()
+        with self.tx() as c:
+            self._clean_dead(c)
+            self._drop_lazy(c, who)
+            for hkey, hname, hsite, hat, evidence in holds:
+                c.execute("INSERT OR REPLACE INTO holders VALUES (?,?,?,?,?,?,?,?,?)",
+                          (hkey, hname, who, HOST, me, thread, hsite, hat, now))
+                c.execute("INSERT OR REPLACE INTO lazy_holders VALUES (?,?,?,?,?)",
+                          (hkey, who, HOST, me, int(evidence)))
+            c.execute("DELETE FROM waits WHERE host=? AND publisher=? AND kind='thread'",
+                      (HOST, me))
+            for lwho, lthread, target, lname in links:
+                if lwho == who:
+                    continue
+                c.execute("INSERT OR IGNORE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                          (lwho, HOST, me, lthread, "thread", target, lname, "", 0, me, now))
+            c.execute("INSERT OR REPLACE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                      (who, HOST, me, thread, "lock", key, name, site, 0, me, now))
+            found = self._walk(c, who)
+            if found is None:
+                return None
+            path, used_links = found
+            provable = True
+            for step in path:
+                if step["kind"] != "lock":
+                    continue
+                row = c.execute("SELECT evidence FROM lazy_holders WHERE lock=?",
+                                (step["key"],)).fetchone()
+                if row is not None and not row[0]:
+                    provable = False
+            if provable and not used_links:
+                c.execute("DELETE FROM waits WHERE who=?", (who,))  # as in wait()
+            return path, used_links, provable
+
+    def _drop_lazy(self, c: sqlite3.Connection, who: str) -> None:
+        c.execute("DELETE FROM holders WHERE who=? AND lock IN "
+                  "(SELECT lock FROM lazy_holders WHERE who=?)", (who, who))
+        c.execute("DELETE FROM lazy_holders WHERE who=?", (who,))
+
+    def end_wait_holding(self) -> None:
+        """End the caller's wait and withdraw the holders it published."""
+        who = participant()
+        with self.tx() as c:
+            self._drop_lazy(c, who)
+            c.execute("DELETE FROM waits WHERE who=?", (who,))
+            c.execute("DELETE FROM waits WHERE host=? AND publisher=? AND kind='thread'",
+                      (HOST, os.getpid()))
+
+    def drop_lazy_holder(self, key: str) -> None:
+        """``key`` is released by a thread that is not its publishing holder."""
+        with self.tx() as c:
+            row = c.execute("SELECT who FROM lazy_holders WHERE lock=?", (key,)).fetchone()
+            if row is not None:
+                c.execute("DELETE FROM holders WHERE lock=? AND who=?", (key, row[0]))
+                c.execute("DELETE FROM lazy_holders WHERE lock=?", (key,))
 
     def end_wait(self) -> None:
         who = participant()

@@ -29,6 +29,9 @@
 #include <time.h>
 #ifdef MS_WINDOWS
 #include <windows.h>
+#else
+#include <errno.h>
+#include <semaphore.h>
 #endif
 
 #if PY_VERSION_HEX < 0x030A0000
@@ -646,10 +649,18 @@ static PyTypeObject InnerLock_Type = {
     .tp_new = innerlock_new,
 };
 
+/* lockwise._mp's raw lock (defined below, with the module's other types). */
+static PyTypeObject SemInner_Type;
+static int seminner_try(PyObject *op);
+static int seminner_give(PyObject *op);
+static void seminner_set_with(PyObject *op);
+
 /* inner.acquire(False): 1 acquired, 0 not, -1 error. */
 static int
 inner_try(PyObject *inner)
 {
+    if (Py_IS_TYPE(inner, &SemInner_Type))
+        return seminner_try(inner);
     if (Py_IS_TYPE(inner, &InnerLock_Type)) {  /* no method call: the hot path */
         InnerLockObject *il = (InnerLockObject *)inner;
         if (PyThread_acquire_lock_timed(il->lock, 0, 0) != PY_LOCK_ACQUIRED)
@@ -680,6 +691,8 @@ inner_try(PyObject *inner)
 static int
 inner_release(PyObject *inner)
 {
+    if (Py_IS_TYPE(inner, &SemInner_Type))
+        return seminner_give(inner);
     if (Py_IS_TYPE(inner, &InnerLock_Type)) {
         InnerLockObject *il = (InnerLockObject *)inner;
         if (!inner_claim(il)) {
@@ -1295,6 +1308,8 @@ lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int f
         Py_DECREF(ts);
         if (rc < 0)
             return NULL;
+        if (in_with && Py_IS_TYPE(self->inner, &SemInner_Type))
+            seminner_set_with(self->inner);
         Py_RETURN_TRUE;
     }
     return call_slow(self, blocking, timeout, 0, in_with);
@@ -1859,6 +1874,291 @@ speedups_setup_rlock(PyObject *Py_UNUSED(module), PyObject *args)
     Py_RETURN_NONE;
 }
 
+
+/* ------------------------------------------------------------------ SemInner
+ *
+ * The raw lock under lockwise._mp's MPLock and MPRLock: a multiprocessing
+ * semaphore (its bound acquire/release) with the holder's slot in shared
+ * memory (int64 pid, thread ident, count, with-flag, process start time),
+ * written as the semaphore is taken and cleared before it is given back.
+ * lockwise._mp.SemInner is the reference; this one saves the Python frames
+ * on the uncontended path. A blocking acquire that does not succeed at once,
+ * and a release by a thread that is not the recorded holder, call the
+ * Python functions given to setup_mp(). The slot is only written by the
+ * holder (and cleared by the releaser); other processes read it for reports.
+ */
+
+enum { SLOT_PID, SLOT_IDENT, SLOT_GEN, SLOT_WITH, SLOT_START, SLOT_N };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *sem_acquire, *sem_release, *is_zero;
+    PyObject *lock_ref;      /* weakref to the MPLock (exposed as _lock) */
+    Py_buffer view;          /* the slot's buffer, held for our lifetime */
+    int64_t *slot;
+#ifndef MS_WINDOWS
+    sem_t *handle;           /* the POSIX semaphore (sem.handle), or NULL */
+#endif
+    PyObject *weakreflist;
+} SemInnerObject;
+
+static PyObject *g_mp_wait, *g_mp_foreign;  /* _mp.wait, _mp.released_by_another */
+static int64_t g_mp_pid, g_mp_start;        /* this process (set again after fork) */
+
+static PyObject *
+seminner_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *sem, *slot, *lock;
+    static char *kwlist[] = {"sem", "slot", "lock", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:SemInner", kwlist, &sem, &slot, &lock))
+        return NULL;
+    SemInnerObject *self = (SemInnerObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(slot, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (self->view.len < (Py_ssize_t)(SLOT_N * sizeof(int64_t))
+        || ((uintptr_t)self->view.buf % sizeof(int64_t)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "SemInner: the slot is too small or not aligned");
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->slot = (int64_t *)self->view.buf;
+    if ((self->sem_acquire = PyObject_GetAttrString(sem, "acquire")) == NULL
+        || (self->sem_release = PyObject_GetAttrString(sem, "release")) == NULL
+        || (self->is_zero = PyObject_GetAttrString(sem, "_is_zero")) == NULL
+        || (self->lock_ref = PyWeakref_NewRef(lock, NULL)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+#ifndef MS_WINDOWS
+    /* The try and the release call the semaphore directly (no method call);
+     * a blocking wait goes through sem.acquire, which handles signals. Only
+     * for a plain semaphore: a recursive one counts its owner's acquisitions
+     * in the SemLock object, which these calls would bypass. */
+    PyObject *kind = PyObject_GetAttrString(sem, "kind");
+    PyObject *handle = kind ? PyObject_GetAttrString(sem, "handle") : NULL;
+    if (kind != NULL && handle != NULL && PyLong_Check(kind) && PyLong_AsLong(kind) == 1)
+        self->handle = (sem_t *)PyLong_AsVoidPtr(handle);  /* SEMAPHORE == 1 */
+    Py_XDECREF(kind);
+    Py_XDECREF(handle);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        self->handle = NULL;
+    }
+#endif
+    return (PyObject *)self;
+}
+
+static void
+seminner_dealloc(SemInnerObject *self)
+{
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    Py_XDECREF(self->sem_acquire);
+    Py_XDECREF(self->sem_release);
+    Py_XDECREF(self->is_zero);
+    Py_XDECREF(self->lock_ref);
+    if (self->slot != NULL)
+        PyBuffer_Release(&self->view);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void
+seminner_mark(SemInnerObject *self)
+{
+    int64_t *slot = self->slot;
+    slot[SLOT_IDENT] = (int64_t)PyThread_get_thread_ident();
+    slot[SLOT_WITH] = 0;
+    slot[SLOT_START] = g_mp_start;
+    slot[SLOT_GEN] += 1;
+    slot[SLOT_PID] = g_mp_pid;
+}
+
+/* sem.acquire(block[, timeout]) -> 1 taken (slot marked), 0 not, -1 error. */
+static int
+seminner_take(SemInnerObject *self, PyObject *block, PyObject *timeout)
+{
+    PyObject *args[2] = {block, timeout};
+    PyObject *res = PyObject_Vectorcall(self->sem_acquire, args, timeout ? 2 : 1, NULL);
+    if (res == NULL)
+        return -1;
+    int got = (res == Py_True) ? 1 : PyObject_IsTrue(res);
+    Py_DECREF(res);
+    if (got == 1)
+        seminner_mark(self);
+    return got;
+}
+
+static PyObject *
+seminner_acquire(SemInnerObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
+{
+    PyObject *blocking, *timeout;
+    int fast;
+    if (parse_args(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
+        return NULL;
+    int got = seminner_try((PyObject *)self);
+    if (got != 0)
+        return got < 0 ? NULL : Py_NewRef(Py_True);
+    int blk = PyObject_IsTrue(blocking);
+    if (blk <= 0)
+        return blk < 0 ? NULL : Py_NewRef(Py_False);
+    if (g_mp_wait == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup_mp() was not called");
+        return NULL;
+    }
+    PyObject *wargs[2] = {(PyObject *)self, timeout};
+    return PyObject_Vectorcall(g_mp_wait, wargs, 2, NULL);
+}
+
+static PyObject *
+seminner_take_method(SemInnerObject *self, PyObject *timeout)
+{
+    int got = seminner_take(self, Py_True, timeout);
+    return got < 0 ? NULL : PyBool_FromLong(got);
+}
+
+static int
+seminner_try(PyObject *op)
+{
+    SemInnerObject *self = (SemInnerObject *)op;
+#ifndef MS_WINDOWS
+    if (self->handle != NULL) {
+        int r;
+        do {
+            r = sem_trywait(self->handle);
+        } while (r < 0 && errno == EINTR);
+        if (r == 0) {
+            seminner_mark(self);
+            return 1;
+        }
+        if (errno == EAGAIN)
+            return 0;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+#endif
+    return seminner_take(self, Py_False, NULL);
+}
+
+/* The release: refused as multiprocessing refuses it (a lock released too
+ * many times), else the store is told when the releaser is not the recorded
+ * holder, the slot is cleared, and the semaphore posted. 0, or -1 with an
+ * exception and nothing changed. */
+static int
+seminner_give(PyObject *op)
+{
+    SemInnerObject *self = (SemInnerObject *)op;
+    int64_t *slot = self->slot;
+#ifndef MS_WINDOWS
+    if (self->handle != NULL) {
+        int value;
+        if (sem_getvalue(self->handle, &value) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (value >= 1) {
+            PyErr_SetString(PyExc_ValueError, "semaphore or lock released too many times");
+            return -1;
+        }
+    }
+#endif
+    if (slot[SLOT_PID] != g_mp_pid
+        || slot[SLOT_IDENT] != (int64_t)PyThread_get_thread_ident()) {
+        if (g_mp_foreign != NULL) {
+            PyObject *r = PyObject_CallOneArg(g_mp_foreign, op);
+            if (r == NULL)
+                PyErr_Clear();  /* reported by the callback itself; release anyway */
+            Py_XDECREF(r);
+        }
+    }
+    slot[SLOT_PID] = 0;
+#ifndef MS_WINDOWS
+    if (self->handle != NULL) {
+        if (sem_post(self->handle) < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        return 0;
+    }
+#endif
+    PyObject *r = PyObject_CallNoArgs(self->sem_release);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static void
+seminner_set_with(PyObject *op)
+{
+    ((SemInnerObject *)op)->slot[SLOT_WITH] = 1;
+}
+
+static PyObject *
+seminner_release(SemInnerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (seminner_give((PyObject *)self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+seminner_locked(SemInnerObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = PyObject_CallNoArgs(self->is_zero);
+    if (r == NULL)
+        return NULL;
+    int z = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return z < 0 ? NULL : PyBool_FromLong(z);
+}
+
+static PyMethodDef seminner_methods[] = {
+    {"acquire", (PyCFunction)(void (*)(void))seminner_acquire, METH_FASTCALL | METH_KEYWORDS,
+     "acquire(blocking=True, timeout=-1) -> bool"},
+    {"release", (PyCFunction)seminner_release, METH_NOARGS, "Release the semaphore."},
+    {"locked", (PyCFunction)seminner_locked, METH_NOARGS, "Whether the semaphore is taken."},
+    {"take", (PyCFunction)seminner_take_method, METH_O,
+     "take(timeout) -> bool: wait for the semaphore (None: forever), mark the slot."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef seminner_members[] = {
+    {"_lock", T_OBJECT_EX, offsetof(SemInnerObject, lock_ref), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject SemInner_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "lockwise._speedups.SemInner",
+    .tp_basicsize = sizeof(SemInnerObject),
+    .tp_dealloc = (destructor)seminner_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SemInner(sem, slot, lock): the raw lock under lockwise._mp's locks.",
+    .tp_weaklistoffset = offsetof(SemInnerObject, weakreflist),
+    .tp_methods = seminner_methods,
+    .tp_members = seminner_members,
+    .tp_new = seminner_new,
+};
+
+static PyObject *
+speedups_setup_mp(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *wait, *foreign;
+    long long pid, start;
+    if (!PyArg_ParseTuple(args, "OOLL:setup_mp", &wait, &foreign, &pid, &start))
+        return NULL;
+    Py_XSETREF(g_mp_wait, Py_NewRef(wait));
+    Py_XSETREF(g_mp_foreign, Py_NewRef(foreign));
+    g_mp_pid = pid;
+    g_mp_start = start;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"new_rlock", speedups_new_rlock, METH_O,
      "new_rlock(frame) -> a new RLock whose creation site is the first user frame "
@@ -1866,6 +2166,9 @@ static PyMethodDef module_methods[] = {
     {"setup_rlock", speedups_setup_rlock, METH_VARARGS,
      "setup_rlock(RLock, by_offset, site_of): the class new_rlock makes and the site "
      "cache it reads (called once by lockwise._primitives)."},
+    {"setup_mp", speedups_setup_mp, METH_VARARGS,
+     "setup_mp(wait, released_by_another, pid, start): lockwise._mp's slow paths and "
+     "this process's pid and start time (called again after fork)."},
     {"set_quiet_wait", speedups_set_quiet_wait, METH_O,
      "set_quiet_wait(us) -> previous: how long a contended acquire waits in C "
      "before the slow path (0: not at all)."},
@@ -1908,7 +2211,7 @@ PyInit__speedups(void)
     if ((s_minus_one = PyLong_FromLong(-1)) == NULL)
         return NULL;
     if (PyType_Ready(&LockBase_Type) < 0 || PyType_Ready(&RLockBase_Type) < 0
-        || PyType_Ready(&InnerLock_Type) < 0)
+        || PyType_Ready(&InnerLock_Type) < 0 || PyType_Ready(&SemInner_Type) < 0)
         return NULL;
     if (g_allocate_lock == NULL) {
         PyObject *thread = PyImport_ImportModule("_thread");
@@ -1933,6 +2236,12 @@ PyInit__speedups(void)
     Py_INCREF(&InnerLock_Type);
     if (PyModule_AddObject(m, "InnerLock", (PyObject *)&InnerLock_Type) < 0) {
         Py_DECREF(&InnerLock_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SemInner_Type);
+    if (PyModule_AddObject(m, "SemInner", (PyObject *)&SemInner_Type) < 0) {
+        Py_DECREF(&SemInner_Type);
         Py_DECREF(m);
         return NULL;
     }

@@ -532,12 +532,25 @@ def _in_shutdown(frame: Any) -> bool:
 _runner_hint = 0
 
 
+#: The lock types shared with other processes (``_mp`` adds multiprocessing's
+#: when it is imported): empty, the check below costs nothing.
+cross_process_types: tuple[type, ...] = ()
+
+
+def _released_from_outside(res: Any) -> bool:
+    """Is ``res`` a lock shared with other processes (a multiprocessing lock,
+    ``_mp``) that one of them may release: one taken by a bare ``acquire()``
+    (a hand-off)? Then a wait on it may end whatever this process does."""
+    types = cross_process_types
+    return bool(types) and isinstance(res, types) and release_evidence(res) == ANY_THREAD
+
+
 def _runs(ts: Optional[ThreadState]) -> bool:
     """Can the thread of ``ts`` run, as far as its registered wait says?"""
     if ts is None:
         return True  # unknown to lockwise: it can run
     res = ts.waiting
-    return res is None or ts.wait_timed or not _valid(res)
+    return res is None or ts.wait_timed or not _valid(res) or _released_from_outside(res)
 
 
 def _one_runs() -> bool:
@@ -590,7 +603,7 @@ def _scan() -> Optional[list[tuple[ThreadState, int, Any]]]:
             return None
         changes = ts.changes
         res = ts.waiting
-        if res is None or ts.wait_timed or not _valid(res):
+        if res is None or ts.wait_timed or not _valid(res) or _released_from_outside(res):
             if ident == main_ident and res is None and _in_shutdown(frame):
                 continue
             return None

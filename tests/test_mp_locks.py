@@ -1,0 +1,444 @@
+"""multiprocessing's Lock and RLock under lockwise (``_mp``): real processes,
+under each start method, every wait bounded."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import lockwise
+from lockwise import _mp
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork, forkserver and /proc")
+
+METHODS = ["fork", "spawn", "forkserver"]
+
+
+@pytest.fixture
+def shared(tmp_path: Any, monkeypatch: Any) -> Any:
+    """A private shared store for this test, in this process and its children."""
+    directory = str(tmp_path / "store")
+    monkeypatch.setenv("LOCKWISE_SHARED_DIR", directory)
+    old = lockwise.configure(shared_dir=directory)
+    lockwise.install()
+    try:
+        yield directory
+    finally:
+        lockwise.uninstall()
+        lockwise.configure(**old)
+
+
+def _finish(*procs: Any, timeout: float = 30) -> list[int]:
+    codes = []
+    for p in procs:
+        p.join(timeout)
+        if p.is_alive():
+            p.kill()
+            p.join(10)
+            raise AssertionError(f"{p.name} did not finish in {timeout}s")
+        codes.append(p.exitcode)
+    return codes
+
+
+# ---------------------------------------------------------------- children (module level: spawn)
+
+def _abba_child(first: Any, second: Any, mine: Any, other: Any) -> None:
+    with first:
+        mine.set()
+        if not other.wait(20):
+            sys.exit(4)
+        try:
+            with second:
+                pass
+        except lockwise.DeadlockError:
+            sys.exit(3)
+    sys.exit(0)
+
+
+def _bare_then_with(first: Any, second: Any, mine: Any, other: Any) -> None:
+    """Takes ``first`` by a bare acquire() (which another process may
+    release), then waits for ``second``."""
+    first.acquire()
+    mine.set()
+    if not other.wait(20):
+        sys.exit(4)
+    try:
+        with second:
+            pass
+    except lockwise.DeadlockError:
+        sys.exit(3)
+    sys.exit(0)
+
+
+def _with_then_bare(first: Any, second: Any, mine: Any, other: Any) -> None:
+    with first:
+        mine.set()
+        if not other.wait(20):
+            sys.exit(4)
+        try:
+            second.acquire()
+        except lockwise.DeadlockError:
+            sys.exit(3)
+        second.release()
+    sys.exit(0)
+
+
+def _die_holding(lock: Any, in_with: bool) -> None:
+    if in_with:
+        with lock:
+            os._exit(0)
+    lock.acquire()
+    os._exit(0)
+
+
+def _take_and_report(lock: Any, done: Any) -> None:
+    try:
+        with lock:
+            done.set()
+    except lockwise.DeadlockError:
+        sys.exit(3)
+    sys.exit(0)
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_abba_between_two_processes_raises_in_one_and_both_finish(
+        shared: str, method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    a, b = ctx.Lock(), ctx.Lock()
+    assert isinstance(a, _mp.MPLock)
+    ready1, ready2 = ctx.Event(), ctx.Event()
+    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2), name="P1")
+    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1), name="P2")
+    p1.start()
+    p2.start()
+    codes = _finish(p1, p2)
+    assert sorted(codes) == [0, 3], codes
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rlock_abba_between_two_processes(shared: str, method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    a, b = ctx.RLock(), ctx.RLock()
+    assert isinstance(a, _mp.MPRLock)
+    ready1, ready2 = ctx.Event(), ctx.Event()
+    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2), name="P1")
+    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1), name="P2")
+    p1.start()
+    p2.start()
+    assert sorted(_finish(p1, p2)) == [0, 3]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_cycle_through_a_bare_acquire_is_not_raised_and_a_hand_off_ends_it(
+        shared: str, method: str) -> None:
+    """P1 took ``a`` by acquire() and waits for ``b``; P2 holds ``b`` and
+    waits for ``a``. This process may still release ``a`` (any process may
+    release a multiprocessing.Lock), and does: both finish, neither raises."""
+    ctx = multiprocessing.get_context(method)
+    a, b = ctx.Lock(), ctx.Lock()
+    ready1, ready2 = ctx.Event(), ctx.Event()
+    p1 = ctx.Process(target=_bare_then_with, args=(a, b, ready1, ready2), name="P1")
+    p2 = ctx.Process(target=_with_then_bare, args=(b, a, ready2, ready1), name="P2")
+    p1.start()
+    p2.start()
+    try:
+        assert ready1.wait(20) and ready2.wait(20)
+        time.sleep(1.5)  # both blocked, registered and checked several times
+        assert p1.is_alive() and p2.is_alive(), (p1.exitcode, p2.exitcode)
+        a.release()  # the hand-off
+    finally:
+        codes = _finish(p1, p2)
+    assert codes == [0, 0]
+
+
+def test_an_interrupted_wait_leaves_nothing_in_the_store(shared: str) -> None:
+    """A signal handler's exception ends a registered wait: its wait row and
+    the holders it published go with it (else a stale row could close a
+    false cycle for another process)."""
+    import signal
+
+    from lockwise._shared_store import store_for
+
+    ctx = multiprocessing.get_context("fork")
+    lock, mine = ctx.Lock(), ctx.Lock()
+    gate = ctx.Event()
+    p = ctx.Process(target=_hold_until, args=(lock, gate))
+    p.start()
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    store = store_for(None)
+    seen: list[Any] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # what other processes see while the main thread waits
+        while not stop.wait(0.02):
+            seen.extend(r for r in store.waits() + store.holders() if r["pid"] == os.getpid())
+
+    old = signal.signal(signal.SIGALRM, handler)
+    watcher = threading.Thread(target=watch)
+    try:
+        assert gate.wait(20)
+        watcher.start()
+        with mine:
+            signal.setitimer(signal.ITIMER_REAL, 0.6)
+            with pytest.raises(Interrupted):
+                lock.acquire()
+        stop.set()
+        watcher.join(10)
+        assert {r.get("lock", r.get("target")) for r in seen} == {lock._key, mine._key}
+        assert [r for r in store.waits() + store.holders() if r["pid"] == os.getpid()] == []
+    finally:
+        stop.set()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        p.kill()
+        _finish(p)
+        if watcher.ident is not None:
+            watcher.join(10)
+
+
+def _hold_until(lock: Any, gate: Any) -> None:
+    with lock:
+        gate.set()
+        time.sleep(30)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_holder_that_died_in_a_with_block_is_a_deadlock_naming_its_pid(
+        shared: str, method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    lock = ctx.Lock()
+    p = ctx.Process(target=_die_holding, args=(lock, True))
+    p.start()
+    try:
+        deadline = time.monotonic() + 20
+        while p.is_alive() or lock.holder() is None:  # is_alive() reaps: not a zombie after
+            assert time.monotonic() < deadline, "the child never held the lock"
+            time.sleep(0.01)
+        assert lock.holder() == {"pid": p.pid, "thread": lock.holder()["thread"]}
+        with pytest.raises(lockwise.DeadlockError) as info, lock:
+            pass
+        assert f"process {p.pid}" in str(info.value)
+        assert info.value.finding.details["dead_pid"] == p.pid
+    finally:
+        _finish(p)
+
+
+def test_a_zombie_holder_is_dead(shared: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    lock = ctx.RLock()
+    p = ctx.Process(target=_die_holding, args=(lock, False))
+    p.start()
+    try:
+        deadline = time.monotonic() + 20
+        while lock.holder() is None:
+            assert time.monotonic() < deadline, "the child never held the lock"
+            time.sleep(0.01)
+        time.sleep(0.2)  # the child exits; not reaped (no join, no is_alive): a zombie
+        with pytest.raises(lockwise.DeadlockError, match=f"process {p.pid}"):
+            lock.acquire()
+    finally:
+        _finish(p)
+
+
+def test_a_dead_holder_after_a_bare_acquire_is_reported_not_raised(shared: str) -> None:
+    """Another process may still release a Lock taken by acquire(): the wait
+    goes on, a finding says why, and a release by this process ends it."""
+    lockwise.reset()
+    ctx = multiprocessing.get_context("fork")
+    lock = ctx.Lock()
+    p = ctx.Process(target=_die_holding, args=(lock, False))
+    p.start()
+    _finish(p)
+    outcome: list[Any] = []
+
+    def waiter() -> None:
+        try:
+            outcome.append(lock.acquire())
+            lock.release()
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        found: list[Any] = []
+        while not found:
+            assert time.monotonic() < deadline, "no dead-holder finding"
+            found = [f for f in lockwise.findings("deadlock")
+                     if f.details.get("rule") == "dead holder"]
+            time.sleep(0.02)
+        assert found[0].details["dead_pid"] == p.pid
+        assert found[0].details["raised"] is False
+        assert not outcome  # still waiting
+    finally:
+        lock.release()  # the hand-off: any process may release a Lock
+        t.join(10)
+    assert not t.is_alive()
+    assert outcome == [True]
+
+
+def test_threads_of_one_process_abba_on_multiprocessing_locks(shared: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    a, b = ctx.Lock(), ctx.Lock()
+    barrier = threading.Barrier(2, timeout=10)
+    results: dict[str, Any] = {}
+
+    def run(name: str, first: Any, second: Any) -> None:
+        try:
+            with first:
+                barrier.wait()
+                with second:
+                    results[name] = "got"
+        except lockwise.DeadlockError:
+            results[name] = "deadlock"
+
+    threads = [threading.Thread(target=run, args=("T1", a, b)),
+               threading.Thread(target=run, args=("T2", b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert sorted(results.values()) == ["deadlock", "got"]
+
+
+def test_a_lock_held_by_a_parent_thread_at_fork_is_no_hazard_and_no_deadlock(
+        shared: str) -> None:
+    """The semaphore is shared: the parent's thread releases it, the child's
+    wait ends. Not a fork hazard, not an owner that exited."""
+    lockwise.reset()
+    ctx = multiprocessing.get_context("fork")
+    lock, held, done = ctx.Lock(), threading.Event(), ctx.Event()
+    go = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            go.wait(20)
+            time.sleep(0.5)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(10)
+        p = ctx.Process(target=_take_and_report, args=(lock, done))
+        p.start()
+        go.set()
+        assert _finish(p) == [0]
+        assert done.is_set()
+    finally:
+        go.set()
+        t.join(10)
+    assert not lockwise.findings("fork-hazard")
+
+
+def test_one_thread_waits_for_a_lock_another_process_hands_back(shared: str) -> None:
+    """A Lock taken by acquire() and waited on again by the same (only) thread
+    is a latch another process may open: not "nobody left to run"."""
+    ctx = multiprocessing.get_context("fork")
+    latch = ctx.Lock()
+    latch.acquire()
+
+    def opener(lock: Any) -> None:
+        time.sleep(0.8)
+        lock.release()
+
+    p = ctx.Process(target=opener, args=(latch,))
+    p.start()
+    try:
+        assert latch.acquire(True) is True  # untimed: no DeadlockError
+        latch.release()
+    finally:
+        _finish(p)
+
+
+def test_condition_on_a_recursive_lock_releases_every_level(shared: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    cond = ctx.Condition()  # on ctx.RLock(): an MPRLock
+    assert isinstance(cond._lock, _mp.MPRLock)
+    waiting = threading.Event()
+    result: list[bool] = []
+
+    def waiter() -> None:
+        with cond, cond:
+            waiting.set()
+            result.append(cond.wait(10))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    try:
+        assert waiting.wait(10)
+        assert cond.acquire(timeout=10), "wait() did not release both levels"
+        try:
+            cond.notify()
+        finally:
+            cond.release()
+    finally:
+        t.join(15)
+    assert result == [True]
+
+
+def test_event_and_queue_across_processes(shared: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    assert isinstance(q._rlock, _mp.MPLock)
+    lock, done = ctx.Lock(), ctx.Event()
+    p = ctx.Process(target=_take_and_report, args=(lock, done))
+    p.start()
+    assert _finish(p) == [0]
+    assert done.wait(5)
+    q.put("x")
+    assert q.get(timeout=10) == "x"
+    q.close()
+    q.join_thread()
+
+
+def test_pickling_outside_spawning_is_refused_as_by_multiprocessing(shared: str) -> None:
+    lock = multiprocessing.get_context("spawn").Lock()
+    with pytest.raises(RuntimeError, match="inheritance"):
+        pickle.dumps(lock)
+
+
+def test_introspection_and_misuse(shared: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    lock = ctx.Lock()
+    assert lock.holder() is None
+    with lock:
+        assert lock.holder() == {"pid": os.getpid(), "thread": threading.get_ident()}
+        assert lock.owner is threading.current_thread()
+        assert "locked" in repr(lock)
+        assert lock.acquire(False) is False
+    assert lock.holder() is None
+    with pytest.raises(ValueError):
+        lock.acquire(False, 1)  # as threading: no timeout for a non-blocking call
+    rlock = ctx.RLock()
+    with pytest.raises(RuntimeError):
+        rlock.release()
+
+
+def test_uninstall_restores_multiprocessing(tmp_path: Any) -> None:
+    import multiprocessing.synchronize as sync
+
+    with lockwise.installed():
+        assert sync.Lock is _mp.MPLock
+        assert isinstance(multiprocessing.get_context("fork").RLock(), _mp.MPRLock)
+    assert sync.Lock is _mp.ORIGINAL["Lock"]
+    assert sync.RLock is _mp.ORIGINAL["RLock"]
+    assert not isinstance(multiprocessing.get_context("fork").Lock(), _mp.MPLock)
