@@ -16,7 +16,9 @@ import pytest
 import lockwise
 from lockwise import _mp
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork, forkserver and /proc")
+pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="fork, forkserver and /proc"),
+              # spawn and forkserver start interpreters: seconds each under load
+              pytest.mark.timeout(150)]
 
 METHODS = ["fork", "spawn", "forkserver"]
 
@@ -35,16 +37,29 @@ def shared(tmp_path: Any, monkeypatch: Any) -> Any:
         lockwise.configure(**old)
 
 
-def _finish(*procs: Any, timeout: float = 30) -> list[int]:
-    codes = []
+def _finish(*procs: Any, timeout: float = 90) -> list[int]:
+    """Join every process; kill all that are still running (never leave one
+    for multiprocessing's exit handler to join) and say which they were."""
+    deadline = time.monotonic() + timeout
     for p in procs:
-        p.join(timeout)
+        p.join(max(0.1, deadline - time.monotonic()))
+    stuck = [p.name for p in procs if p.is_alive()]
+    for p in procs:
         if p.is_alive():
             p.kill()
             p.join(10)
-            raise AssertionError(f"{p.name} did not finish in {timeout}s")
-        codes.append(p.exitcode)
-    return codes
+    if stuck:
+        raise AssertionError(f"{stuck} did not finish in {timeout}s; exit codes "
+                             f"{[(p.name, p.exitcode) for p in procs]}")
+    return [p.exitcode for p in procs]
+
+
+def _ready(*events: Any, timeout: float = 45) -> None:
+    """Wait for the children's events (spawn starts a new interpreter: seconds
+    under load)."""
+    deadline = time.monotonic() + timeout
+    for i, event in enumerate(events):
+        assert event.wait(max(0.1, deadline - time.monotonic())), f"child {i + 1} never got ready"
 
 
 # ---------------------------------------------------------------- children (module level: spawn)
@@ -52,7 +67,7 @@ def _finish(*procs: Any, timeout: float = 30) -> list[int]:
 def _abba_child(first: Any, second: Any, mine: Any, other: Any) -> None:
     with first:
         mine.set()
-        if not other.wait(20):
+        if not other.wait(45):
             sys.exit(4)
         try:
             with second:
@@ -67,7 +82,7 @@ def _bare_then_with(first: Any, second: Any, mine: Any, other: Any) -> None:
     release), then waits for ``second``."""
     first.acquire()
     mine.set()
-    if not other.wait(20):
+    if not other.wait(45):
         sys.exit(4)
     try:
         with second:
@@ -80,7 +95,7 @@ def _bare_then_with(first: Any, second: Any, mine: Any, other: Any) -> None:
 def _with_then_bare(first: Any, second: Any, mine: Any, other: Any) -> None:
     with first:
         mine.set()
-        if not other.wait(20):
+        if not other.wait(45):
             sys.exit(4)
         try:
             second.acquire()
@@ -117,8 +132,10 @@ def test_abba_between_two_processes_raises_in_one_and_both_finish(
     a, b = ctx.Lock(), ctx.Lock()
     assert isinstance(a, _mp.MPLock)
     ready1, ready2 = ctx.Event(), ctx.Event()
-    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2), name="P1")
-    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1), name="P2")
+    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2),
+                     name="P1", daemon=True)
+    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1),
+                     name="P2", daemon=True)
     p1.start()
     p2.start()
     codes = _finish(p1, p2)
@@ -131,8 +148,10 @@ def test_rlock_abba_between_two_processes(shared: str, method: str) -> None:
     a, b = ctx.RLock(), ctx.RLock()
     assert isinstance(a, _mp.MPRLock)
     ready1, ready2 = ctx.Event(), ctx.Event()
-    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2), name="P1")
-    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1), name="P2")
+    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2),
+                     name="P1", daemon=True)
+    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1),
+                     name="P2", daemon=True)
     p1.start()
     p2.start()
     assert sorted(_finish(p1, p2)) == [0, 3]
@@ -147,12 +166,14 @@ def test_a_cycle_through_a_bare_acquire_is_not_raised_and_a_hand_off_ends_it(
     ctx = multiprocessing.get_context(method)
     a, b = ctx.Lock(), ctx.Lock()
     ready1, ready2 = ctx.Event(), ctx.Event()
-    p1 = ctx.Process(target=_bare_then_with, args=(a, b, ready1, ready2), name="P1")
-    p2 = ctx.Process(target=_with_then_bare, args=(b, a, ready2, ready1), name="P2")
+    p1 = ctx.Process(target=_bare_then_with, args=(a, b, ready1, ready2),
+                     name="P1", daemon=True)
+    p2 = ctx.Process(target=_with_then_bare, args=(b, a, ready2, ready1),
+                     name="P2", daemon=True)
     p1.start()
     p2.start()
     try:
-        assert ready1.wait(20) and ready2.wait(20)
+        _ready(ready1, ready2)
         time.sleep(1.5)  # both blocked, registered and checked several times
         assert p1.is_alive() and p2.is_alive(), (p1.exitcode, p2.exitcode)
         a.release()  # the hand-off
@@ -172,7 +193,7 @@ def test_an_interrupted_wait_leaves_nothing_in_the_store(shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     lock, mine = ctx.Lock(), ctx.Lock()
     gate = ctx.Event()
-    p = ctx.Process(target=_hold_until, args=(lock, gate))
+    p = ctx.Process(target=_hold_until, args=(lock, gate), daemon=True)
     p.start()
 
     class Interrupted(Exception):
@@ -223,7 +244,7 @@ def test_a_holder_that_died_in_a_with_block_is_a_deadlock_naming_its_pid(
         shared: str, method: str) -> None:
     ctx = multiprocessing.get_context(method)
     lock = ctx.Lock()
-    p = ctx.Process(target=_die_holding, args=(lock, True))
+    p = ctx.Process(target=_die_holding, args=(lock, True), daemon=True)
     p.start()
     try:
         deadline = time.monotonic() + 20
@@ -242,7 +263,7 @@ def test_a_holder_that_died_in_a_with_block_is_a_deadlock_naming_its_pid(
 def test_a_zombie_holder_is_dead(shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     lock = ctx.RLock()
-    p = ctx.Process(target=_die_holding, args=(lock, False))
+    p = ctx.Process(target=_die_holding, args=(lock, False), daemon=True)
     p.start()
     try:
         deadline = time.monotonic() + 20
@@ -262,7 +283,7 @@ def test_a_dead_holder_after_a_bare_acquire_is_reported_not_raised(shared: str) 
     lockwise.reset()
     ctx = multiprocessing.get_context("fork")
     lock = ctx.Lock()
-    p = ctx.Process(target=_die_holding, args=(lock, False))
+    p = ctx.Process(target=_die_holding, args=(lock, False), daemon=True)
     p.start()
     _finish(p)
     outcome: list[Any] = []
@@ -338,7 +359,7 @@ def test_a_lock_held_by_a_parent_thread_at_fork_is_no_hazard_and_no_deadlock(
     t.start()
     try:
         assert held.wait(10)
-        p = ctx.Process(target=_take_and_report, args=(lock, done))
+        p = ctx.Process(target=_take_and_report, args=(lock, done), daemon=True)
         p.start()
         go.set()
         assert _finish(p) == [0]
@@ -360,7 +381,7 @@ def test_one_thread_waits_for_a_lock_another_process_hands_back(shared: str) -> 
         time.sleep(0.8)
         lock.release()
 
-    p = ctx.Process(target=opener, args=(latch,))
+    p = ctx.Process(target=opener, args=(latch,), daemon=True)
     p.start()
     try:
         assert latch.acquire(True) is True  # untimed: no DeadlockError
@@ -400,7 +421,7 @@ def test_event_and_queue_across_processes(shared: str) -> None:
     q = ctx.Queue()
     assert isinstance(q._rlock, _mp.MPLock)
     lock, done = ctx.Lock(), ctx.Event()
-    p = ctx.Process(target=_take_and_report, args=(lock, done))
+    p = ctx.Process(target=_take_and_report, args=(lock, done), daemon=True)
     p.start()
     assert _finish(p) == [0]
     assert done.wait(5)
