@@ -53,6 +53,7 @@ def measure(quick: bool) -> list[dict[str, Any]]:
     n, rounds = (20_000, 7) if quick else (200_000, 15)
     ctx = multiprocessing.get_context("fork")
     plain_lock, plain_rlock = ctx.Lock(), ctx.RLock()
+    os.environ["LOCKWISE_MULTIPROCESSING"] = "1"  # the opt-in (docs/multiprocessing.md)
     with lockwise.installed():
         lock, rlock = ctx.Lock(), ctx.RLock()
     assert isinstance(lock, _mp.MPLock) and isinstance(rlock, _mp.MPRLock)

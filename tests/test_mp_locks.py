@@ -28,6 +28,7 @@ def shared(tmp_path: Any, monkeypatch: Any) -> Any:
     """A private shared store for this test, in this process and its children."""
     directory = str(tmp_path / "store")
     monkeypatch.setenv("LOCKWISE_SHARED_DIR", directory)
+    monkeypatch.setenv("LOCKWISE_MULTIPROCESSING", "1")
     old = lockwise.configure(shared_dir=directory)
     lockwise.install()
     try:
@@ -454,12 +455,22 @@ def test_introspection_and_misuse(shared: str) -> None:
         rlock.release()
 
 
-def test_uninstall_restores_multiprocessing(tmp_path: Any) -> None:
+def test_uninstall_restores_multiprocessing(tmp_path: Any, monkeypatch: Any) -> None:
     import multiprocessing.synchronize as sync
 
+    monkeypatch.setenv("LOCKWISE_MULTIPROCESSING", "1")
     with lockwise.installed():
         assert sync.Lock is _mp.MPLock
         assert isinstance(multiprocessing.get_context("fork").RLock(), _mp.MPRLock)
     assert sync.Lock is _mp.ORIGINAL["Lock"]
     assert sync.RLock is _mp.ORIGINAL["RLock"]
     assert not isinstance(multiprocessing.get_context("fork").Lock(), _mp.MPLock)
+
+
+def test_multiprocessing_is_left_alone_without_the_opt_in(monkeypatch: Any) -> None:
+    import multiprocessing.synchronize as sync
+
+    monkeypatch.delenv("LOCKWISE_MULTIPROCESSING", raising=False)
+    with lockwise.installed():
+        assert sync.Lock is _mp.ORIGINAL["Lock"]
+        assert not isinstance(multiprocessing.get_context("fork").Lock(), _mp.MPLock)

@@ -16,6 +16,7 @@ suites that set ``filterwarnings = error``); lockwise has no asserts to rewrite.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from . import _fork, _imports, _install, _joins  # noqa: F401  (_joins records Thread.join as a wait; _fork audits os.fork)
@@ -81,20 +82,26 @@ _install.add_install_hook(_asyncio_hook)
 
 
 def _patch_multiprocessing(installing: bool) -> None:
+    module = sys.modules.get("lockwise._mp")
+    if module is not None and not hasattr(module, "patch"):
+        return  # being imported (e.g. to unpickle a lock): it patches at its end
     from . import _mp
 
     _mp.patch(installing)
 
 
 def _multiprocessing_hook(installing: bool) -> None:
-    """install()/uninstall() cover multiprocessing's Lock and RLock (``_mp``):
-    at once if ``multiprocessing.synchronize`` is imported, else when it is
-    (``ctx.Lock()`` imports it on first use)."""
+    """With ``LOCKWISE_MULTIPROCESSING=1``, install()/uninstall() cover
+    multiprocessing's Lock and RLock (``_mp``): at once if
+    ``multiprocessing.synchronize`` is imported, else when it is (``ctx.Lock()``
+    imports it on first use). Opt-in for now: see docs/multiprocessing.md."""
     name = "multiprocessing.synchronize"
     if not installing:
         _install.cancel_when_imported(name)
         if "lockwise._mp" in sys.modules:
             _patch_multiprocessing(False)
+    elif os.environ.get("LOCKWISE_MULTIPROCESSING") != "1":
+        return
     elif name in sys.modules:
         _patch_multiprocessing(True)
     else:

@@ -71,7 +71,7 @@ import weakref
 from multiprocessing import heap
 from multiprocessing import synchronize as _synchronize
 
-from . import _findings, _waitfor
+from . import _findings, _install, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
 from ._files import pid_alive
@@ -575,3 +575,9 @@ def patch(installing: bool) -> None:
 
 MPLock.__module__ = MPRLock.__module__ = "lockwise._mp"
 _waitfor.cross_process_types = (MPLock, MPRLock)
+
+# Imported first to unpickle a lock (a spawned child under lockwise), this
+# module made multiprocessing.synchronize's import run the install hook,
+# which found it half-initialised and left the patch to here.
+if _install.is_installed() and os.environ.get("LOCKWISE_MULTIPROCESSING") == "1":
+    patch(True)
