@@ -263,16 +263,3 @@ def test_multiprocessing_fork_start_method_is_audited(runner: Runner) -> None:
     [hazard] = lockwise.findings("fork-hazard")
     assert hazard.details["owner"] == "Holder"
     assert any("proc.start()" in f.line for f in hazard.stacks[0].frames)
-
-
-def test_install_reads_sysconfig_before_any_report() -> None:
-    """The first report used to call sysconfig.get_paths() in the reporter
-    thread, holding sysconfig's lock: a fork at that moment was a fork hazard
-    that lockwise made (seen in CPython's import-lock suites under lockwise)."""
-    from lockwise import _install, _report
-
-    if _install.is_installed():
-        pytest.skip("installed already: the first install read them")
-    _report._installed_dirs.clear()
-    with lockwise.installed():
-        assert _report._installed_dirs

@@ -116,18 +116,6 @@ def install() -> None:
         for hook in _hooks:
             hook(True)
         try:
-            # Reports need sysconfig's directories, and sysconfig takes its own
-            # lock to compute them: read them now, in this thread, not later in
-            # lockwise's reporter thread, where a fork by the program would find
-            # that lock held (a fork hazard made by lockwise itself).
-            from ._report import _sysconfig_dirs
-
-            _sysconfig_dirs()
-        except Exception as exc:
-            from ._findings import internal_error
-
-            internal_error("reading sysconfig's directories", exc)
-        try:
             _note_predating(scan_predating())
         except Exception as exc:
             from ._findings import internal_error
