@@ -44,21 +44,26 @@ def test_self_reacquire_raises_naming_lock_and_sites() -> None:
     assert finding.locks[0].site.endswith(f":{lock._site.lineno}")
 
 
-def test_the_message_does_not_expand_sysconfig_paths_per_deadlock(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # sysconfig.get_paths() expands its whole scheme on each call (~0.5 ms);
-    # the DeadlockError message once called it about 17 times, most of the
-    # time from a cycle forming to the raise (p50 5.7 ms -> 1.8 ms).
+def test_reports_never_call_sysconfig(monkeypatch: pytest.MonkeyPatch) -> None:
+    # sysconfig.get_paths() expands its whole scheme on each call (~0.5 ms; the
+    # DeadlockError message once called it 17 times), and it takes sysconfig's
+    # lock: the first report runs in lockwise's reporter thread, and a fork by
+    # the program while that thread held sysconfig's lock was a fork hazard
+    # lockwise made (CPython's import-lock suites under lockwise, 1 CI in 3).
     import sysconfig
 
-    calls = []
-    real = sysconfig.get_paths
+    from lockwise import _findings, _report
 
-    def counting(*args: object, **kwargs: object) -> dict[str, str]:
+    calls = []
+
+    def counting(*args: object, **kwargs: object) -> None:
         calls.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        raise AssertionError("sysconfig called by a report")
 
     monkeypatch.setattr(sysconfig, "get_paths", counting)
+    monkeypatch.setattr(sysconfig, "get_config_vars", counting)
+    monkeypatch.setattr(sysconfig, "get_config_var", counting)
+    monkeypatch.setattr(_report, "_library_dirs", [])  # as in a fresh process
     texts = []
     for _ in range(5):
         lock = lockwise.Lock()
@@ -67,9 +72,11 @@ def test_the_message_does_not_expand_sysconfig_paths_per_deadlock(
             lock.acquire()
         lock.release()
         texts.append(str(info.value))
-    assert len(calls) <= 1, f"sysconfig.get_paths() called {len(calls)} times for 5 reports"
+    assert _findings.flush(10.0)  # the reporter thread has written its reports too
+    assert calls == []
     # the report still drops the standard library's and the working directory's prefix
     assert all("taken at" in text and "test_deadlocks.py" in text for text in texts)
+    assert _report.short_path(threading.__file__) == "threading.py"
 
 
 def test_the_brief_report_tells_the_program_from_the_stdlib_and_installed_packages() -> None:

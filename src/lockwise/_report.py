@@ -311,28 +311,34 @@ _ORDER_FIX = ("take these locks in one global order everywhere, or silence a rev
               "false alarm with lockwise.declare_order(first, second).")
 
 
-#: The standard library's and site-packages' directories, each with a separator,
-#: read from ``sysconfig`` once: ``get_paths()`` expands its whole scheme on
-#: every call (about 0.5 ms), and a DeadlockError's message used to call it a
-#: dozen times, which was most of the time from a cycle forming to the raise.
-_installed_dirs: list[dict[str, str]] = []
+#: The standard library's directories and the site-packages directories, each
+#: ending with a separator, found once. They are read from ``os.__file__`` and
+#: ``sys.path``, not ``sysconfig``: ``sysconfig.get_paths()`` takes sysconfig's
+#: lock, and the first report runs in lockwise's reporter thread, so a fork by
+#: the program at that moment was a fork hazard of lockwise's making.
+_library_dirs: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
 
 
-def _sysconfig_dirs() -> dict[str, str]:
-    """``stdlib``, ``platstdlib`` and ``purelib``, each ending with a separator; cached."""
-    if not _installed_dirs:
+def _installed_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the standard library's directories, the site-packages directories); cached."""
+    if not _library_dirs:
         import os
-        import sysconfig
+        import sys
 
-        try:
-            paths = sysconfig.get_paths()
-        except OSError:
-            paths = {}
-        found: dict[str, str] = {key: paths[key] + os.sep
-                                 for key in ("stdlib", "platstdlib", "purelib")
-                                 if key in paths}
-        _installed_dirs[:] = [found]  # one store: a racing thread computes the same
-    return _installed_dirs[0]
+        stdlib = [os.path.dirname(os.__file__)]
+        sites = []
+        for entry in sys.path:
+            if not isinstance(entry, str) or not entry:
+                continue
+            name = os.path.basename(entry.rstrip(os.sep))
+            if name == "lib-dynload":  # the platform library's extension modules
+                stdlib.append(os.path.dirname(entry.rstrip(os.sep)))
+            elif name in ("site-packages", "dist-packages"):
+                sites.append(entry.rstrip(os.sep))
+        found = (tuple(dict.fromkeys(d + os.sep for d in stdlib)),
+                 tuple(dict.fromkeys(d + os.sep for d in sites)))
+        _library_dirs[:] = [found]  # one store: a racing thread computes the same
+    return _library_dirs[0]
 
 
 def _prefixes() -> list[str]:
@@ -340,8 +346,7 @@ def _prefixes() -> list[str]:
     (paths read as the user typed them) and the standard library's (``queue.py:62``)."""
     import os
 
-    dirs = _sysconfig_dirs()
-    out = [dirs[key] for key in ("stdlib", "platstdlib") if key in dirs]
+    out = list(_installed_dirs()[0])
     try:
         out.append(os.getcwd() + os.sep)
     except OSError:
@@ -368,7 +373,7 @@ def _is_user(frame: Any) -> bool:
     """Is ``frame`` the program's own code (not the standard library, the
     import system's frozen modules, or an installed package)?"""
     filename = frame.get("file", "") if isinstance(frame, dict) else frame.filename
-    return not (in_stdlib(filename) or filename.startswith(tuple(_sysconfig_dirs().values())))
+    return not (in_stdlib(filename) or filename.startswith(_installed_dirs()[1]))
 
 
 def _at(frame: Any) -> str:
