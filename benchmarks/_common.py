@@ -67,6 +67,30 @@ def now() -> float:
     return time.perf_counter()
 
 
+def acq_rel(lock: Any) -> Timer:
+    """Timer: ``lock.acquire()`` then ``lock.release()``, n times."""
+    def run(n: int) -> float:
+        acquire, release = lock.acquire, lock.release
+        del acquire, release  # natural code below: attribute lookups included
+        t = now()
+        for _ in range(n):
+            lock.acquire()
+            lock.release()
+        return now() - t
+    return run
+
+
+def with_lock(lock: Any) -> Timer:
+    """Timer: ``with lock: pass``, n times."""
+    def run(n: int) -> float:
+        t = now()
+        for _ in range(n):
+            with lock:
+                pass
+        return now() - t
+    return run
+
+
 def wall_time(cmd: list[str], env: dict[str, str], quiet: bool = False,
               limit: float = 300) -> float:
     """Seconds from starting ``cmd`` to its exit (it must exit with status 0).

@@ -19,7 +19,7 @@ import time
 import tracemalloc
 from typing import Any, Callable
 
-from _common import compare, implementations, now, row
+from _common import acq_rel, compare, implementations, now, row, with_lock
 
 import lockwise
 
@@ -74,28 +74,6 @@ WHY_SCALE_FT = ("the ratio grew with the number of threads: a hidden shared writ
 
 
 # ------------------------------------------------------------------ loops
-
-
-def _acq_rel(lock: Any) -> Callable[[int], float]:
-    def run(n: int) -> float:
-        acquire, release = lock.acquire, lock.release
-        del acquire, release  # natural code below: attribute lookups included
-        t = now()
-        for _ in range(n):
-            lock.acquire()
-            lock.release()
-        return now() - t
-    return run
-
-
-def _with(lock: Any) -> Callable[[int], float]:
-    def run(n: int) -> float:
-        t = now()
-        for _ in range(n):
-            with lock:
-                pass
-        return now() - t
-    return run
 
 
 def _nested(a: Any, b: Any, c: Any) -> Callable[[int], float]:
@@ -238,7 +216,7 @@ def _uncontended(quick: bool) -> list[dict[str, Any]]:
     n, rounds = (20_000, 9) if quick else (200_000, 21)
     rows = []
     tlock, trlock = threading.Lock(), threading.RLock()
-    base_pair = _acq_rel(tlock)
+    base_pair = acq_rel(tlock)
     rows.append(row("floor: threading.Lock acquire(False)+release vs acquire()+release",
                     *compare(base_pair, _floor_call(tlock), n, rounds),
                     note="what calling the inner lock from a wrapper costs, before any "
@@ -250,21 +228,23 @@ def _uncontended(quick: bool) -> list[dict[str, Any]]:
         why = (WHY_FLOOR_FT if FREE_THREADED else WHY_FLOOR) if label == "c" else \
             "pure Python: a Python-level method call alone costs about as much as the raw lock"
         rows.append(row(f"Lock acquire()+release() [{label}]",
-                        *compare(base_pair, _acq_rel(lock), n, rounds), target=target, why=why))
+                        *compare(base_pair, acq_rel(lock), n, rounds), target=target, why=why))
         rows.append(row(f"Lock `with` [{label}]",
-                        *compare(_with(tlock), _with(lock), n, rounds), target=target, why=why))
+                        *compare(with_lock(tlock), with_lock(lock), n, rounds),
+                        target=target, why=why))
         rows.append(row(f"RLock acquire()+release() [{label}]",
-                        *compare(_acq_rel(trlock), _acq_rel(rlock), n, rounds),
+                        *compare(acq_rel(trlock), acq_rel(rlock), n, rounds),
                         target=target, why=why))
         rows.append(row(f"RLock `with` [{label}]",
-                        *compare(_with(trlock), _with(rlock), n, rounds), target=target, why=why))
+                        *compare(with_lock(trlock), with_lock(rlock), n, rounds),
+                        target=target, why=why))
     try:
         from fastrlock.rlock import FastRLock  # type: ignore[import-not-found]
     except ImportError:
         rows.append(row("fastrlock (reference)", None, None, None, note="fastrlock not installed"))
     else:
         rows.append(row("fastrlock.FastRLock `with` (reference, not lockwise)",
-                        *compare(_with(trlock), _with(FastRLock()), n, rounds),
+                        *compare(with_lock(trlock), with_lock(FastRLock()), n, rounds),
                         note="third-party C RLock without any detection, for scale"))
     return rows
 
@@ -449,7 +429,7 @@ def _scale(quick: bool) -> list[dict[str, Any]]:
         for size in sizes:
             keep = [Lock() for _ in range(size)]
             tkeep = [threading.Lock() for _ in range(size)]
-            base, lw, ratio = compare(_acq_rel(tkeep[size // 2]), _acq_rel(keep[size // 2]),
+            base, lw, ratio = compare(acq_rel(tkeep[size // 2]), acq_rel(keep[size // 2]),
                                       n, rounds)
             if first is None:
                 first = ratio

@@ -504,21 +504,11 @@ class SQLiteStore:
         cycle exactly one must.
         """
         who = participant()
-        me = os.getpid()
         links = local_links(skip)
         with self.tx() as c:
             self._clean_dead(c)
-            c.execute("DELETE FROM waits WHERE host=? AND publisher=? AND kind='thread'",
-                      (HOST, me))
-            for lwho, lthread, target, lname in links:
-                if lwho == who:
-                    continue
-                c.execute("INSERT OR IGNORE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                          (lwho, HOST, me, lthread, "thread", target, lname, "", 0, me,
-                           time.time()))
-            c.execute("INSERT OR REPLACE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                      (who, HOST, me, thread_name(threading.get_ident()), "lock", key, name,
-                       site, int(timed), me, time.time()))
+            self._register(c, who, thread_name(threading.get_ident()), key, name, site, timed,
+                           links, time.time())
             if timed:
                 return None
             found = self._walk(c, who)
@@ -528,6 +518,29 @@ class SQLiteStore:
                 # caller unwinds does not see the cycle (and raise) too.
                 c.execute("DELETE FROM waits WHERE who=?", (who,))
             return found
+
+    def _register(self, c: sqlite3.Connection, who: str, thread: str, key: str, name: str,
+                  site: str, timed: bool, links: list[tuple[str, str, str, str]],
+                  now: float) -> None:
+        """Replace this process's links with ``links`` (from :func:`local_links`,
+        skipping any from ``who`` itself: its wait is the row inserted here),
+        then insert or replace the wait row of ``who`` (thread ``thread``) for
+        the shared lock ``key``; every row is stamped ``now``.
+
+        Runs in the caller's transaction ``c`` and commits nothing, so that
+        what the caller does in it before (removing dead processes' rows,
+        publishing lazy holders) and after (the walk) is one atomic step.
+        """
+        me = os.getpid()
+        c.execute("DELETE FROM waits WHERE host=? AND publisher=? AND kind='thread'",
+                  (HOST, me))
+        for lwho, lthread, target, lname in links:
+            if lwho == who:
+                continue
+            c.execute("INSERT OR IGNORE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                      (lwho, HOST, me, lthread, "thread", target, lname, "", 0, me, now))
+        c.execute("INSERT OR REPLACE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                  (who, HOST, me, thread, "lock", key, name, site, int(timed), me, now))
 
     def _walk(self, c: sqlite3.Connection,
               me: str) -> Optional[tuple[list[dict[str, Any]], bool]]:
@@ -601,15 +614,7 @@ class SQLiteStore:
                           (hkey, hname, who, HOST, me, thread, hsite, hat, now))
                 c.execute("INSERT OR REPLACE INTO lazy_holders VALUES (?,?,?,?,?)",
                           (hkey, who, HOST, me, int(evidence)))
-            c.execute("DELETE FROM waits WHERE host=? AND publisher=? AND kind='thread'",
-                      (HOST, me))
-            for lwho, lthread, target, lname in links:
-                if lwho == who:
-                    continue
-                c.execute("INSERT OR IGNORE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                          (lwho, HOST, me, lthread, "thread", target, lname, "", 0, me, now))
-            c.execute("INSERT OR REPLACE INTO waits VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                      (who, HOST, me, thread, "lock", key, name, site, 0, me, now))
+            self._register(c, who, thread, key, name, site, False, links, now)
             found = self._walk(c, who)
             if found is None:
                 return None
