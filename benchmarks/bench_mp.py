@@ -12,9 +12,9 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from typing import Any, Callable
+from typing import Any
 
-from _common import compare, now, row
+from _common import acq_rel, compare, row, with_lock
 
 WHY_PURE = ("pure Python: the raw lock under lockwise's Lock is a Python object here, "
             "so each acquire and release adds Python calls to a semaphore that costs "
@@ -22,26 +22,6 @@ WHY_PURE = ("pure Python: the raw lock under lockwise's Lock is a Python object 
 WHY_C = ("lockwise's Lock bookkeeping (owner, held list, acquisition site) costs about as much "
          "as the raw semaphore, which multiprocessing calls with no wrapper at all: see the "
          "reference row (lockwise.Lock alone); the semaphore and the slot add little to it")
-
-
-def _acq_rel(lock: Any) -> Callable[[int], float]:
-    def run(n: int) -> float:
-        t = now()
-        for _ in range(n):
-            lock.acquire()
-            lock.release()
-        return now() - t
-    return run
-
-
-def _with(lock: Any) -> Callable[[int], float]:
-    def run(n: int) -> float:
-        t = now()
-        for _ in range(n):
-            with lock:
-                pass
-        return now() - t
-    return run
 
 
 def measure(quick: bool) -> list[dict[str, Any]]:
@@ -53,7 +33,6 @@ def measure(quick: bool) -> list[dict[str, Any]]:
     n, rounds = (20_000, 7) if quick else (200_000, 15)
     ctx = multiprocessing.get_context("fork")
     plain_lock, plain_rlock = ctx.Lock(), ctx.RLock()
-    os.environ["LOCKWISE_MULTIPROCESSING"] = "1"  # the opt-in (docs/multiprocessing.md)
     with lockwise.installed():
         lock, rlock = ctx.Lock(), ctx.RLock()
     assert isinstance(lock, _mp.MPLock) and isinstance(rlock, _mp.MPRLock)
@@ -61,17 +40,17 @@ def measure(quick: bool) -> list[dict[str, Any]]:
     own = _primitives.Lock()
     return [
         row(f"reference: lockwise.Lock vs multiprocessing.Lock, acquire()+release() [{label}]",
-            *compare(_acq_rel(plain_lock), _acq_rel(own), n, rounds),
+            *compare(acq_rel(plain_lock), acq_rel(own), n, rounds),
             note="lockwise's own Lock (on a thread lock) in the same loop: the bookkeeping "
                  "every lockwise lock pays, whatever its raw lock"),
         row(f"multiprocessing.Lock acquire()+release() [{label}]",
-            *compare(_acq_rel(plain_lock), _acq_rel(lock), n, rounds), target=1.5, why=why),
+            *compare(acq_rel(plain_lock), acq_rel(lock), n, rounds), target=1.5, why=why),
         row(f"multiprocessing.Lock `with` [{label}]",
-            *compare(_with(plain_lock), _with(lock), n, rounds), target=1.5, why=why),
+            *compare(with_lock(plain_lock), with_lock(lock), n, rounds), target=1.5, why=why),
         row(f"multiprocessing.RLock acquire()+release() [{label}]",
-            *compare(_acq_rel(plain_rlock), _acq_rel(rlock), n, rounds), target=1.5, why=why),
+            *compare(acq_rel(plain_rlock), acq_rel(rlock), n, rounds), target=1.5, why=why),
         row(f"multiprocessing.RLock `with` [{label}]",
-            *compare(_with(plain_rlock), _with(rlock), n, rounds), target=1.5, why=why),
+            *compare(with_lock(plain_rlock), with_lock(rlock), n, rounds), target=1.5, why=why),
     ]
 
 

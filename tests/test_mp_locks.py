@@ -28,7 +28,7 @@ def shared(tmp_path: Any, monkeypatch: Any) -> Any:
     """A private shared store for this test, in this process and its children."""
     directory = str(tmp_path / "store")
     monkeypatch.setenv("LOCKWISE_SHARED_DIR", directory)
-    monkeypatch.setenv("LOCKWISE_MULTIPROCESSING", "1")
+    monkeypatch.delenv("LOCKWISE_MULTIPROCESSING", raising=False)  # on by default
     old = lockwise.configure(shared_dir=directory)
     lockwise.install()
     try:
@@ -371,6 +371,100 @@ def test_a_lock_held_by_a_parent_thread_at_fork_is_no_hazard_and_no_deadlock(
     assert not lockwise.findings("fork-hazard")
 
 
+def _child_after_fork_holding(lock: Any, rlock: Any, other: Any, out: Any) -> None:
+    """In a child forked while this thread held ``lock`` and ``rlock``."""
+    held = [type(x).__name__ for x in lockwise.held_locks()]
+    with other:  # no lock-order edge from the parent's locks
+        pass
+    edges = [f.summary for f in lockwise.findings("lock-order")]
+    try:
+        rlock.release()  # the parent's thread owns it, as in multiprocessing
+        rlock_released = "yes"
+    except (RuntimeError, AssertionError):
+        rlock_released = "no"
+    lock.release()  # any process may release a Lock: a hand-off to the parent
+    out.put((held, edges, rlock_released, lock.holder()))
+
+
+def test_a_child_forked_by_a_holder_holds_none_of_its_multiprocessing_locks(
+        shared: str) -> None:
+    # multiprocessing.Pool's terminate takes its inqueue's _rlock and never
+    # gives it back; a process forked after that inherited it in lockwise's
+    # held list, and every lock the child took was ordered after it: CPython's
+    # pool and manager tests under lockwise showed lock-order inversions.
+    lockwise.reset()
+    ctx = multiprocessing.get_context("fork")
+    lock, rlock, other, out = ctx.Lock(), ctx.RLock(), threading.Lock(), ctx.Queue()
+    lock.acquire()
+    rlock.acquire()
+    try:
+        p = ctx.Process(target=_child_after_fork_holding, args=(lock, rlock, other, out),
+                        daemon=True)
+        p.start()
+        held, edges, rlock_released, holder = out.get(timeout=60)
+        assert _finish(p) == [0]
+        assert held == [] and edges == []
+        assert rlock_released == "no"
+        assert holder is None  # the child's release cleared the slot
+        assert lock.acquire(timeout=10) is True  # handed back by the child
+        lock.release()
+    finally:
+        rlock.release()
+    # in this process the locks are this thread's as before the fork
+    assert lockwise.held_locks() == []
+
+
+def _report_held_and_order(other: Any, out: Any) -> None:
+    held = [repr(x) for x in lockwise.held_locks()]
+    with other:
+        pass
+    out.put((held, [f.summary for f in lockwise.findings("lock-order")]))
+
+
+def test_a_process_started_while_holding_a_thread_lock_orders_nothing_after_it(
+        shared: str) -> None:
+    # A manager's server holds Server.mutex while it starts a Pool's workers:
+    # each worker inherited it as held, and ordered every lock it took after
+    # it; CPython's manager pool tests under lockwise reported an inversion.
+    lockwise.reset()
+    ctx = multiprocessing.get_context("fork")
+    outer, other, out = threading.Lock(), threading.Lock(), ctx.Queue()
+    with other, outer:  # this process's order: other -> outer
+        pass
+    with outer:
+        p = ctx.Process(target=_report_held_and_order, args=(other, out), daemon=True)
+        p.start()
+        held, inversions = out.get(timeout=60)
+    assert _finish(p) == [0]
+    assert held == [] and inversions == []
+    # a plain os.fork() child goes on in the forking frames: it keeps them
+    read, write = os.pipe()
+    with outer:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os.write(write, str(len(lockwise.held_locks())).encode())
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 16) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+
+
+def test_each_lock_of_a_queue_is_a_class_of_its_own(shared: str) -> None:
+    """Sites of locks made inside multiprocessing are multiprocessing's own
+    lines (``SimpleQueue._rlock`` and ``_wlock`` differ), not the program's
+    line that made the queue: one class for every lock of a Pool ordered them
+    as one, and reported their order as an inversion."""
+    q = multiprocessing.get_context("fork").SimpleQueue()
+    sites = {q._rlock._site.label, q._wlock._site.label}
+    assert len(sites) == 2, sites
+    assert all("queues.py" in lock._site.filename for lock in (q._rlock, q._wlock))
+    here = multiprocessing.get_context("fork").Lock()
+    assert here._site.filename == __file__
+
+
 def test_one_thread_waits_for_a_lock_another_process_hands_back(shared: str) -> None:
     """A Lock taken by acquire() and waited on again by the same (only) thread
     is a latch another process may open: not "nobody left to run"."""
@@ -448,17 +542,71 @@ def test_introspection_and_misuse(shared: str) -> None:
         assert "locked" in repr(lock)
         assert lock.acquire(False) is False
     assert lock.holder() is None
-    with pytest.raises(ValueError):
-        lock.acquire(False, 1)  # as threading: no timeout for a non-blocking call
     rlock = ctx.RLock()
     with pytest.raises(RuntimeError):
         rlock.release()
 
 
+#: multiprocessing's acquire(block=True, timeout=None), as positional and keyword
+#: arguments: a non-blocking call ignores its timeout, a negative timeout is 0.
+ACQUIRE_CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((False,), {}), ((False, 1), {}), ((False, None), {}), ((True, 0.05), {}), ((True, -1), {}),
+    ((True, 0), {}), ((), {"block": False}), ((), {"timeout": 0.05}),
+    ((), {"block": False, "timeout": 5}), ((1, -3.5), {}),
+]
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
+def test_acquire_takes_multiprocessings_arguments(shared: str, kind: str) -> None:
+    # multiprocessing's own lock is the oracle: its Queue.get(block, timeout)
+    # passes its arguments straight through (timeout=None), and a threading-
+    # style reading of them raised TypeError (CPython's test_logging).
+    ctx = multiprocessing.get_context("fork")
+    ours = getattr(ctx, kind)()
+    theirs = _mp.ORIGINAL[kind](ctx=ctx)
+    assert isinstance(ours, _mp.MPLock if kind == "Lock" else _mp.MPRLock)
+    for args, kwargs in ACQUIRE_CALLS:
+        for lock in (ours, theirs):  # free: every call takes it
+            assert lock.acquire(*args, **kwargs) is True, (kind, args, kwargs)
+            lock.release()
+    assert ours.acquire(timeout=None) is True
+    ours.release()
+
+    held = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:
+        with ours, theirs:
+            held.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(30)
+        for args, kwargs in ACQUIRE_CALLS:
+            answers = []
+            for lock in (ours, theirs):  # held by another thread: every call fails
+                start = time.monotonic()
+                answers.append(lock.acquire(*args, **kwargs))
+                answers.append(time.monotonic() - start < 2)  # no wait is long
+            assert answers == [False, True, False, True], (kind, args, kwargs)
+        start = time.monotonic()
+        assert ours.acquire(timeout=0.2) is False
+        assert time.monotonic() - start >= 0.15
+        for call in (lambda: ours.acquire(blocking=False), lambda: ours.acquire(1, 2, 3)):
+            with pytest.raises(TypeError):
+                call()
+    finally:
+        done.set()
+        holder.join(30)
+    assert not holder.is_alive()
+
+
 def test_uninstall_restores_multiprocessing(tmp_path: Any, monkeypatch: Any) -> None:
     import multiprocessing.synchronize as sync
 
-    monkeypatch.setenv("LOCKWISE_MULTIPROCESSING", "1")
+    monkeypatch.delenv("LOCKWISE_MULTIPROCESSING", raising=False)
     with lockwise.installed():
         assert sync.Lock is _mp.MPLock
         assert isinstance(multiprocessing.get_context("fork").RLock(), _mp.MPRLock)
@@ -467,10 +615,11 @@ def test_uninstall_restores_multiprocessing(tmp_path: Any, monkeypatch: Any) -> 
     assert not isinstance(multiprocessing.get_context("fork").Lock(), _mp.MPLock)
 
 
-def test_multiprocessing_is_left_alone_without_the_opt_in(monkeypatch: Any) -> None:
+@pytest.mark.parametrize("value", ["0", " 0 "])
+def test_multiprocessing_is_left_alone_when_opted_out(monkeypatch: Any, value: str) -> None:
     import multiprocessing.synchronize as sync
 
-    monkeypatch.delenv("LOCKWISE_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("LOCKWISE_MULTIPROCESSING", value)
     with lockwise.installed():
         assert sync.Lock is _mp.ORIGINAL["Lock"]
         assert not isinstance(multiprocessing.get_context("fork").Lock(), _mp.MPLock)

@@ -90,17 +90,23 @@ def _patch_multiprocessing(installing: bool) -> None:
     _mp.patch(installing)
 
 
+def multiprocessing_wanted() -> bool:
+    """Whether install() covers multiprocessing's locks: unless
+    ``LOCKWISE_MULTIPROCESSING=0`` (see docs/multiprocessing.md)."""
+    return os.environ.get("LOCKWISE_MULTIPROCESSING", "").strip() != "0"
+
+
 def _multiprocessing_hook(installing: bool) -> None:
-    """With ``LOCKWISE_MULTIPROCESSING=1``, install()/uninstall() cover
-    multiprocessing's Lock and RLock (``_mp``): at once if
-    ``multiprocessing.synchronize`` is imported, else when it is (``ctx.Lock()``
-    imports it on first use). Opt-in for now: see docs/multiprocessing.md."""
+    """install()/uninstall() cover multiprocessing's Lock and RLock (``_mp``):
+    at once if ``multiprocessing.synchronize`` is imported, else when it is
+    (``ctx.Lock()`` imports it on first use). ``LOCKWISE_MULTIPROCESSING=0``
+    leaves them multiprocessing's own."""
     name = "multiprocessing.synchronize"
     if not installing:
         _install.cancel_when_imported(name)
         if "lockwise._mp" in sys.modules:
             _patch_multiprocessing(False)
-    elif os.environ.get("LOCKWISE_MULTIPROCESSING") != "1":
+    elif not multiprocessing_wanted():
         return
     elif name in sys.modules:
         _patch_multiprocessing(True)

@@ -19,7 +19,9 @@ as is any ``os.fork()``):
   lock (formatting and recording happen here, after the fork).
 * ``after_in_child``: keep, by lock, the id of the finding the parent records,
   so that the deadlock detector (``_waitfor.build_finding``) links a wait on
-  such a lock to it (``details["fork_hazard"]``).
+  such a lock to it (``details["fork_hazard"]``). In a child that
+  multiprocessing forks to run a process, the forking thread's own held list
+  is emptied (its owners stay): the frames that took them never run again.
 
 Cost: nothing on any lock operation; at a fork, one pass over the known
 threads' held lists (O(threads + held locks)); the rest only when a lock is
@@ -170,11 +172,37 @@ def _record(pending: tuple[int, int, list[Held], list[tuple[CodeType, int]], str
             _findings.apply_policy(finding, "log" if policy == "raise" else policy)
 
 
+#: Where multiprocessing forks a process that never returns to the forking
+#: thread's frames (it runs the process's target and ``os._exit``s): the fork
+#: start method's ``Popen._launch`` and the fork server's loop.
+_STARTERS = {("popen_fork.py", "_launch"), ("forkserver.py", "main")}
+
+
+def _starts_a_process(frame: Any) -> bool:
+    code = frame.f_code
+    filename = code.co_filename
+    return ((os.path.basename(filename), code.co_name) in _STARTERS
+            and os.path.basename(os.path.dirname(filename)) == "multiprocessing")
+
+
 def _after_in_child() -> None:
     global _pending, _error
     pending, _pending = _pending, None
     _error = None
     _inherited.clear()
+    try:
+        # The hook runs inside os.fork(): the frame above is its caller. In a
+        # multiprocessing child the forking thread's locks stay held for good
+        # by frames that never run again: they order nothing the child takes
+        # (a manager's Server.mutex, held around a Pool's start, was ordered
+        # before every lock of the pool's workers). Their owner stays: a wait
+        # on one is still this thread's own deadlock.
+        caller = sys._getframe(1)
+        ts = getattr(_local, "ts", None)
+        if ts is not None and ts.held and _starts_a_process(caller):
+            ts.held.clear()
+    except Exception as exc:
+        _findings.internal_error("forgetting the locks held across a process start", exc)
     if pending is None:
         return
     try:

@@ -9,11 +9,12 @@ multiprocessing semaphore itself, so inside one process it is what any
 lockwise lock is (owner, held list, lock order, local wait-for graph), and
 between processes it is the semaphore it always was.
 
-Owner. Each lock has a slot in shared memory (``multiprocessing.heap``:
-inherited at fork, sent along with the lock to spawn and forkserver children,
-exactly where the semaphore can go): the holder's pid, thread ident and
-process start time, an acquisition count, and whether it took the lock in a
-``with`` block. The slot is written as the semaphore is taken and cleared
+Owner. Each lock has a slot in shared memory (an arena of lockwise's own,
+allocated without a lock, not from ``multiprocessing.heap``, whose lock a
+fork could meet held; inherited at fork, sent along with the lock to spawn
+and forkserver children, exactly where the semaphore can go): the holder's
+pid, thread ident and process start time, an acquisition count, and whether
+it took the lock in a ``with`` block. The slot is written as the semaphore is taken and cleared
 before it is given back; :meth:`MPLock.holder` reads it from any process.
 
 Waits. An acquire that must wait goes the lockwise way (the quiet wait, then
@@ -75,7 +76,7 @@ from . import _findings, _install, _waitfor
 from ._config import settings
 from ._errors import DeadlockError
 from ._files import pid_alive
-from ._primitives import Lock, RLock
+from ._primitives import Lock, RLock, _drop_held
 from ._shared_lock import confirmed, cycle_of
 from ._shared_store import (
     RECHECK,
@@ -141,12 +142,57 @@ def holder_exited(pid: int, start: int) -> bool:
         return False
 
 
-def _new_buffer() -> Any:
-    """A zeroed slot in shared memory (freed with the lock in this process)."""
-    buf = heap.BufferWrapper(_SLOT_BYTES)
-    view = buf.create_memoryview()
-    view[:] = bytes(_SLOT_BYTES)  # the heap reuses freed blocks
-    return buf
+#: Bytes of shared memory per arena: 1,638 slots, one file descriptor.
+_ARENA_BYTES = 64 * 1024
+#: Free slots of the arenas this process made: (arena, offset). Lists, whose
+#: append and pop are atomic: allocation takes no lock, so a fork, a finalizer
+#: or a signal handler can meet it at any point (multiprocessing.heap's lock
+#: would be a fork hazard of lockwise's making).
+_free: list[tuple[Any, int]] = []
+
+
+class _Slot:
+    """A lock's slot: ``_SLOT_BYTES`` of an arena (``multiprocessing.heap.Arena``:
+    a file in ``/dev/shm``, mapped shared, inherited at fork, and pickled for
+    a spawned child as a duplicated descriptor). Freed with the lock in the
+    process that made it; a child's copy never frees it."""
+
+    __slots__ = ("_arena", "_offset", "_pid")
+
+    def __init__(self, arena: Any, offset: int, pid: int) -> None:
+        self._arena = arena
+        self._offset = offset
+        self._pid = pid
+
+    def view(self) -> memoryview:
+        """The slot as int64 fields (``PID``, ``IDENT``, ...)."""
+        start = self._offset
+        return memoryview(self._arena.buffer)[start:start + _SLOT_BYTES].cast("q")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Slot, (self._arena, self._offset, 0))
+
+    def __del__(self) -> None:
+        try:
+            if self._pid == _PID:  # this process's arena: the offset is free again
+                _free.append((self._arena, self._offset))
+        except Exception:  # at interpreter shutdown, the module's globals may be gone
+            pass
+
+
+def _new_slot() -> _Slot:
+    """A zeroed slot of shared memory (a new arena when none is free)."""
+    while True:
+        try:
+            arena, offset = _free.pop()
+        except IndexError:
+            # Two threads may both grow the pool: one arena too many, no harm.
+            arena = heap.Arena(_ARENA_BYTES)
+            _free.extend((arena, offset)
+                         for offset in range(_ARENA_BYTES - _SLOT_BYTES, -1, -_SLOT_BYTES))
+            continue
+        arena.buffer[offset:offset + _SLOT_BYTES] = bytes(_SLOT_BYTES)
+        return _Slot(arena, offset, _PID)
 
 
 def _mark(slot: Any) -> None:
@@ -178,6 +224,7 @@ class SemInner:
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if self._sem_acquire(False):
             _mark(self._slot)
+            _end_stale_ownership(self)
             return True
         if not blocking:
             return False
@@ -198,7 +245,36 @@ class SemInner:
         got = bool(self._sem_acquire(True, timeout))
         if got:
             _mark(self._slot)
+            _end_stale_ownership(self)
         return got
+
+
+def _drop_stale(lock: Any, before: ThreadState) -> None:
+    """``lock`` was just taken, and ``before`` was its owner on record when the
+    acquire began: that ownership ended by another process's release (an
+    owner of this process releases through lockwise, and would have been
+    cleared). Drop its entry, keeping the new one when it is this thread's."""
+    held = before.held
+    if lock._owner is before:
+        if held.count(lock) < 2:
+            return
+    elif lock not in held:
+        return
+    try:
+        held.remove(lock)
+    except ValueError:  # removed meanwhile
+        pass
+
+
+def _end_stale_ownership(inner: Any) -> None:
+    """The semaphore was just taken: an owner still on record lost it to a
+    release by another process (a hand-off). Its ownership is over, and its
+    entry in that thread's held list goes (the C ``take()`` does the same)."""
+    lock = inner._lock()
+    owner = None if lock is None else lock._owner
+    if owner is not None:
+        lock._owner = None
+        _drop_held(owner, lock)
 
 
 def released_by_another(inner: Any) -> None:
@@ -378,13 +454,25 @@ def _setup_c() -> None:
 _setup_c()
 
 
+def _threading_args(block: Any, timeout: Any) -> tuple[bool, float]:
+    """multiprocessing's ``acquire(block, timeout)`` as threading's arguments:
+    a non-blocking call ignores its timeout, None waits for ever, and a
+    negative timeout is 0 (``multiprocessing.synchronize.SemLock``'s rules)."""
+    if not block:
+        return False, -1
+    if timeout is None:
+        return True, -1
+    return True, min(max(float(timeout), 0.0), threading.TIMEOUT_MAX)
+
+
 class _Shared:
-    """What MPLock and MPRLock add to lockwise's Lock and RLock."""
+    """What MPLock and MPRLock add to lockwise's Lock and RLock (``_base``)."""
 
     __slots__ = ()
     #: Waits on it may be ended by another process (see _waitfor._released_from_outside).
     _cross_process = True
-    _mp_kind = "Lock"
+    _base: Any
+    _mp_kind: str
     _mp: Any
     _buf: Any
     _slot: Any
@@ -392,15 +480,53 @@ class _Shared:
     _site: Any
     _owner: Optional[ThreadState]
 
+    def __init__(self, *, ctx: Any = None) -> None:
+        # A plain semaphore under both: lockwise's RLock counts the recursion.
+        self._setup(ORIGINAL["Lock"](ctx=ctx or _default_context()), _new_slot(),
+                    f"mp:{self._mp_kind}:" + os.urandom(8).hex())
+        self._init_lock(None)
+        self._site = site_of(_site_frame())
+
     def _setup(self, mp: Any, buf: Any, key: str) -> None:
         self._mp = mp
         self._buf = buf
-        self._slot = buf.create_memoryview().cast("q")
+        self._slot = buf.view()
         self._key = key  # type: ignore[misc]  # a slot of the subclasses
         _all.add(self)
 
+    def _init_lock(self, label: Optional[str]) -> None:
+        self._base.__init__(self, label)
+
     def _new_inner(self) -> Any:
         return _Inner(self._mp._semlock, self._slot, self)
+
+    if _C is None:
+        # The C acquire parses multiprocessing's signature itself.
+        def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
+            """multiprocessing's ``acquire(block=True, timeout=None)``."""
+            return bool(self._base.acquire(self, *_threading_args(block, timeout)))
+
+    def _acquire_slow(self, blocking: Any, timeout: Any, *rest: Any) -> bool:
+        try:
+            # threading's arguments, but for the C acquire's untimed call: it
+            # passes multiprocessing's (None) and a timeout of any size.
+            if timeout is None or (timeout != -1 and timeout > threading.TIMEOUT_MAX):
+                blocking, timeout = _threading_args(blocking, timeout)
+            before = self._owner
+            got = self._base._acquire_slow(self, blocking, timeout, *rest)
+            if got:
+                if before is not None:
+                    _drop_stale(self, before)
+                if len(rest) > 2 and rest[2]:  # taken by __enter__
+                    self._slot[WITH] = 1
+            return bool(got)
+        finally:
+            if _registrations:
+                end_registration(_get_ident())
+
+    @property
+    def _semlock(self) -> Any:
+        return _SemView(self)
 
     def holder(self) -> Optional[dict[str, int]]:
         """The holder as recorded in shared memory: ``{"pid", "thread"}`` (the
@@ -423,14 +549,25 @@ class _Shared:
         return f"{str(base)[:-1]} held by pid {who['pid']} thread {who['thread']}>"
 
 
-_MP_DIR = os.path.dirname(os.path.abspath(_synchronize.__file__)) + os.sep
+#: multiprocessing's lock factories (``ctx.Lock()``, the classes' ``__init__``):
+#: not where the program made the lock.
+_FACTORIES = {os.path.abspath(_synchronize.__file__)}
+try:
+    from multiprocessing import context as _context
+
+    _FACTORIES.add(os.path.abspath(_context.__file__))
+except ImportError:  # pragma: no cover - every supported CPython has it
+    pass
+_FACTORIES |= {os.path.normcase(f) for f in _FACTORIES}
 
 
 def _site_frame() -> Any:
-    """The frame that asked multiprocessing for the lock (its context's Lock()
-    is not where the program made it)."""
+    """The frame that asked multiprocessing's factory for the lock: the
+    program's line, or a multiprocessing module's own (``SimpleQueue._rlock``
+    in ``queues.py``: each of a Pool's locks is a class of its own, as
+    ``queue.Queue.mutex`` is for a thread lock)."""
     frame: Any = sys._getframe(2)
-    while frame is not None and (frame.f_code.co_filename.startswith(_MP_DIR)
+    while frame is not None and (frame.f_code.co_filename in _FACTORIES
                                  or frame.f_code.co_filename in INTERNAL_FILES):
         frame = frame.f_back
     return frame
@@ -450,15 +587,8 @@ class MPLock(_Shared, Lock):
     """``multiprocessing.Lock`` while lockwise is installed: see the module."""
 
     __slots__ = ("_mp", "_buf", "_slot", "_key")
-
-    def __init__(self, *, ctx: Any = None) -> None:
-        self._setup(ORIGINAL["Lock"](ctx=ctx or _default_context()), _new_buffer(),
-                    "mp:Lock:" + os.urandom(8).hex())
-        self._init_lock(None)
-        self._site = site_of(_site_frame())
-
-    def _init_lock(self, label: Optional[str]) -> None:
-        Lock.__init__(self, label)
+    _base = Lock
+    _mp_kind = "Lock"
 
     if _C is None:
         # The C Lock marks the slot itself; the pure one's __enter__ cannot.
@@ -466,20 +596,6 @@ class MPLock(_Shared, Lock):
             got = Lock.__enter__(self)
             self._slot[WITH] = 1
             return got
-
-    def _acquire_slow(self, *args: Any) -> bool:
-        try:
-            got = Lock._acquire_slow(self, *args)
-            if got and len(args) > 4 and args[4]:  # taken by __enter__
-                self._slot[WITH] = 1
-            return bool(got)
-        finally:
-            if _registrations:
-                end_registration(_get_ident())
-
-    @property
-    def _semlock(self) -> Any:
-        return _SemView(self)
 
 
 class _SemView:
@@ -509,28 +625,8 @@ class MPRLock(_Shared, RLock):
     """``multiprocessing.RLock`` while lockwise is installed: see the module."""
 
     __slots__ = ("_mp", "_buf", "_slot", "_key")
+    _base = RLock
     _mp_kind = "RLock"
-
-    def __init__(self, *, ctx: Any = None) -> None:
-        # A plain semaphore underneath: lockwise's RLock counts the recursion.
-        self._setup(ORIGINAL["Lock"](ctx=ctx or _default_context()), _new_buffer(),
-                    "mp:RLock:" + os.urandom(8).hex())
-        self._init_lock(None)
-        self._site = site_of(_site_frame())
-
-    def _init_lock(self, label: Optional[str]) -> None:
-        RLock.__init__(self, label)
-
-    def _acquire_slow(self, *args: Any) -> bool:
-        try:
-            return bool(RLock._acquire_slow(self, *args))
-        finally:
-            if _registrations:
-                end_registration(_get_ident())
-
-    @property
-    def _semlock(self) -> Any:
-        return _SemView(self)
 
 
 def _default_context() -> Any:
@@ -550,17 +646,30 @@ def _after_fork_in_child() -> None:
     global _PID, _START
     _PID = os.getpid()
     _START = _start_time(_PID)
+    _free.clear()  # the parent allocates from its arenas: the child makes its own
     _setup_c()
     _registrations.clear()
     mine = getattr(_local, "ts", None)
     for lock in list(_all):
         owner = lock._owner
-        if owner is not None and owner is not mine:
-            lock._owner = None
-            if hasattr(lock, "_count"):
-                lock._count = 0
-            else:
-                lock._set_held_in_with(False)
+        if owner is None:
+            continue
+        # Held by the parent's thread, the forking one too: the semaphore is
+        # one, its holder is the parent process (the slot says so), and the
+        # child's copy of that thread holds nothing (multiprocessing's own
+        # RLock is not the child's either). Left in the held list, a lock the
+        # parent keeps (a Pool's _help_stuff_finish never releases one) would
+        # order every lock the child takes after it.
+        lock._owner = None
+        if hasattr(lock, "_count"):
+            lock._count = 0
+        else:
+            lock._set_held_in_with(False)
+        if owner is mine and mine is not None:
+            try:
+                mine.held.remove(lock)
+            except ValueError:
+                pass
 
 
 if hasattr(os, "register_at_fork"):
@@ -579,5 +688,5 @@ _waitfor.cross_process_types = (MPLock, MPRLock)
 # Imported first to unpickle a lock (a spawned child under lockwise), this
 # module made multiprocessing.synchronize's import run the install hook,
 # which found it half-initialised and left the patch to here.
-if _install.is_installed() and os.environ.get("LOCKWISE_MULTIPROCESSING") == "1":
+if _install.is_installed() and os.environ.get("LOCKWISE_MULTIPROCESSING", "").strip() != "0":
     patch(True)

@@ -131,7 +131,7 @@ static PyObject *g_last_ts;
 
 static PyObject *s_locked;
 static PyObject *s_acquire, *s_release, *s_held, *s_ident, *s_signal, *s_lock_order,
-    *s_ts, *s_acquire_slow, *s_minus_one, *s_quiet, *s_site, *s_known,
+    *s_ts, *s_acquire_slow, *s_minus_one, *s_zero, *s_quiet, *s_site, *s_known,
     *s_known_instances, *s_serial;
 
 /* ------------------------------------------------------------------ helpers */
@@ -1087,14 +1087,12 @@ needs_order_check(PyObject *held)
     return r;
 }
 
-/* Parse (blocking=True, timeout=-1). *fast is 1 when timeout == -1. */
+/* Parse two arguments named `names` into *blocking and *timeout (borrowed;
+ * the caller sets their defaults). */
 static int
-parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-           PyObject **blocking, PyObject **timeout, int *fast)
+parse_two(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+          const char *const names[2], PyObject **blocking, PyObject **timeout)
 {
-    static const char *const names[] = {"blocking", "timeout"};
-    *blocking = Py_True;
-    *timeout = s_minus_one;
     if (nargs > 2) {
         PyErr_Format(PyExc_TypeError,
                      "acquire() takes at most 2 arguments (%zd given)", nargs);
@@ -1134,6 +1132,19 @@ parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                 *timeout = value;
         }
     }
+    return 0;
+}
+
+/* Parse (blocking=True, timeout=-1). *fast is 1 when timeout == -1. */
+static int
+parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+           PyObject **blocking, PyObject **timeout, int *fast)
+{
+    static const char *const names[] = {"blocking", "timeout"};
+    *blocking = Py_True;
+    *timeout = s_minus_one;
+    if (parse_two(args, nargs, kwnames, names, blocking, timeout) < 0)
+        return -1;
     PyObject *t = *timeout;
     if (t == s_minus_one) {
         *fast = 1;
@@ -1154,6 +1165,43 @@ parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     }
     return 0;
 }
+
+/* multiprocessing's signature, for the locks over its semaphore (MPLock,
+ * MPRLock): (block=True, timeout=None). None waits for ever, and a
+ * non-blocking call ignores its timeout: both are the fast path's. A negative
+ * timeout is 0, as multiprocessing reads it; any other goes to _acquire_slow
+ * as given (a timeout of threading's kind from here on). */
+static int
+parse_mp_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+              PyObject **blocking, PyObject **timeout, int *fast)
+{
+    static const char *const names[] = {"block", "timeout"};
+    *blocking = Py_True;
+    *timeout = Py_None;
+    if (parse_two(args, nargs, kwnames, names, blocking, timeout) < 0)
+        return -1;
+    if (*timeout == Py_None) {
+        *fast = 1;
+        return 0;
+    }
+    int blk = PyObject_IsTrue(*blocking);
+    if (blk < 0)
+        return -1;
+    *fast = !blk;
+    if (blk) {
+        int negative = PyObject_RichCompareBool(*timeout, s_zero, Py_LT);
+        if (negative < 0)
+            return -1;
+        if (negative)
+            *timeout = s_zero;
+    }
+    return 0;
+}
+
+/* The parser for this lock's acquire: multiprocessing's for its semaphore. */
+#define PARSE_ACQUIRE(self) \
+    ((self)->inner != NULL && Py_IS_TYPE((self)->inner, &SemInner_Type) \
+     ? parse_mp_args : parse_args)
 
 /* self._acquire_slow(blocking, timeout, frame, waited[, True]): `waited` says
  * that the quiet wait was already spent here; `in_with` (Lock.__enter__ only)
@@ -1219,7 +1267,14 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock, int in_with)
         LW_STORE_SSIZE(self->count, 1);
     LW_STORE_PTR(self->owner, Py_NewRef(ts));
     Py_END_CRITICAL_SECTION();
-    Py_XDECREF(old_owner);
+    if (old_owner != NULL) {
+        /* Only a multiprocessing lock is free with an owner on record: another
+         * process released it (a hand-off). That ownership is over; its entry
+         * in the old owner's held list goes (this thread's too). */
+        if (Py_IS_TYPE(self->inner, &SemInner_Type) && drop_held(old_owner, (PyObject *)self) < 0)
+            PyErr_Clear();
+        Py_DECREF(old_owner);
+    }
     if (blocking) {
         int check = needs_order_check(held);
         if (check < 0)
@@ -1320,7 +1375,7 @@ lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
 {
     PyObject *blocking, *timeout;
     int fast;
-    if (parse_args(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
+    if (PARSE_ACQUIRE(self)(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
         return NULL;
     return lock_acquire_impl(self, blocking, timeout, fast, 0);
 }
@@ -1449,7 +1504,7 @@ rlock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
 {
     PyObject *blocking, *timeout;
     int fast;
-    if (parse_args(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
+    if (PARSE_ACQUIRE(self)(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
         return NULL;
     return rlock_acquire_impl(self, blocking, timeout, fast);
 }
@@ -2208,6 +2263,8 @@ PyInit__speedups(void)
     INTERN(s_known_instances, "_known_instances");
     INTERN(s_serial, "_serial");
     INTERN(g_ts_key, "lockwise._speedups.thread_state");
+    if ((s_zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
     if ((s_minus_one = PyLong_FromLong(-1)) == NULL)
         return NULL;
     if (PyType_Ready(&LockBase_Type) < 0 || PyType_Ready(&RLockBase_Type) < 0
