@@ -3,6 +3,7 @@ under each start method, every wait bounded."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -65,45 +66,44 @@ def _ready(*events: Any, timeout: float = 45) -> None:
 
 # ---------------------------------------------------------------- children (module level: spawn)
 
-def _abba_child(first: Any, second: Any, mine: Any, other: Any) -> None:
-    with first:
+def _pair_child(first: Any, second: Any, mine: Any, other: Any,
+                how: str = "with with") -> None:
+    """Take ``first``, say so (``mine``), wait for the other child to take its
+    own (``other``), then take ``second``. ``how`` says how each is taken:
+    ``with`` (released by its holder) or ``bare`` (``acquire()``, which
+    another process may release). Exit 3 on DeadlockError, 4 if the other
+    child never got ready, else 0."""
+    take_first, take_second = how.split()
+    with contextlib.ExitStack() as stack:
+        if take_first == "with":
+            stack.enter_context(first)  # __enter__, as a with block
+        else:
+            first.acquire()  # kept to the end of the process
         mine.set()
         if not other.wait(45):
             sys.exit(4)
         try:
-            with second:
-                pass
+            if take_second == "with":
+                stack.enter_context(second)
+            else:
+                second.acquire()
+                second.release()
         except lockwise.DeadlockError:
             sys.exit(3)
     sys.exit(0)
 
 
-def _bare_then_with(first: Any, second: Any, mine: Any, other: Any) -> None:
-    """Takes ``first`` by a bare acquire() (which another process may
-    release), then waits for ``second``."""
-    first.acquire()
-    mine.set()
-    if not other.wait(45):
-        sys.exit(4)
-    try:
-        with second:
-            pass
-    except lockwise.DeadlockError:
-        sys.exit(3)
-    sys.exit(0)
-
-
-def _with_then_bare(first: Any, second: Any, mine: Any, other: Any) -> None:
-    with first:
-        mine.set()
-        if not other.wait(45):
-            sys.exit(4)
-        try:
-            second.acquire()
-        except lockwise.DeadlockError:
-            sys.exit(3)
-        second.release()
-    sys.exit(0)
+def _start_pair(ctx: Any, first: Any, second: Any, how1: str = "with with",
+                how2: str = "with with") -> tuple[Any, Any, Any, Any]:
+    """Two children: P1 takes ``first`` then ``second``, P2 the reverse."""
+    ready1, ready2 = ctx.Event(), ctx.Event()
+    p1 = ctx.Process(target=_pair_child, args=(first, second, ready1, ready2, how1),
+                     name="P1", daemon=True)
+    p2 = ctx.Process(target=_pair_child, args=(second, first, ready2, ready1, how2),
+                     name="P2", daemon=True)
+    p1.start()
+    p2.start()
+    return p1, p2, ready1, ready2
 
 
 def _die_holding(lock: Any, in_with: bool) -> None:
@@ -127,35 +127,18 @@ def _take_and_report(lock: Any, done: Any) -> None:
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_abba_between_two_processes_raises_in_one_and_both_finish(
-        shared: str, method: str) -> None:
+        shared: str, method: str, kind: str) -> None:
     ctx = multiprocessing.get_context(method)
-    a, b = ctx.Lock(), ctx.Lock()
-    assert isinstance(a, _mp.MPLock)
-    ready1, ready2 = ctx.Event(), ctx.Event()
-    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2),
-                     name="P1", daemon=True)
-    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1),
-                     name="P2", daemon=True)
-    p1.start()
-    p2.start()
+    a, b = getattr(ctx, kind)(), getattr(ctx, kind)()
+    assert isinstance(a, _mp.MPLock if kind == "Lock" else _mp.MPRLock)
+    # the events stay referenced until the children finish: a spawned child
+    # opens their semaphores by name, which their finalizer unlinks
+    p1, p2, ready1, ready2 = _start_pair(ctx, a, b)
     codes = _finish(p1, p2)
+    del ready1, ready2
     assert sorted(codes) == [0, 3], codes
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_rlock_abba_between_two_processes(shared: str, method: str) -> None:
-    ctx = multiprocessing.get_context(method)
-    a, b = ctx.RLock(), ctx.RLock()
-    assert isinstance(a, _mp.MPRLock)
-    ready1, ready2 = ctx.Event(), ctx.Event()
-    p1 = ctx.Process(target=_abba_child, args=(a, b, ready1, ready2),
-                     name="P1", daemon=True)
-    p2 = ctx.Process(target=_abba_child, args=(b, a, ready2, ready1),
-                     name="P2", daemon=True)
-    p1.start()
-    p2.start()
-    assert sorted(_finish(p1, p2)) == [0, 3]
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
@@ -166,13 +149,7 @@ def test_a_cycle_through_a_bare_acquire_is_not_raised_and_a_hand_off_ends_it(
     release a multiprocessing.Lock), and does: both finish, neither raises."""
     ctx = multiprocessing.get_context(method)
     a, b = ctx.Lock(), ctx.Lock()
-    ready1, ready2 = ctx.Event(), ctx.Event()
-    p1 = ctx.Process(target=_bare_then_with, args=(a, b, ready1, ready2),
-                     name="P1", daemon=True)
-    p2 = ctx.Process(target=_with_then_bare, args=(b, a, ready2, ready1),
-                     name="P2", daemon=True)
-    p1.start()
-    p2.start()
+    p1, p2, ready1, ready2 = _start_pair(ctx, a, b, "bare with", "with bare")
     try:
         _ready(ready1, ready2)
         time.sleep(1.5)  # both blocked, registered and checked several times
