@@ -383,7 +383,14 @@ def test_a_child_forked_by_a_holder_holds_none_of_its_multiprocessing_locks(
         assert held == [] and edges == []
         assert rlock_released == "no"
         assert holder is None  # the child's release cleared the slot
-        assert lock.acquire(timeout=10) is True  # handed back by the child
+        # Handed back by the child: free, with this thread still its owner on
+        # record. Taken again (the untimed call's C fast path, then the timed
+        # one's slow path), it is held once, not once per ownership.
+        assert lock.acquire() is True
+        assert lockwise.held_locks().count(lock) == 1
+        lock._mp._semlock.release()  # handed off again, as another process does it
+        assert lock.acquire(timeout=10) is True
+        assert lockwise.held_locks().count(lock) == 1
         lock.release()
     finally:
         rlock.release()

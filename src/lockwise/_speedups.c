@@ -1268,10 +1268,12 @@ take(LockObject *self, PyObject *ts, int blocking, int is_rlock, int in_with)
     LW_STORE_PTR(self->owner, Py_NewRef(ts));
     Py_END_CRITICAL_SECTION();
     if (old_owner != NULL) {
-        /* Only a multiprocessing lock is free with an owner on record: another
-         * process released it (a hand-off). That ownership is over; its entry
-         * in the old owner's held list goes (this thread's too). */
-        if (Py_IS_TYPE(self->inner, &SemInner_Type) && drop_held(old_owner, (PyObject *)self) < 0)
+        /* Only a multiprocessing lock is free with an owner on record (not
+         * None): another process released it (a hand-off). That ownership is
+         * over; its entry in the old owner's held list goes (this thread's
+         * too). */
+        if (old_owner != Py_None && Py_IS_TYPE(self->inner, &SemInner_Type)
+                && drop_held(old_owner, (PyObject *)self) < 0)
             PyErr_Clear();
         Py_DECREF(old_owner);
     }
