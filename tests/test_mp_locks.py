@@ -607,3 +607,4 @@ def test_multiprocessing_is_left_alone_when_opted_out(monkeypatch: Any, value: s
     with lockwise.installed():
         assert sync.Lock is _mp.ORIGINAL["Lock"]
         assert not isinstance(multiprocessing.get_context("fork").Lock(), _mp.MPLock)
+        assert type(multiprocessing.get_context("fork").Semaphore(1)) is sync.Semaphore

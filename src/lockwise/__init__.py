@@ -97,7 +97,7 @@ def multiprocessing_wanted() -> bool:
 
 
 def _multiprocessing_hook(installing: bool) -> None:
-    """install()/uninstall() cover multiprocessing's Lock and RLock (``_mp``):
+    """install()/uninstall() cover multiprocessing's locks and semaphores (``_mp``):
     at once if ``multiprocessing.synchronize`` is imported, else when it is
     (``ctx.Lock()`` imports it on first use). ``LOCKWISE_MULTIPROCESSING=0``
     leaves them multiprocessing's own."""

@@ -1,4 +1,4 @@
-"""multiprocessing's Lock and RLock, owned and in the cross-process wait-for graph.
+"""multiprocessing's locks and semaphores: owned, and in the cross-process wait-for graph.
 
 While lockwise is installed (``install()``, ``lockwise run``, ``LOCKWISE=1``,
 ``pytest --lockwise``), ``multiprocessing.synchronize.Lock`` and ``RLock``
@@ -50,10 +50,21 @@ Cost. Uncontended: the lockwise Lock's path plus one call of the semaphore
 the slot's writes. No store access unless a wait outlasts the quiet wait and
 is untimed. See ``benchmarks/bench_mp.py``.
 
-Limits. ``Semaphore`` and ``BoundedSemaphore`` have no owner and stay
-multiprocessing's own: waits on them (and so ``Condition.wait`` and
-``Event.wait``, which wait on a semaphore) are not edges of the graph, and
-count as "blocked outside lockwise". ``Manager().Lock()`` returns a proxy to
+Semaphores. The program's ``Semaphore`` and ``BoundedSemaphore`` are
+:class:`MPSemaphore` and :class:`MPBoundedSemaphore` (subclasses, made by a
+``__new__`` set on multiprocessing's class; C accelerator only, as the table
+below needs a compare-and-swap on shared memory). A semaphore has no owner,
+but its permits have takers: a table in shared memory (``PERMITS``
+entries) records the pid and thread of each, and :meth:`_Permits.holders`
+reads it from any process. A wait that blocks is registered (snapshots show
+it) but takes no part in the deadlock rules: any process may release a
+permit. An untimed wait that lasts reports (never raises) when every permit
+is held by processes that have exited. The semaphores multiprocessing makes
+for itself (a Condition's, an Event's, a Queue's) signal between processes:
+they stay its own, and so ``Condition.wait`` and ``Event.wait`` count as
+"blocked outside lockwise".
+
+Limits. ``Manager().Lock()`` returns a proxy to
 a ``threading.Lock`` in the manager's process: covered only when that
 process runs under lockwise, as a local lock of that process. Locks made
 before ``install()`` stay plain. The lock order between processes is not
@@ -86,8 +97,8 @@ from ._shared_store import (
     store_for,
     type_of,
 )
-from ._sites import INTERNAL_FILES, site_of, thread_name
-from ._state import ThreadState, _local, current_state
+from ._sites import INTERNAL_FILES, named_site, site_of, thread_name
+from ._state import ThreadState, _local, begin_wait, current_state, end_wait
 from ._waitfor import ANY_THREAD, release_evidence
 
 TYPE_CHECKING = False  # True for type checkers: typing is not imported at run time
@@ -142,13 +153,13 @@ def holder_exited(pid: int, start: int) -> bool:
         return False
 
 
-#: Bytes of shared memory per arena: 1,638 slots, one file descriptor.
+#: Bytes of shared memory per arena: 1,638 lock slots, one file descriptor.
 _ARENA_BYTES = 64 * 1024
-#: Free slots of the arenas this process made: (arena, offset). Lists, whose
-#: append and pop are atomic: allocation takes no lock, so a fork, a finalizer
-#: or a signal handler can meet it at any point (multiprocessing.heap's lock
-#: would be a fork hazard of lockwise's making).
-_free: list[tuple[Any, int]] = []
+#: Free slots of the arenas this process made, by slot size: (arena, offset).
+#: Lists, whose append and pop are atomic: allocation takes no lock, so a
+#: fork, a finalizer or a signal handler can meet it at any point
+#: (multiprocessing.heap's lock would be a fork hazard of lockwise's making).
+_free: dict[int, list[tuple[Any, int]]] = {}
 
 
 class _Slot:
@@ -157,42 +168,46 @@ class _Slot:
     a spawned child as a duplicated descriptor). Freed with the lock in the
     process that made it; a child's copy never frees it."""
 
-    __slots__ = ("_arena", "_offset", "_pid")
+    __slots__ = ("_arena", "_offset", "_size", "_pid")
 
-    def __init__(self, arena: Any, offset: int, pid: int) -> None:
+    def __init__(self, arena: Any, offset: int, size: int, pid: int) -> None:
         self._arena = arena
         self._offset = offset
+        self._size = size
         self._pid = pid
 
     def view(self) -> memoryview:
         """The slot as int64 fields (``PID``, ``IDENT``, ...)."""
         start = self._offset
-        return memoryview(self._arena.buffer)[start:start + _SLOT_BYTES].cast("q")
+        return memoryview(self._arena.buffer)[start:start + self._size].cast("q")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Slot, (self._arena, self._offset, 0))
+        return (_Slot, (self._arena, self._offset, self._size, 0))
 
     def __del__(self) -> None:
         try:
             if self._pid == _PID:  # this process's arena: the offset is free again
-                _free.append((self._arena, self._offset))
+                _free[self._size].append((self._arena, self._offset))
         except Exception:  # at interpreter shutdown, the module's globals may be gone
             pass
 
 
-def _new_slot() -> _Slot:
-    """A zeroed slot of shared memory (a new arena when none is free)."""
+def _new_slot(size: int = _SLOT_BYTES) -> _Slot:
+    """``size`` zeroed bytes of shared memory (a new arena when none is free)."""
+    free = _free.get(size)
+    if free is None:
+        free = _free.setdefault(size, [])
     while True:
         try:
-            arena, offset = _free.pop()
+            arena, offset = free.pop()
         except IndexError:
             # Two threads may both grow the pool: one arena too many, no harm.
             arena = heap.Arena(_ARENA_BYTES)
-            _free.extend((arena, offset)
-                         for offset in range(_ARENA_BYTES - _SLOT_BYTES, -1, -_SLOT_BYTES))
+            free.extend((arena, offset)
+                        for offset in range(_ARENA_BYTES - _ARENA_BYTES % size - size, -1, -size))
             continue
-        arena.buffer[offset:offset + _SLOT_BYTES] = bytes(_SLOT_BYTES)
-        return _Slot(arena, offset, _PID)
+        arena.buffer[offset:offset + size] = bytes(size)
+        return _Slot(arena, offset, size, _PID)
 
 
 def _mark(slot: Any) -> None:
@@ -404,23 +419,38 @@ def _check_holder(reg: _Registration, ts: ThreadState, frame: Any) -> None:
         return
     reg.reported.add((pid, gen))
     provable = release_evidence(lock) != ANY_THREAD or bool(in_with)
-    me = participant()
-    step = {"who": me, "thread": thread_name(_get_ident()), "kind": "lock", "key": lock._key,
-            "name": lock._site.label, "site": str(lock._site),
-            "holder": f"process {pid} (exited)", "type": type_of(lock._key)}
-    finding = deadlock_finding([step], {}, "slot", frame)
     how = "in a with block" if in_with else ("as an RLock" if provable else "by acquire()")
-    finding.summary = (f"{finding.threads[0]} waits for {lock._site.label}, held by process "
-                       f"{pid}, which has exited holding it (taken {how})")
-    finding.details.update({"rule": "dead holder", "dead_pid": pid, "raised": provable})
-    if not provable:
-        finding.details["why_not_raised"] = (
-            "the lock was taken by a bare acquire(): another process may still release it")
-    finding.key = ("deadlock", "dead holder", lock._key, pid, gen, me)
+    _report_dead_holders(
+        lock, [pid], frame, raised=provable, key=(pid, gen),
+        summary=f"held by process {pid}, which has exited holding it (taken {how})",
+        why_not=None if provable else
+        "the lock was taken by a bare acquire(): another process may still release it")
+
+
+def _report_dead_holders(lock: Any, pids: list[int], frame: Any, *, raised: bool, key: Any,
+                         summary: str, why_not: Optional[str]) -> None:
+    """A ``deadlock`` finding for a wait on ``lock`` (a lock or a semaphore of
+    this module) whose holders, the processes ``pids``, have exited: raised
+    (as the policy says) when ``raised``, else recorded and logged with
+    ``why_not``."""
+    me = participant()
+    holder = (f"process {pids[0]} (exited)" if len(pids) == 1 else
+              "processes " + ", ".join(map(str, pids)) + " (exited)")
+    step = {"who": me, "thread": thread_name(_get_ident()), "kind": "lock", "key": lock._key,
+            "name": lock._site.label, "site": str(lock._site), "holder": holder,
+            "type": type_of(lock._key)}
+    finding = deadlock_finding([step], {}, "slot", frame)
+    finding.summary = f"{finding.threads[0]} waits for {lock._site.label}, {summary}"
+    finding.details.update({"rule": "dead holder", "dead_pid": pids[0], "raised": raised})
+    if len(pids) > 1:
+        finding.details["dead_pids"] = pids
+    if why_not is not None:
+        finding.details["why_not_raised"] = why_not
+    finding.key = ("deadlock", "dead holder", lock._key, key, me)
     from ._report import render_deadlock
 
     finding.text = render_deadlock(finding)
-    if provable:
+    if raised:
         if raise_deadlock(finding):
             raise DeadlockError(str(finding), finding)
     elif _findings.record(finding):
@@ -629,6 +659,281 @@ class MPRLock(_Shared, RLock):
     _mp_kind = "RLock"
 
 
+#: A semaphore's permit table (see ``_speedups.claim_permit``): a header of two
+#: int64 (ticket counter, permits taken while the table was full), then
+#: ``PERMITS`` entries of four (pid, thread ident, ticket, start time).
+PERMITS = 16
+_TICKET, _OVERFLOW, _HEADER = 0, 1, 2
+_TABLE_BYTES = 8 * (_HEADER + 4 * PERMITS)
+
+_MP_DIR = os.path.dirname(os.path.abspath(_synchronize.__file__))
+
+
+def _made_by_multiprocessing(frame: Any) -> bool:
+    """Was the semaphore asked for by multiprocessing's own code (a Condition's,
+    an Event's or a Queue's), past the context's factory methods? Those
+    signal between processes: a permit is given back by another process than
+    the one that took it, and a table of "holders" would only mislead."""
+    while frame is not None and (frame.f_code.co_filename in _FACTORIES - _SYNCHRONIZE
+                                 or frame.f_code.co_filename in INTERNAL_FILES):
+        frame = frame.f_back
+    return frame is not None and os.path.dirname(
+        os.path.abspath(frame.f_code.co_filename)) == _MP_DIR
+
+
+_SYNCHRONIZE = {os.path.abspath(_synchronize.__file__),
+                os.path.normcase(os.path.abspath(_synchronize.__file__))}
+
+
+class _Permits:
+    """What MPSemaphore and MPBoundedSemaphore add to multiprocessing's own.
+
+    ``acquire(block=True, timeout=None)``, ``release()`` and the context
+    manager keep multiprocessing's semantics; a permit taken is entered in
+    the semaphore's table in shared memory with the taker's pid and thread,
+    and a release clears the releaser's entry (or, when it holds none, the
+    oldest: see ``_speedups.claim_permit``). :meth:`holders` reads it from any
+    process. A wait that must block is registered with lockwise (snapshots
+    and reports show it), and an untimed one that lasts looks at the table:
+    when every permit is recorded as held by processes that have exited, a
+    ``deadlock`` finding is recorded and logged, never raised (any process
+    may release a semaphore). A semaphore has no owner, so its waits take no
+    part in the deadlock rules: the thread counts as one that may run.
+    """
+
+    _original: Any
+    _kind: str
+    _semlock: Any
+    _table: Any
+    _permits: Any
+    _key: str
+    _initial: int
+    _site: Any
+    #: No owner: any thread of any process may release a permit.
+    _owner = None
+    _acq = None
+    _serial = 0
+
+    def __init__(self, value: int = 1, *, ctx: Any = None) -> None:
+        self._original.__init__(self, value, ctx=ctx or _default_context())
+        self._setup_permits(_new_slot(_TABLE_BYTES), f"mp:{self._kind}:" + os.urandom(8).hex(),
+                            value)
+        self._site = site_of(_site_frame())
+
+    def _setup_permits(self, table: Any, key: str, initial: int) -> None:
+        self._table = table
+        self._permits = table.view()
+        self._key = key
+        self._initial = initial
+
+    @property
+    def _inner(self) -> Any:
+        """What lockwise's snapshot asks of a waited-on lock (``locked()``)."""
+        return _NoPermitLeft(self._semlock)
+
+    def _make_methods(self) -> None:
+        """multiprocessing's binds the semaphore's own acquire and release to
+        the instance; these are the class's methods."""
+
+    def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
+        """multiprocessing's ``acquire(block=True, timeout=None)``."""
+        if self._semlock.acquire(False):
+            try:  # _claim, written out: this is the uncontended path
+                _claim_permit(self._permits)
+            except Exception as exc:
+                _findings.internal_error("recording a semaphore permit's holder", exc)
+            return True
+        if not block:
+            return False
+        return self._wait(None if timeout is None else max(float(timeout), 0.0))
+
+    def release(self) -> None:
+        """multiprocessing's ``release()`` (ValueError past a BoundedSemaphore's value)."""
+        self._semlock.release()
+        try:
+            _drop_permit(self._permits)
+        except Exception as exc:
+            _findings.internal_error("clearing a semaphore permit's holder", exc)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *args: object) -> None:
+        self.release()
+
+    def _claim(self) -> None:
+        try:
+            _claim_permit(self._permits)
+        except Exception as exc:
+            _findings.internal_error("recording a semaphore permit's holder", exc)
+
+    def _wait(self, timeout: Optional[float]) -> bool:
+        sem = self._semlock
+        ts = current_state()
+        since = _monotonic()
+        deadline = None if timeout is None else since + timeout
+        interval = RECHECK
+        reported: set[Any] = set()
+        got: list[Any] = []
+        begin_wait(ts, self, timeout is not None, since)
+        try:
+            while True:
+                pause = interval if deadline is None else min(interval, deadline - _monotonic())
+                # Stored by C (map): no bytecode runs between the take and the
+                # store, so an exception at any later point sees it taken.
+                got[:] = map(sem.acquire, _BLOCK, (max(pause, 0.0),))
+                if got[0]:
+                    break
+                if deadline is not None:
+                    if _monotonic() >= deadline:
+                        return False
+                    continue
+                try:
+                    self._check_holders(reported, sys._getframe(1))
+                except Exception as exc:  # lockwise's own error: the wait goes on
+                    _findings.internal_error("looking at a semaphore's takers", exc)
+                interval = min(interval * 2, MAX_RECHECK)
+        except BaseException:
+            if got and got[0]:  # taken as the exception came: as if it was not
+                sem.release()
+            raise
+        finally:
+            end_wait(ts)
+        self._claim()
+        return True
+
+    def holders(self) -> list[dict[str, int]]:
+        """The recorded holders of its permits, ``{"pid", "thread"}`` each,
+        oldest first: the threads (of any process) that took a permit and have
+        not given one back. Permits taken while the table was full
+        (``PERMITS`` entries) are not listed: see :meth:`unrecorded`."""
+        entries = []
+        table = self._permits
+        for i in range(PERMITS):
+            base = _HEADER + 4 * i
+            pid = table[base]
+            if pid > 0:
+                entries.append((table[base + 2], pid, table[base + 1], table[base + 3]))
+        entries.sort()
+        return [{"pid": pid, "thread": ident} for _ticket, pid, ident, _start in entries]
+
+    def unrecorded(self) -> int:
+        """Permits taken while the table was full, not yet given back."""
+        return max(int(self._permits[_OVERFLOW]), 0)
+
+    def _check_holders(self, reported: set[Any], frame: Any) -> None:
+        """Every permit is held by a process that has exited: report it once.
+
+        Only when the permits recorded as held by them number at least the
+        value the semaphore was made with: a semaphore made with 0 (or used
+        beyond its initial permits) is a signal, whose takers do not give
+        permits back, and whose exited takers block nobody."""
+        try:
+            if self._semlock._get_value() != 0:
+                return
+        except NotImplementedError:  # macOS has no sem_getvalue
+            return
+        table = self._permits
+        if table[_OVERFLOW] > 0:
+            return
+        dead = []
+        for i in range(PERMITS):
+            base = _HEADER + 4 * i
+            pid, ticket, start = table[base], table[base + 2], table[base + 3]
+            if pid == -1 or (pid > 0 and (pid == _PID or not holder_exited(pid, start))):
+                return  # being written, or held by a process that may release it
+            if pid > 0:
+                dead.append((ticket, pid))
+        if not dead or not 0 < self._initial <= len(dead):
+            return
+        key = frozenset(dead)
+        if key in reported:
+            return
+        reported.add(key)
+        pids = sorted({pid for _ticket, pid in dead})
+        n = len(dead)
+        _report_dead_holders(
+            self, pids, frame, raised=False, key=key,
+            summary=(f"whose {'permit is' if n == 1 else f'{n} permits are'} held by "
+                     f"{'a process' if len(pids) == 1 else 'processes'} that exited "
+                     "without releasing"),
+            why_not="a semaphore may be released by any process, and lockwise cannot see "
+                    "them all")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The semaphore's own state (refused unless spawning a child), as MPLock's.
+        return (_rebuild_permits, (type(self), _SEMLOCK_GETSTATE(self), self._table,
+                                   self._key, self._initial, self._site.label))
+
+    def __repr__(self) -> str:
+        base = str(self._original.__repr__(self))
+        who = self.holders()
+        if not who:
+            return base
+        named = ", ".join(f"pid {h['pid']} thread {h['thread']}" for h in who[:3])
+        more = f" and {len(who) - 3} more" if len(who) > 3 else ""
+        return f"{base[:-1]}, held by {named}{more}>"
+
+
+class _NoPermitLeft:
+    """``locked()``: no permit is left to take (the semaphore's value is 0)."""
+
+    __slots__ = ("_semlock",)
+
+    def __init__(self, semlock: Any) -> None:
+        self._semlock = semlock
+
+    def locked(self) -> bool:
+        return bool(self._semlock._is_zero())
+
+
+_SEMLOCK_GETSTATE: Any = _synchronize.SemLock.__getstate__
+_SEMLOCK_SETSTATE: Any = getattr(_synchronize.SemLock, "__setstate__")  # noqa: B009  (untyped)
+
+
+def _rebuild_permits(cls: Any, state: Any, table: Any, key: str, initial: int,
+                     label: str) -> Any:
+    sem = object.__new__(cls)
+    _SEMLOCK_SETSTATE(sem, state)
+    sem._setup_permits(table, key, initial)
+    sem._site = named_site(label, None)
+    return sem
+
+
+class MPSemaphore(_Permits, _synchronize.Semaphore):
+    """``multiprocessing.Semaphore`` while lockwise is installed: see ``_Permits``."""
+
+    _original = _synchronize.Semaphore
+    _kind = "Semaphore"
+
+
+class MPBoundedSemaphore(_Permits, _synchronize.BoundedSemaphore):
+    """``multiprocessing.BoundedSemaphore`` while lockwise is installed: see ``_Permits``."""
+
+    _original = _synchronize.BoundedSemaphore
+    _kind = "BoundedSemaphore"
+
+
+def _permit_functions() -> Optional[tuple[Any, Any]]:
+    """``_speedups.claim_permit`` and ``drop_permit`` (C only: they need an
+    atomic compare-and-swap on shared memory, which Python has not)."""
+    if _C is None:
+        return None
+    try:
+        from ._speedups import claim_permit, drop_permit
+    except ImportError:  # built before they existed, or by a compiler without __atomic
+        return None
+    return claim_permit, drop_permit
+
+
+_PERMIT_FUNCTIONS = _permit_functions()
+if _PERMIT_FUNCTIONS is not None:
+    _claim_permit, _drop_permit = _PERMIT_FUNCTIONS
+#: Whether multiprocessing's Semaphore and BoundedSemaphore are replaced.
+SEMAPHORES = _PERMIT_FUNCTIONS is not None
+_BLOCK = (True,)
+
+
 def _default_context() -> Any:
     import multiprocessing
 
@@ -676,13 +981,47 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _new_semaphore(cls: Any, *args: Any, **kwargs: Any) -> Any:
+    """``multiprocessing.synchronize.Semaphore.__new__`` while installed: the
+    program's ``Semaphore(...)`` and ``BoundedSemaphore(...)`` are made as
+    MPSemaphore and MPBoundedSemaphore (subclasses: ``__init__`` runs, and
+    ``isinstance`` holds). The class itself is not replaced, so the
+    semaphores multiprocessing makes for itself, and those made before
+    install, stay its own, and pickle by its name."""
+    ours = _SEMAPHORE_CLASSES.get(cls)
+    if (ours is None or not kwargs or not _semaphores_patched
+            or _made_by_multiprocessing(sys._getframe(1))):
+        # A subclass, an unpickling (no arguments: every construction passes
+        # ctx=), or one of multiprocessing's own: as without lockwise.
+        return object.__new__(cls)
+    return object.__new__(ours)
+
+
+_SEMAPHORE_CLASSES: dict[Any, Any] = {_synchronize.Semaphore: MPSemaphore,
+                                      _synchronize.BoundedSemaphore: MPBoundedSemaphore}
+
+
 def patch(installing: bool) -> None:
     """Make ``multiprocessing.synchronize`` produce these locks (or not)."""
     setattr(_synchronize, "Lock", MPLock if installing else ORIGINAL["Lock"])  # noqa: B010
     setattr(_synchronize, "RLock", MPRLock if installing else ORIGINAL["RLock"])  # noqa: B010
+    global _semaphores_patched
+    if not SEMAPHORES:
+        return
+    _semaphores_patched = installing
+    semaphore: Any = _synchronize.Semaphore
+    if installing and "__new__" not in vars(semaphore):
+        # Set once and left (off when uninstalled): a class's __new__, once
+        # deleted, leaves object.__new__ refusing the constructor's arguments.
+        semaphore.__new__ = staticmethod(_new_semaphore)
+
+
+#: Whether the program's semaphores are made as MPSemaphore (see patch).
+_semaphores_patched = False
 
 
 MPLock.__module__ = MPRLock.__module__ = "lockwise._mp"
+MPSemaphore.__module__ = MPBoundedSemaphore.__module__ = "lockwise._mp"
 _waitfor.cross_process_types = (MPLock, MPRLock)
 
 # Imported first to unpickle a lock (a spawned child under lockwise), this

@@ -2216,6 +2216,139 @@ speedups_setup_mp(PyObject *Py_UNUSED(module), PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------ permit tables
+ *
+ * Who holds the permits of a multiprocessing Semaphore (lockwise._mp): a
+ * table in shared memory that every process using the semaphore maps, with a
+ * header of two int64 (a ticket counter and the count of permits taken while
+ * the table was full) and entries of four int64 (pid, thread ident, ticket,
+ * process start time). An entry is claimed by a compare-and-swap of its pid
+ * from 0 to -1 (being written), filled, and published by storing the pid:
+ * two processes never claim one entry, and a reader skips a half-written
+ * one. A release clears the releaser's own entry; a release by a thread that
+ * holds none (a semaphore used as a signal, or a hand-off) first uses up the
+ * overflow count, then clears the oldest entry, so that the table matches
+ * the permits outstanding. These are facts for reports, never grounds for
+ * raising: any process may release a semaphore. GCC and Clang only (their
+ * __atomic builtins are lock-free on int64 on every platform CPython runs
+ * multiprocessing on); elsewhere the functions are absent and lockwise
+ * leaves semaphores untracked. */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LW_PERMITS 1
+enum { PT_TICKET, PT_OVERFLOW, PT_HEADER };
+enum { PE_PID, PE_IDENT, PE_TICKET, PE_START, PE_N };
+
+/* The table's int64 words and its entry count, or NULL with an exception. */
+static int64_t *
+permit_table(PyObject *obj, Py_buffer *view, Py_ssize_t *n)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    Py_ssize_t words = view->len / (Py_ssize_t)sizeof(int64_t);
+    if (words < PT_HEADER + PE_N || ((uintptr_t)view->buf % sizeof(int64_t)) != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "permit table too small or not aligned");
+        return NULL;
+    }
+    *n = (words - PT_HEADER) / PE_N;
+    return (int64_t *)view->buf;
+}
+
+/* claim_permit(table): the calling thread takes an entry (this process's pid
+ * and start time as setup_mp() last gave them). */
+static PyObject *
+speedups_claim_permit(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    int64_t pid = g_mp_pid, start = g_mp_start;
+    int64_t ident = (int64_t)PyThread_get_thread_ident();
+    if (pid <= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup_mp() was not called");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t n;
+    int64_t *t = permit_table(obj, &view, &n);
+    if (t == NULL)
+        return NULL;
+    int64_t ticket = __atomic_add_fetch(&t[PT_TICKET], 1, __ATOMIC_RELAXED);
+    Py_ssize_t found = -1;
+    for (Py_ssize_t i = 0; i < n && found < 0; i++) {
+        int64_t *e = t + PT_HEADER + i * PE_N;
+        int64_t expected = 0;
+        if (__atomic_load_n(&e[PE_PID], __ATOMIC_RELAXED) == 0
+            && __atomic_compare_exchange_n(&e[PE_PID], &expected, -1, 0,
+                                           __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&e[PE_IDENT], ident, __ATOMIC_RELAXED);
+            __atomic_store_n(&e[PE_TICKET], ticket, __ATOMIC_RELAXED);
+            __atomic_store_n(&e[PE_START], start, __ATOMIC_RELAXED);
+            __atomic_store_n(&e[PE_PID], pid, __ATOMIC_RELEASE);
+            found = i;
+        }
+    }
+    if (found < 0)
+        __atomic_add_fetch(&t[PT_OVERFLOW], 1, __ATOMIC_RELAXED);
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(found);
+}
+
+/* drop_permit(table): a permit is given back by the calling thread. */
+static PyObject *
+speedups_drop_permit(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    int64_t pid = g_mp_pid;
+    int64_t ident = (int64_t)PyThread_get_thread_ident();
+    if (pid <= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup_mp() was not called");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t n;
+    int64_t *t = permit_table(obj, &view, &n);
+    if (t == NULL)
+        return NULL;
+    Py_ssize_t dropped = -1;
+    /* The releaser's own entry. */
+    for (Py_ssize_t i = 0; i < n && dropped < 0; i++) {
+        int64_t *e = t + PT_HEADER + i * PE_N;
+        int64_t expected = pid;
+        if (__atomic_load_n(&e[PE_PID], __ATOMIC_ACQUIRE) == pid
+            && __atomic_load_n(&e[PE_IDENT], __ATOMIC_RELAXED) == ident
+            && __atomic_compare_exchange_n(&e[PE_PID], &expected, 0, 0,
+                                           __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            dropped = i;
+    }
+    /* Else a permit taken while the table was full. */
+    int64_t over = __atomic_load_n(&t[PT_OVERFLOW], __ATOMIC_RELAXED);
+    while (dropped < 0 && over > 0) {
+        if (__atomic_compare_exchange_n(&t[PT_OVERFLOW], &over, over - 1, 0,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            dropped = -2;
+    }
+    /* Else the oldest holder's (a bounded number of tries: holders come and go). */
+    for (int attempt = 0; dropped == -1 && attempt < 8; attempt++) {
+        int64_t *oldest = NULL, oldest_pid = 0, oldest_ticket = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t *e = t + PT_HEADER + i * PE_N;
+            int64_t p = __atomic_load_n(&e[PE_PID], __ATOMIC_ACQUIRE);
+            int64_t k = __atomic_load_n(&e[PE_TICKET], __ATOMIC_RELAXED);
+            if (p > 0 && (oldest == NULL || k < oldest_ticket)) {
+                oldest = e;
+                oldest_pid = p;
+                oldest_ticket = k;
+            }
+        }
+        if (oldest == NULL)
+            break;
+        if (__atomic_compare_exchange_n(&oldest[PE_PID], &oldest_pid, 0, 0,
+                                        __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+            dropped = (oldest - (t + PT_HEADER)) / PE_N;
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(dropped);
+}
+#endif  /* __GNUC__ || __clang__ */
+
 static PyMethodDef module_methods[] = {
     {"new_rlock", speedups_new_rlock, METH_O,
      "new_rlock(frame) -> a new RLock whose creation site is the first user frame "
@@ -2226,6 +2359,14 @@ static PyMethodDef module_methods[] = {
     {"setup_mp", speedups_setup_mp, METH_VARARGS,
      "setup_mp(wait, released_by_another, pid, start): lockwise._mp's slow paths and "
      "this process's pid and start time (called again after fork)."},
+#ifdef LW_PERMITS
+    {"claim_permit", speedups_claim_permit, METH_O,
+     "claim_permit(table) -> the entry the calling thread took, or -1 (the table "
+     "is full: counted as overflow)."},
+    {"drop_permit", speedups_drop_permit, METH_O,
+     "drop_permit(table) -> the entry cleared (the calling thread's own, else "
+     "the oldest), -2 (an overflow permit), or -1 (none)."},
+#endif
     {"set_quiet_wait", speedups_set_quiet_wait, METH_O,
      "set_quiet_wait(us) -> previous: how long a contended acquire waits in C "
      "before the slow path (0: not at all)."},
