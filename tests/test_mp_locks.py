@@ -608,3 +608,37 @@ def test_multiprocessing_is_left_alone_when_opted_out(monkeypatch: Any, value: s
         assert sync.Lock is _mp.ORIGINAL["Lock"]
         assert not isinstance(multiprocessing.get_context("fork").Lock(), _mp.MPLock)
         assert type(multiprocessing.get_context("fork").Semaphore(1)) is sync.Semaphore
+
+
+def _release_later(lock: Any, delay: float) -> None:
+    """Give back a lock this process never took (a hand-off between processes)."""
+    time.sleep(delay)
+    lock.release()
+
+
+def test_the_loop_thread_waiting_on_its_own_bare_acquired_lock_is_not_raised(
+        shared: str) -> None:
+    # The event loop's thread took a multiprocessing.Lock by a bare acquire()
+    # and waits for it again: another process may release it, so this is no
+    # "loop blocks on a lock it owns" deadlock (nor a stall): the child's
+    # release ends the wait.
+    import asyncio
+
+    import lockwise.aio  # noqa: F401  (registers the loop thread's check)
+
+    ctx = multiprocessing.get_context("fork")
+    lock = ctx.Lock()
+    lock.acquire()
+    child = ctx.Process(target=_release_later, args=(lock, 1.5))
+
+    async def main() -> bool:
+        child.start()
+        return bool(lock.acquire())  # blocks the loop's thread until the child releases
+
+    try:
+        assert asyncio.run(main()) is True
+    finally:
+        assert _finish(child) == [0]
+    lock.release()
+    assert lockwise.findings("deadlock") == []
+

@@ -242,7 +242,7 @@ def _threads_may_run() -> bool:
     idents = [i for i in sys._current_frames() if i != me and i not in internal_threads]
     if not idents:
         return False
-    from ._waitfor import _valid
+    from ._waitfor import _released_from_outside, _valid
 
     first: list[tuple[Any, int, Any]] = []
     for ident in idents:
@@ -250,8 +250,8 @@ def _threads_may_run() -> bool:
         if ts is None or not ts.alive:
             return True
         changes, res = ts.changes, ts.waiting
-        if res is None or ts.wait_timed or not _valid(res):
-            return True
+        if res is None or ts.wait_timed or not _valid(res) or _released_from_outside(res):
+            return True  # (the last: another process may release it, as in _waitfor._runs)
         first.append((ts, changes, res))
     return any(ts.changes != changes or ts.waiting is not res for ts, changes, res in first)
 

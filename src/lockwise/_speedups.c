@@ -227,6 +227,16 @@ current_state(void)
     Py_XDECREF(old);
     return ts;
 }
+/* Is ts the calling thread's state? 1 when the cache says so; 0 means "not
+ * known to be" (the caller then compares thread idents). No reference, no
+ * error. */
+static inline int
+is_current_state(PyObject *ts)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+    return ts == g_last_ts && tstate == g_last_tstate
+        && PyThreadState_GetID(tstate) == g_last_tstate_id;
+}
 #else  /* LW_FT */
 /* A per-thread cache of the state (thread-local storage, never shared): the
  * thread state it belongs to (its address, interpreter and id: ids are only
@@ -283,6 +293,16 @@ current_state(void)
         return NULL;
     }
     return ts;
+}
+
+/* As above (the thread-local cache, whose keys must all match). */
+static inline int
+is_current_state(PyObject *ts)
+{
+    PyThreadState *tstate = PyThreadState_Get();
+    return ts == tls_ts && ts != NULL && tls_tstate == tstate
+        && tls_interp == PyThreadState_GetInterpreter(tstate)
+        && tls_id == PyThreadState_GetID(tstate);
 }
 #endif
 
@@ -1375,6 +1395,8 @@ lock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int f
 static PyObject *
 lock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (nargs == 0 && kwnames == NULL)  /* acquire(): every signature's defaults */
+        return lock_acquire_impl(self, Py_True, s_minus_one, 1, 0);
     PyObject *blocking, *timeout;
     int fast;
     if (PARSE_ACQUIRE(self)(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)
@@ -1405,6 +1427,8 @@ lock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
      * cleared, so a lock left taken would be held by nobody, for ever. */
     if (drop_held(owner, (PyObject *)self) < 0)
         goto error;
+    if (is_current_state(owner))
+        goto released;  /* its owner releases it: the common case, no ident read */
     PyObject *ident = state_slot(owner, g_ident_offset, s_ident);
     if (ident == NULL)
         goto error;
@@ -1420,6 +1444,7 @@ lock_release(LockObject *self, PyObject *Py_UNUSED(ignored))
         if (PyObject_SetAttr(self->site, s_signal, Py_True) < 0)
             goto error;
     }
+released:
     Py_DECREF(owner);
     if (inner_release(self->inner) < 0)
         return NULL;
@@ -1504,6 +1529,8 @@ rlock_acquire_impl(LockObject *self, PyObject *blocking, PyObject *timeout, int 
 static PyObject *
 rlock_acquire(LockObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
+    if (nargs == 0 && kwnames == NULL)  /* acquire(): every signature's defaults */
+        return rlock_acquire_impl(self, Py_True, s_minus_one, 1);
     PyObject *blocking, *timeout;
     int fast;
     if (PARSE_ACQUIRE(self)(args, nargs, kwnames, &blocking, &timeout, &fast) < 0)

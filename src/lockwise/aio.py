@@ -548,6 +548,8 @@ def _loop_thread_check(ts: ThreadState) -> None:
         return
     if res._owner is not ts or res._site.signal or hasattr(res, "_count"):
         return
+    if _waitfor._released_from_outside(res):
+        return  # a multiprocessing lock taken by acquire(): another process may release it
     loop = _aio_wait._get_running_loop()
     if loop is None or not res._inner.locked():
         return
