@@ -69,3 +69,19 @@ class Runner:
 @pytest.fixture
 def runner() -> Runner:
     return Runner()
+
+
+@pytest.fixture
+def mp_shared(tmp_path: Any, monkeypatch: Any) -> Any:
+    """lockwise installed, with a private shared store for this test, in this
+    process and its children."""
+    directory = str(tmp_path / "store")
+    monkeypatch.setenv("LOCKWISE_SHARED_DIR", directory)
+    monkeypatch.delenv("LOCKWISE_MULTIPROCESSING", raising=False)  # on by default
+    old = lockwise.configure(shared_dir=directory)
+    lockwise.install()
+    try:
+        yield directory
+    finally:
+        lockwise.uninstall()
+        lockwise.configure(**old)

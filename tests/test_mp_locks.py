@@ -17,43 +17,13 @@ import pytest
 import lockwise
 from lockwise import _mp
 
+from .mp_helpers import finish as _finish
+
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="fork, forkserver and /proc"),
               # spawn and forkserver start interpreters: seconds each under load
               pytest.mark.timeout(150)]
 
 METHODS = ["fork", "spawn", "forkserver"]
-
-
-@pytest.fixture
-def shared(tmp_path: Any, monkeypatch: Any) -> Any:
-    """A private shared store for this test, in this process and its children."""
-    directory = str(tmp_path / "store")
-    monkeypatch.setenv("LOCKWISE_SHARED_DIR", directory)
-    monkeypatch.delenv("LOCKWISE_MULTIPROCESSING", raising=False)  # on by default
-    old = lockwise.configure(shared_dir=directory)
-    lockwise.install()
-    try:
-        yield directory
-    finally:
-        lockwise.uninstall()
-        lockwise.configure(**old)
-
-
-def _finish(*procs: Any, timeout: float = 90) -> list[int]:
-    """Join every process; kill all that are still running (never leave one
-    for multiprocessing's exit handler to join) and say which they were."""
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    stuck = [p.name for p in procs if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(10)
-    if stuck:
-        raise AssertionError(f"{stuck} did not finish in {timeout}s; exit codes "
-                             f"{[(p.name, p.exitcode) for p in procs]}")
-    return [p.exitcode for p in procs]
 
 
 def _ready(*events: Any, timeout: float = 45) -> None:
@@ -129,7 +99,7 @@ def _take_and_report(lock: Any, done: Any) -> None:
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_abba_between_two_processes_raises_in_one_and_both_finish(
-        shared: str, method: str, kind: str) -> None:
+        mp_shared: str, method: str, kind: str) -> None:
     ctx = multiprocessing.get_context(method)
     a, b = getattr(ctx, kind)(), getattr(ctx, kind)()
     assert isinstance(a, _mp.MPLock if kind == "Lock" else _mp.MPRLock)
@@ -143,7 +113,7 @@ def test_abba_between_two_processes_raises_in_one_and_both_finish(
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_a_cycle_through_a_bare_acquire_is_not_raised_and_a_hand_off_ends_it(
-        shared: str, method: str) -> None:
+        mp_shared: str, method: str) -> None:
     """P1 took ``a`` by acquire() and waits for ``b``; P2 holds ``b`` and
     waits for ``a``. This process may still release ``a`` (any process may
     release a multiprocessing.Lock), and does: both finish, neither raises."""
@@ -160,7 +130,7 @@ def test_a_cycle_through_a_bare_acquire_is_not_raised_and_a_hand_off_ends_it(
     assert codes == [0, 0]
 
 
-def test_an_interrupted_wait_leaves_nothing_in_the_store(shared: str) -> None:
+def test_an_interrupted_wait_leaves_nothing_in_the_store(mp_shared: str) -> None:
     """A signal handler's exception ends a registered wait: its wait row and
     the holders it published go with it (else a stale row could close a
     false cycle for another process)."""
@@ -219,7 +189,7 @@ def _hold_until(lock: Any, gate: Any) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_a_holder_that_died_in_a_with_block_is_a_deadlock_naming_its_pid(
-        shared: str, method: str) -> None:
+        mp_shared: str, method: str) -> None:
     ctx = multiprocessing.get_context(method)
     lock = ctx.Lock()
     p = ctx.Process(target=_die_holding, args=(lock, True), daemon=True)
@@ -238,7 +208,7 @@ def test_a_holder_that_died_in_a_with_block_is_a_deadlock_naming_its_pid(
         _finish(p)
 
 
-def test_a_zombie_holder_is_dead(shared: str) -> None:
+def test_a_zombie_holder_is_dead(mp_shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     lock = ctx.RLock()
     p = ctx.Process(target=_die_holding, args=(lock, False), daemon=True)
@@ -255,7 +225,7 @@ def test_a_zombie_holder_is_dead(shared: str) -> None:
         _finish(p)
 
 
-def test_a_dead_holder_after_a_bare_acquire_is_reported_not_raised(shared: str) -> None:
+def test_a_dead_holder_after_a_bare_acquire_is_reported_not_raised(mp_shared: str) -> None:
     """Another process may still release a Lock taken by acquire(): the wait
     goes on, a finding says why, and a release by this process ends it."""
     lockwise.reset()
@@ -293,7 +263,7 @@ def test_a_dead_holder_after_a_bare_acquire_is_reported_not_raised(shared: str) 
     assert outcome == [True]
 
 
-def test_threads_of_one_process_abba_on_multiprocessing_locks(shared: str) -> None:
+def test_threads_of_one_process_abba_on_multiprocessing_locks(mp_shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     a, b = ctx.Lock(), ctx.Lock()
     barrier = threading.Barrier(2, timeout=10)
@@ -319,7 +289,7 @@ def test_threads_of_one_process_abba_on_multiprocessing_locks(shared: str) -> No
 
 
 def test_a_lock_held_by_a_parent_thread_at_fork_is_no_hazard_and_no_deadlock(
-        shared: str) -> None:
+        mp_shared: str) -> None:
     """The semaphore is shared: the parent's thread releases it, the child's
     wait ends. Not a fork hazard, not an owner that exited."""
     lockwise.reset()
@@ -364,7 +334,7 @@ def _child_after_fork_holding(lock: Any, rlock: Any, other: Any, out: Any) -> No
 
 
 def test_a_child_forked_by_a_holder_holds_none_of_its_multiprocessing_locks(
-        shared: str) -> None:
+        mp_shared: str) -> None:
     # multiprocessing.Pool's terminate takes its inqueue's _rlock and never
     # gives it back; a process forked after that inherited it in lockwise's
     # held list, and every lock the child took was ordered after it: CPython's
@@ -406,7 +376,7 @@ def _report_held_and_order(other: Any, out: Any) -> None:
 
 
 def test_a_process_started_while_holding_a_thread_lock_orders_nothing_after_it(
-        shared: str) -> None:
+        mp_shared: str) -> None:
     # A manager's server holds Server.mutex while it starts a Pool's workers:
     # each worker inherited it as held, and ordered every lock it took after
     # it; CPython's manager pool tests under lockwise reported an inversion.
@@ -436,7 +406,7 @@ def test_a_process_started_while_holding_a_thread_lock_orders_nothing_after_it(
         os.waitpid(pid, 0)
 
 
-def test_each_lock_of_a_queue_is_a_class_of_its_own(shared: str) -> None:
+def test_each_lock_of_a_queue_is_a_class_of_its_own(mp_shared: str) -> None:
     """Sites of locks made inside multiprocessing are multiprocessing's own
     lines (``SimpleQueue._rlock`` and ``_wlock`` differ), not the program's
     line that made the queue: one class for every lock of a Pool ordered them
@@ -449,7 +419,7 @@ def test_each_lock_of_a_queue_is_a_class_of_its_own(shared: str) -> None:
     assert here._site.filename == __file__
 
 
-def test_one_thread_waits_for_a_lock_another_process_hands_back(shared: str) -> None:
+def test_one_thread_waits_for_a_lock_another_process_hands_back(mp_shared: str) -> None:
     """A Lock taken by acquire() and waited on again by the same (only) thread
     is a latch another process may open: not "nobody left to run"."""
     ctx = multiprocessing.get_context("fork")
@@ -469,7 +439,7 @@ def test_one_thread_waits_for_a_lock_another_process_hands_back(shared: str) -> 
         _finish(p)
 
 
-def test_condition_on_a_recursive_lock_releases_every_level(shared: str) -> None:
+def test_condition_on_a_recursive_lock_releases_every_level(mp_shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     cond = ctx.Condition()  # on ctx.RLock(): an MPRLock
     assert isinstance(cond._lock, _mp.MPRLock)
@@ -495,7 +465,7 @@ def test_condition_on_a_recursive_lock_releases_every_level(shared: str) -> None
     assert result == [True]
 
 
-def test_event_and_queue_across_processes(shared: str) -> None:
+def test_event_and_queue_across_processes(mp_shared: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     assert isinstance(q._rlock, _mp.MPLock)
@@ -510,13 +480,13 @@ def test_event_and_queue_across_processes(shared: str) -> None:
     q.join_thread()
 
 
-def test_pickling_outside_spawning_is_refused_as_by_multiprocessing(shared: str) -> None:
+def test_pickling_outside_spawning_is_refused_as_by_multiprocessing(mp_shared: str) -> None:
     lock = multiprocessing.get_context("spawn").Lock()
     with pytest.raises(RuntimeError, match="inheritance"):
         pickle.dumps(lock)
 
 
-def test_introspection_and_misuse(shared: str) -> None:
+def test_introspection_and_misuse(mp_shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     lock = ctx.Lock()
     assert lock.holder() is None
@@ -541,7 +511,7 @@ ACQUIRE_CALLS: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
-def test_acquire_takes_multiprocessings_arguments(shared: str, kind: str) -> None:
+def test_acquire_takes_multiprocessings_arguments(mp_shared: str, kind: str) -> None:
     # multiprocessing's own lock is the oracle: its Queue.get(block, timeout)
     # passes its arguments straight through (timeout=None), and a threading-
     # style reading of them raised TypeError (CPython's test_logging).
@@ -617,7 +587,7 @@ def _release_later(lock: Any, delay: float) -> None:
 
 
 def test_the_loop_thread_waiting_on_its_own_bare_acquired_lock_is_not_raised(
-        shared: str) -> None:
+        mp_shared: str) -> None:
     # The event loop's thread took a multiprocessing.Lock by a bare acquire()
     # and waits for it again: another process may release it, so this is no
     # "loop blocks on a lock it owns" deadlock (nor a stall): the child's

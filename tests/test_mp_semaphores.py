@@ -20,6 +20,8 @@ import pytest
 import lockwise
 from lockwise import _mp
 
+from .mp_helpers import finish as _finish
+
 pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="fork, forkserver and /proc"),
               # spawn and forkserver start interpreters: seconds each under load
               pytest.mark.timeout(150)]
@@ -27,35 +29,6 @@ pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="fork, forkserv
 METHODS = ["fork", "spawn", "forkserver"]
 needs_c = pytest.mark.skipif(not _mp.SEMAPHORES,
                              reason="permit tables need the C accelerator (compare-and-swap)")
-
-
-@pytest.fixture
-def shared(tmp_path: Any, monkeypatch: Any) -> Any:
-    """lockwise installed, with a private shared store, here and in children."""
-    directory = str(tmp_path / "store")
-    monkeypatch.setenv("LOCKWISE_SHARED_DIR", directory)
-    monkeypatch.delenv("LOCKWISE_MULTIPROCESSING", raising=False)  # on by default
-    old = lockwise.configure(shared_dir=directory)
-    lockwise.install()
-    try:
-        yield directory
-    finally:
-        lockwise.uninstall()
-        lockwise.configure(**old)
-
-
-def _finish(*procs: Any, timeout: float = 90) -> list[int]:
-    """Join every process, killing those still running; their exit codes."""
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    stuck = [p.name for p in procs if p.is_alive()]
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join(10)
-    assert not stuck, f"{stuck} did not finish in {timeout}s"
-    return [p.exitcode for p in procs]
 
 
 def _dead_holder_findings() -> list[Any]:
@@ -88,7 +61,7 @@ def _consume(sem: Any, n: int) -> None:
 
 @needs_c
 def test_the_programs_semaphores_are_tracked_and_multiprocessings_own_are_not(
-        shared: str) -> None:
+        mp_shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     sem = ctx.Semaphore(2)
     bounded = multiprocessing.BoundedSemaphore(1)
@@ -115,13 +88,13 @@ def test_the_programs_semaphores_are_tracked_and_multiprocessings_own_are_not(
 
 
 @pytest.mark.skipif(_mp.SEMAPHORES, reason="the accelerator tracks semaphores")
-def test_without_the_accelerator_semaphores_stay_multiprocessings(shared: str) -> None:
+def test_without_the_accelerator_semaphores_stay_multiprocessings(mp_shared: str) -> None:
     sem = multiprocessing.get_context("fork").Semaphore(1)
     assert type(sem) is synchronize.Semaphore
 
 
 @needs_c
-def test_holders_follow_acquire_and_release(shared: str) -> None:
+def test_holders_follow_acquire_and_release(mp_shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     pool = ctx.BoundedSemaphore(3)
     me = {"pid": os.getpid(), "thread": threading.get_ident()}
@@ -146,7 +119,7 @@ def test_holders_follow_acquire_and_release(shared: str) -> None:
 
 
 @needs_c
-def test_a_release_by_a_thread_that_holds_none_clears_the_oldest(shared: str) -> None:
+def test_a_release_by_a_thread_that_holds_none_clears_the_oldest(mp_shared: str) -> None:
     sem = multiprocessing.get_context("fork").Semaphore(2)
     idents: list[int] = []
     taken, finish = threading.Event(), threading.Event()
@@ -173,7 +146,7 @@ def test_a_release_by_a_thread_that_holds_none_clears_the_oldest(shared: str) ->
 
 
 @needs_c
-def test_a_full_table_counts_the_rest_and_empties_with_the_releases(shared: str) -> None:
+def test_a_full_table_counts_the_rest_and_empties_with_the_releases(mp_shared: str) -> None:
     sem = multiprocessing.get_context("fork").Semaphore(_mp.PERMITS + 4)
     for _ in range(_mp.PERMITS + 4):
         assert sem.acquire(False)
@@ -184,7 +157,7 @@ def test_a_full_table_counts_the_rest_and_empties_with_the_releases(shared: str)
 
 
 @needs_c
-def test_many_threads_never_share_an_entry(shared: str) -> None:
+def test_many_threads_never_share_an_entry(mp_shared: str) -> None:
     # Claims race for entries; each thread must find exactly its own.
     sem = multiprocessing.get_context("fork").Semaphore(_mp.PERMITS)
     start, errors = threading.Barrier(8), []
@@ -215,7 +188,7 @@ def test_many_threads_never_share_an_entry(shared: str) -> None:
 
 @needs_c
 @pytest.mark.parametrize("method", METHODS)
-def test_a_permit_taken_in_a_child_is_seen_by_the_parent(shared: str, method: str) -> None:
+def test_a_permit_taken_in_a_child_is_seen_by_the_parent(mp_shared: str, method: str) -> None:
     ctx = multiprocessing.get_context(method)
     sem = ctx.Semaphore(1)
     taken, finish = ctx.Event(), ctx.Event()
@@ -238,7 +211,7 @@ def test_a_permit_taken_in_a_child_is_seen_by_the_parent(shared: str, method: st
 @needs_c
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_permits_held_by_exited_processes_are_reported_never_raised(
-        shared: str, method: str) -> None:
+        mp_shared: str, method: str) -> None:
     ctx = multiprocessing.get_context(method)
     pool = ctx.BoundedSemaphore(2)
     children = []
@@ -282,7 +255,7 @@ def test_permits_held_by_exited_processes_are_reported_never_raised(
 
 
 @needs_c
-def test_no_report_while_a_holder_process_lives(shared: str) -> None:
+def test_no_report_while_a_holder_process_lives(mp_shared: str) -> None:
     ctx = multiprocessing.get_context("fork")
     sem = ctx.Semaphore(1)
     taken, finish = ctx.Event(), ctx.Event()
@@ -305,7 +278,7 @@ def test_no_report_while_a_holder_process_lives(shared: str) -> None:
 
 
 @needs_c
-def test_a_semaphore_used_as_a_signal_never_reports(shared: str) -> None:
+def test_a_semaphore_used_as_a_signal_never_reports(mp_shared: str) -> None:
     # Semaphore(0): the parent gives permits, a child takes them and exits:
     # its entries stay, but a signal's takers block nobody.
     ctx = multiprocessing.get_context("fork")
@@ -329,7 +302,7 @@ def test_a_semaphore_used_as_a_signal_never_reports(shared: str) -> None:
 # ---------------------------------------------------------------- what lockwise sees
 
 @needs_c
-def test_a_blocked_wait_is_registered_and_withdrawn(shared: str) -> None:
+def test_a_blocked_wait_is_registered_and_withdrawn(mp_shared: str) -> None:
     sem = multiprocessing.get_context("fork").Semaphore(0)
     got: list[bool] = []
     waiter = threading.Thread(target=lambda: got.append(sem.acquire()), name="SemWaiter")
@@ -354,7 +327,7 @@ def test_a_blocked_wait_is_registered_and_withdrawn(shared: str) -> None:
 
 
 @needs_c
-def test_an_exception_during_the_wait_takes_no_permit(shared: str) -> None:
+def test_an_exception_during_the_wait_takes_no_permit(mp_shared: str) -> None:
     # A signal handler raises in the middle of an untimed wait: the acquire
     # fails as multiprocessing's does, nothing is taken or recorded.
     sem = multiprocessing.get_context("fork").Semaphore(0)
@@ -380,7 +353,7 @@ def test_an_exception_during_the_wait_takes_no_permit(shared: str) -> None:
 
 @needs_c
 def test_pickling_outside_spawning_is_refused_as_multiprocessing_refuses_it(
-        shared: str) -> None:
+        mp_shared: str) -> None:
     sem = multiprocessing.get_context("spawn").Semaphore(1)
     with pytest.raises(RuntimeError, match="inheritance"):
         pickle.dumps(sem)

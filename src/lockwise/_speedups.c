@@ -2266,10 +2266,15 @@ speedups_setup_mp(PyObject *Py_UNUSED(module), PyObject *args)
 enum { PT_TICKET, PT_OVERFLOW, PT_HEADER };
 enum { PE_PID, PE_IDENT, PE_TICKET, PE_START, PE_N };
 
-/* The table's int64 words and its entry count, or NULL with an exception. */
+/* The table's int64 words and its entry count, or NULL with an exception
+ * (also before setup_mp() gave this process's pid: an entry needs it). */
 static int64_t *
 permit_table(PyObject *obj, Py_buffer *view, Py_ssize_t *n)
 {
+    if (g_mp_pid <= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup_mp() was not called");
+        return NULL;
+    }
     if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
     Py_ssize_t words = view->len / (Py_ssize_t)sizeof(int64_t);
@@ -2289,10 +2294,6 @@ speedups_claim_permit(PyObject *Py_UNUSED(module), PyObject *obj)
 {
     int64_t pid = g_mp_pid, start = g_mp_start;
     int64_t ident = (int64_t)PyThread_get_thread_ident();
-    if (pid <= 0) {
-        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup_mp() was not called");
-        return NULL;
-    }
     Py_buffer view;
     Py_ssize_t n;
     int64_t *t = permit_table(obj, &view, &n);
@@ -2325,10 +2326,6 @@ speedups_drop_permit(PyObject *Py_UNUSED(module), PyObject *obj)
 {
     int64_t pid = g_mp_pid;
     int64_t ident = (int64_t)PyThread_get_thread_ident();
-    if (pid <= 0) {
-        PyErr_SetString(PyExc_RuntimeError, "lockwise._speedups.setup_mp() was not called");
-        return NULL;
-    }
     Py_buffer view;
     Py_ssize_t n;
     int64_t *t = permit_table(obj, &view, &n);
