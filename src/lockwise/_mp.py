@@ -887,8 +887,9 @@ class _NoPermitLeft:
         return bool(self._semlock._is_zero())
 
 
-_SEMLOCK_GETSTATE: Any = _synchronize.SemLock.__getstate__
-_SEMLOCK_SETSTATE: Any = getattr(_synchronize.SemLock, "__setstate__")  # noqa: B009  (untyped)
+# Untyped in typeshed for some versions (read through getattr for mypy on each).
+_SEMLOCK_GETSTATE: Any = getattr(_synchronize.SemLock, "__getstate__")  # noqa: B009
+_SEMLOCK_SETSTATE: Any = getattr(_synchronize.SemLock, "__setstate__")  # noqa: B009
 
 
 def _rebuild_permits(cls: Any, state: Any, table: Any, key: str, initial: int,
