@@ -142,6 +142,33 @@ def test_methods_restored_and_no_hook_when_off() -> None:
         lockwise.profile(sample=0)
 
 
+def test_a_full_profile_reaches_subclasses_with_their_own_c_methods() -> None:
+    # With the C accelerator each subclass of Lock/RLock has its own descriptors
+    # of the C methods (call specialization); swapping the base's alone would
+    # leave the subclasses' locks out of a full profile.
+    class Sub(lockwise.Lock):
+        pass
+
+    with lockwise.installed():
+        made = threading.RLock()
+    classes = [Sub, type(made)]
+    before = [dict(vars(c)) for c in classes]
+    sub = Sub(name="sub")
+    with lockwise.profile() as prof:
+        assert "acquire" not in vars(Sub)  # inherits the profiling one meanwhile
+        for _ in range(3):
+            with sub:
+                pass
+            sub.acquire()
+            sub.release()
+            with made:
+                pass
+    counts = {s["name"]: s["acquisitions"] for s in prof.stats()}
+    assert counts.get("sub") == 6, counts
+    assert counts.get(made.name) == 3, counts
+    assert [dict(vars(c)) for c in classes] == before
+
+
 def test_rlock_reentry_and_condition_wait_are_not_holds() -> None:
     rlock = lockwise.RLock(name="re")
     cond = lockwise.Condition(rlock)

@@ -577,3 +577,42 @@ def test_a_condition_waiter_behind_two_others_registers_at_once(
         for thread in threads:
             thread.join(10)
     assert not any(thread.is_alive() for thread in threads)
+
+
+@pytest.mark.skipif(not HAVE_C, reason="the C accelerator is not built")
+def test_every_lock_class_has_its_own_c_method_descriptors() -> None:
+    # CPython specializes lock.acquire() into a direct C call only when the
+    # descriptor belongs to type(lock) exactly; an inherited one from the C base
+    # sent every call of every lockwise lock down the generic call path.
+    from lockwise import _accel
+
+    class Sub(lockwise.Lock):  # a program's own subclass
+        pass
+
+    class Overriding(lockwise.RLock):
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            return bool(super().acquire(blocking, timeout))
+
+    from lockwise import _mp
+
+    with lockwise.installed():
+        made = [type(threading.Lock()), type(threading.RLock())]
+    assert all(issubclass(cls, (lockwise.Lock, lockwise.RLock)) for cls in made)
+    for cls in (lockwise.Lock, lockwise.RLock, Sub, Overriding, _mp.MPLock, _mp.MPRLock, *made):
+        for name in ("acquire", "release", "__enter__", "__exit__", "_is_owned"):
+            attr = vars(cls).get(name)
+            if cls is Overriding and name == "acquire":
+                assert callable(attr) and not isinstance(attr, type(lockwise.Lock.release))
+                continue
+            assert attr is not None and attr.__objclass__ is cls, (cls, name)
+    with pytest.raises(TypeError, match="not a lockwise lock class"):
+        _accel.own_methods(int, ["acquire"])
+    with pytest.raises(ValueError, match="is not a method of"):
+        _accel.own_methods(Sub, ["locked"])
+    # The subclasses behave as the class they extend.
+    for lock in (Sub(), Overriding()):
+        assert lock.acquire() and lock._is_owned()
+        lock.release()
+        with lock:
+            assert lock._is_owned()
+        assert not lock.locked()

@@ -14,7 +14,7 @@ import _thread
 import os
 import sys
 import threading
-from types import FrameType
+from types import FrameType, MethodDescriptorType
 
 from . import _order, _sites, _waitfor
 from ._config import settings
@@ -652,6 +652,30 @@ def rlock_at(site: Site) -> Any:
 
 PureLock = Lock
 PureRLock = RLock
+
+
+def subclasses_owning(cls: type, name: str) -> list[type]:
+    """The subclasses of ``cls``, at any depth, whose own ``name`` is a C method.
+
+    The accelerated classes give each of their subclasses its own descriptors
+    of the C hot methods (``_accel.own_hot_methods``: CPython specializes a
+    call only on the descriptor's exact class). Code that swaps a method on
+    lockwise's classes for a while (the profiler, ``confirm``'s scheduler)
+    takes these away for as long as the swap lasts, or the subclasses' locks
+    would bypass it.
+    """
+    out: list[type] = []
+    seen: set[type] = set()
+    todo = list(type.__subclasses__(cls))
+    while todo:
+        sub = todo.pop()
+        if sub in seen:
+            continue
+        seen.add(sub)
+        if isinstance(vars(sub).get(name), MethodDescriptorType):
+            out.append(sub)
+        todo.extend(type.__subclasses__(sub))
+    return out
 #: "c" when the accelerated classes are in use, "pure" otherwise.
 IMPLEMENTATION = "pure"
 

@@ -425,6 +425,9 @@ def _swap_in(coll: _Collector) -> None:
     for cls, is_rlock in _classes():
         methods = (_rlock_methods if is_rlock else _lock_methods)(cls, coll)
         for name, func in methods.items():
+            for sub in _primitives.subclasses_owning(cls, name):
+                _saved.append((sub, name, sub.__dict__[name]))
+                delattr(sub, name)  # it inherits the swapped method until _swap_out()
             _saved.append((cls, name, cls.__dict__.get(name, _MISSING)))
             func.__qualname__ = f"{cls.__qualname__}.{name}"
             setattr(cls, name, func)

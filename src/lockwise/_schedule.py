@@ -327,6 +327,9 @@ def start(scheduler: Scheduler) -> None:
         for cls in _classes():
             for name, wrap in (("acquire", _wrap_acquire), ("__enter__", _wrap_enter)):
                 orig = getattr(cls, name)
+                for sub in _primitives.subclasses_owning(cls, name):
+                    _saved.append((sub, name, sub.__dict__[name]))
+                    delattr(sub, name)  # it inherits the wrapper until stop()
                 _saved.append((cls, name, cls.__dict__.get(name, _MISSING)))
                 func = wrap(orig)
                 func.__qualname__ = f"{cls.__qualname__}.{name}"

@@ -2373,7 +2373,72 @@ speedups_drop_permit(PyObject *Py_UNUSED(module), PyObject *obj)
 }
 #endif  /* __GNUC__ || __clang__ */
 
+/* own_methods(cls, names): set on cls a method descriptor of its own for each
+ * named C method of its base (LockBase or RLockBase), bound to cls.
+ *
+ * Why: CPython 3.11+ specializes `lock.acquire()` into a direct call of the C
+ * function only while type(lock) is exactly the type the descriptor was made
+ * for. The classes lockwise uses are Python subclasses of the C bases, so an
+ * inherited descriptor fails that check on every call, and each call takes
+ * the generic path (a method-descriptor vectorcall, its type check, the
+ * recursion guard): measured with callgrind, about 350 instructions per
+ * acquire+release pair. The descriptor made here calls the same C function;
+ * an instance of a further subclass still passes its type check (isinstance),
+ * only not the specialization. */
+static PyObject *
+speedups_own_methods(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *cls, *names;
+    if (!PyArg_ParseTuple(args, "O!O:own_methods", &PyType_Type, &cls, &names))
+        return NULL;
+    PyTypeObject *type = (PyTypeObject *)cls;
+    PyMethodDef *defs;
+    if (PyType_IsSubtype(type, &RLockBase_Type))
+        defs = rlock_methods;
+    else if (PyType_IsSubtype(type, &LockBase_Type))
+        defs = lock_methods;
+    else {
+        PyErr_Format(PyExc_TypeError, "own_methods: %R is not a lockwise lock class", cls);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(names, "own_methods: names must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *name = PySequence_Fast_GET_ITEM(seq, i);
+        const char *cname = PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+        if (cname == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "own_methods: %R is not a name", name);
+            goto error;
+        }
+        PyMethodDef *def = defs;
+        while (def->ml_name != NULL && strcmp(def->ml_name, cname) != 0)
+            def++;
+        if (def->ml_name == NULL) {
+            PyErr_Format(PyExc_ValueError, "own_methods: %R is not a method of %s", name,
+                         defs == rlock_methods ? RLockBase_Type.tp_name : LockBase_Type.tp_name);
+            goto error;
+        }
+        PyObject *descr = PyDescr_NewMethod(type, def);
+        if (descr == NULL)
+            goto error;
+        int r = PyObject_SetAttr(cls, name, descr);
+        Py_DECREF(descr);
+        if (r < 0)
+            goto error;
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(seq);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
+    {"own_methods", speedups_own_methods, METH_VARARGS,
+     "own_methods(cls, names): give cls its own descriptors of the named C methods of "
+     "its base, so that CPython specializes calls on exact instances of cls."},
     {"new_rlock", speedups_new_rlock, METH_O,
      "new_rlock(frame) -> a new RLock whose creation site is the first user frame "
      "at or above frame (a Condition's own lock)."},
