@@ -666,7 +666,7 @@ def subclasses_owning(cls: type, name: str) -> list[type]:
     """
     out: list[type] = []
     seen: set[type] = set()
-    todo = list(type.__subclasses__(cls))
+    todo: list[type] = list(type.__subclasses__(cls))
     while todo:
         sub = todo.pop()
         if sub in seen:
