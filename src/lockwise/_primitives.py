@@ -659,10 +659,7 @@ def subclasses_owning(cls: type, name: str) -> list[type]:
 
     The accelerated classes give each of their subclasses its own descriptors
     of the C hot methods (``_accel.own_hot_methods``: CPython specializes a
-    call only on the descriptor's exact class). Code that swaps a method on
-    lockwise's classes for a while (the profiler, ``confirm``'s scheduler)
-    takes these away for as long as the swap lasts, or the subclasses' locks
-    would bypass it.
+    call only on the descriptor's exact class).
     """
     out: list[type] = []
     seen: set[type] = set()
@@ -676,6 +673,36 @@ def subclasses_owning(cls: type, name: str) -> list[type]:
             out.append(sub)
         todo.extend(type.__subclasses__(sub))
     return out
+
+
+_NOT_SET = object()
+
+
+def swap_method(saved: list[tuple[type, str, Any]], cls: type, name: str, func: Any) -> None:
+    """Set ``cls.name = func`` until ``restore_methods(saved)``.
+
+    For the code that swaps a method on lockwise's classes for a while (the
+    profiler, ``confirm``'s scheduler). Subclasses holding their own C
+    descriptor of ``name`` (``subclasses_owning``) lose it meanwhile, so that
+    their locks inherit ``func`` too.
+    """
+    for sub in subclasses_owning(cls, name):
+        saved.append((sub, name, vars(sub)[name]))
+        delattr(sub, name)
+    saved.append((cls, name, vars(cls).get(name, _NOT_SET)))
+    setattr(cls, name, func)
+
+
+def restore_methods(saved: list[tuple[type, str, Any]]) -> None:
+    """Undo the ``swap_method`` calls recorded in ``saved``, newest first."""
+    while saved:
+        cls, name, old = saved.pop()
+        if old is _NOT_SET:
+            delattr(cls, name)
+        else:
+            setattr(cls, name, old)
+
+
 #: "c" when the accelerated classes are in use, "pure" otherwise.
 IMPLEMENTATION = "pure"
 

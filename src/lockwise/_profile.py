@@ -85,7 +85,6 @@ STACK_LIMIT = 64
 TOP_SITES = 5
 
 _Where = tuple[CodeType, int]
-_MISSING = object()
 
 
 class _Class:
@@ -425,21 +424,12 @@ def _swap_in(coll: _Collector) -> None:
     for cls, is_rlock in _classes():
         methods = (_rlock_methods if is_rlock else _lock_methods)(cls, coll)
         for name, func in methods.items():
-            for sub in _primitives.subclasses_owning(cls, name):
-                _saved.append((sub, name, sub.__dict__[name]))
-                delattr(sub, name)  # it inherits the swapped method until _swap_out()
-            _saved.append((cls, name, cls.__dict__.get(name, _MISSING)))
             func.__qualname__ = f"{cls.__qualname__}.{name}"
-            setattr(cls, name, func)
+            _primitives.swap_method(_saved, cls, name, func)
 
 
 def _swap_out() -> None:
-    while _saved:
-        cls, name, old = _saved.pop()
-        if old is _MISSING:
-            delattr(cls, name)
-        else:
-            setattr(cls, name, old)
+    _primitives.restore_methods(_saved)
 
 
 # ----------------------------------------------------------------- API

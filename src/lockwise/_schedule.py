@@ -290,7 +290,6 @@ class Scheduler:
 
 _active: Optional[Scheduler] = None
 _saved: list[tuple[type, str, Any]] = []
-_MISSING = object()
 
 
 def _wrap_acquire(orig: Callable[..., bool]) -> Callable[..., bool]:
@@ -326,14 +325,9 @@ def start(scheduler: Scheduler) -> None:
     if _active is None and not _saved:
         for cls in _classes():
             for name, wrap in (("acquire", _wrap_acquire), ("__enter__", _wrap_enter)):
-                orig = getattr(cls, name)
-                for sub in _primitives.subclasses_owning(cls, name):
-                    _saved.append((sub, name, sub.__dict__[name]))
-                    delattr(sub, name)  # it inherits the wrapper until stop()
-                _saved.append((cls, name, cls.__dict__.get(name, _MISSING)))
-                func = wrap(orig)
+                func = wrap(getattr(cls, name))
                 func.__qualname__ = f"{cls.__qualname__}.{name}"
-                setattr(cls, name, func)
+                _primitives.swap_method(_saved, cls, name, func)
     _active = scheduler
 
 
@@ -347,12 +341,7 @@ def stop() -> None:
             sched.active = False
             for p in list(sched.paused):
                 sched._release(p, "stop")
-    while _saved:
-        cls, name, old = _saved.pop()
-        if old is _MISSING:
-            delattr(cls, name)
-        else:
-            setattr(cls, name, old)
+    _primitives.restore_methods(_saved)
 
 
 def plan_from_dict(data: dict[str, Any]) -> Scheduler:
